@@ -1,0 +1,1 @@
+"""FitAct pipeline: bounded activations, post-training and bit-flip fault campaigns."""
