@@ -1,0 +1,59 @@
+"""Model registry: one name -> one builder.
+
+Every builder has the signature ``builder(num_classes, in_channels, width) -> nn.Module`` and obeys the
+activation-site convention of docs/architecture.md: each ReLU call site is its own ``nn.ReLU`` module
+(never ``F.relu``, never a module called twice), so protection can replace sites one by one while
+every other tensor keeps its name.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from torch import nn
+
+Builder = Callable[[int, int, float], nn.Module]
+MODELS: dict[str, Builder] = {}
+
+
+def register_model(name: str) -> Callable[[Builder], Builder]:
+    """Decorator that adds a builder to MODELS under ``name``."""
+
+    def decorator(builder: Builder) -> Builder:
+        if name in MODELS:
+            raise ValueError(f"model '{name}' is already registered")
+        MODELS[name] = builder
+        return builder
+
+    return decorator
+
+
+def scaled(channels: int, width: float) -> int:
+    """Channel count after the width multiplier; never below 1 so tiny widths still build."""
+    return max(1, int(round(channels * width)))
+
+
+def _check_width(width) -> float:
+    try:
+        value = float(width)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"bad model width {width!r}; width must be a finite number > 0 (1.0 = paper size)")
+    return value
+
+
+def build_model(name: str, num_classes: int, in_channels: int = 3, width: float = 1.0) -> nn.Module:
+    """Build a registered model for ``in_channels``-channel images and ``num_classes`` classes."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(sorted(MODELS))}")
+    if int(num_classes) < 1 or int(in_channels) < 1:
+        raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes} and {in_channels}")
+    return MODELS[name](int(num_classes), int(in_channels), _check_width(width))
+
+
+# Importing the family modules registers their builders.
+from . import alexnet, resnet, small_cnn, vgg  # noqa: E402,F401
+
+__all__ = ["MODELS", "register_model", "build_model", "scaled"]
