@@ -1,0 +1,203 @@
+"""Baseline training: a LightningModule with the recipe of DESIGN.md §3, and helpers.
+
+Recipe (defaults): SGD with Nesterov momentum 0.9, lr 0.01, weight decay 5e-4, batch 128, a linear
+warm-up over ``warmup_epochs`` then a cosine decay to zero, stepped every batch.
+
+Reproducibility: ``train_baseline`` re-initialises the model's parameters from ``seed`` (unless
+``init_from_seed: false``), seeds every RNG Lightning touches, and the data module seeds its own
+shuffle and augmentation. On CPU the same seed therefore gives bit-identical weights, whatever the
+global RNG state was when the model was built.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import nn
+
+DEFAULTS = {
+    "epochs": 30,
+    "lr": 0.01,
+    "momentum": 0.9,
+    "nesterov": True,
+    "weight_decay": 5e-4,
+    "warmup_epochs": 1,
+    "batch_size": 128,
+    "max_time_s": None,
+    "progress_bar": True,
+    "init_from_seed": True,
+}
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """LR multiplier: linear from 1/warmup_steps to 1, then cosine from 1 to 0 at total_steps."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class ClassifierModule(L.LightningModule):
+    """Cross-entropy classifier around ``model`` (trained in place: ``self.model`` is ``model``)."""
+
+    def __init__(self, model: nn.Module, lr: float = 0.01, momentum: float = 0.9, nesterov: bool = True,
+                 weight_decay: float = 5e-4, warmup_epochs: float = 1.0):
+        super().__init__()
+        self.model = model
+        # Only primitives go into hparams: torch >= 2.6 loads checkpoints weights-only.
+        self.save_hyperparameters(ignore=["model"])
+        self.loss = nn.CrossEntropyLoss()
+
+    def forward(self, x):
+        return self.model(x)
+
+    def _step(self, batch, split: str):
+        x, y = batch
+        logits = self(x)
+        loss = self.loss(logits, y)
+        acc = (logits.argmax(1) == y).float().mean()
+        on_step = split == "train"
+        self.log(f"{split}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=split != "test")
+        self.log(f"{split}_acc", acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = torch.optim.SGD(self.model.parameters(), lr=hp.lr, momentum=hp.momentum,
+                              nesterov=hp.nesterov and hp.momentum > 0, weight_decay=hp.weight_decay)
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = max(1, total // max(1, self.trainer.max_epochs))
+        warmup = int(round(hp.warmup_epochs * per_epoch))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, warmup, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _plain_cfg(train_cfg) -> dict:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(train_cfg, DictConfig):
+            train_cfg = OmegaConf.to_container(train_cfg, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf ships with hydra
+        pass
+    if train_cfg is not None and not isinstance(train_cfg, Mapping):
+        raise TypeError(f"train_cfg must be a mapping, got {type(train_cfg).__name__}")
+    unknown = set(train_cfg or {}) - set(DEFAULTS)
+    if unknown:  # tolerated (configs grow), but a typo should not pass silently
+        logging.getLogger(__name__).warning("ignoring unknown training keys %s", sorted(unknown))
+    return {**DEFAULTS, **{k: v for k, v in (train_cfg or {}).items() if v is not None or k == "max_time_s"}}
+
+
+def reset_parameters(model: nn.Module, seed: int) -> None:
+    """Re-initialise every module with its default initialiser from ``seed`` (global RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in model.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.reset_running_stats()
+
+
+def _quiet_lightning(progress_bar: bool) -> None:
+    # Lightning's "GPU available / TPU available" banners are noise in tests and sweeps.
+    if not progress_bar:
+        for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def train_baseline(model: nn.Module, datamodule, train_cfg=None, seed: int = 0,
+                   output_dir: str | Path | None = None) -> dict:
+    """Train ``model`` in place; return ``{"train_time_s", "val_acc", "epochs"}``.
+
+    ``train_cfg`` keys (all optional, see DEFAULTS): epochs, lr, momentum, nesterov, weight_decay,
+    warmup_epochs, batch_size (overrides the data module's), max_time_s (stop after this much
+    wall time), progress_bar, init_from_seed. With ``output_dir``, per-epoch metrics go to
+    ``output_dir/metrics.csv`` (Lightning CSVLogger) and the weights to ``output_dir/model.pt`` as a
+    plain state_dict; nothing is logged to MLflow here (the caller owns the MLflow run).
+    """
+    cfg = _plain_cfg(train_cfg)
+    if cfg["init_from_seed"]:
+        reset_parameters(model, seed)
+    L.seed_everything(seed, workers=True, verbose=False)
+    _quiet_lightning(cfg["progress_bar"])
+    if cfg["batch_size"]:
+        datamodule.batch_size = int(cfg["batch_size"])
+
+    module = ClassifierModule(model, lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["nesterov"],
+                              weight_decay=cfg["weight_decay"], warmup_epochs=cfg["warmup_epochs"])
+    logger = False
+    if output_dir is not None:
+        logger = L.pytorch.loggers.CSVLogger(str(output_dir), name="", version="")
+    max_time = {"seconds": float(cfg["max_time_s"])} if cfg["max_time_s"] else None
+    trainer = L.Trainer(max_epochs=int(cfg["epochs"]), max_time=max_time, accelerator="auto", devices=1,
+                        logger=logger, enable_checkpointing=False, enable_progress_bar=cfg["progress_bar"],
+                        enable_model_summary=False, num_sanity_val_steps=0, precision="32-true",
+                        log_every_n_steps=10)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    train_time = time.perf_counter() - start
+
+    model.cpu().eval()
+    val_acc = accuracy(model, datamodule.val_dataloader())
+    if output_dir is not None:
+        save_weights(model, Path(output_dir) / "model.pt")
+    return {"train_time_s": float(train_time), "val_acc": float(val_acc), "epochs": int(trainer.current_epoch)}
+
+
+def save_weights(model: nn.Module, path: str | Path) -> None:
+    """Plain state_dict: loads with ``torch.load(path, weights_only=True)``."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+    return model
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, loader_or_tensors, batch_size: int = 512, device=None) -> float:
+    """Top-1 accuracy over a DataLoader of (x, y) or an ``(images, labels)`` tensor pair.
+
+    A sample whose logits are not all finite counts as wrong (DESIGN.md §2.1). The model's
+    train/eval mode is restored afterwards.
+    """
+    if device is None:
+        device = next(model.parameters()).device
+    if isinstance(loader_or_tensors, (tuple, list)) and len(loader_or_tensors) == 2 \
+            and isinstance(loader_or_tensors[0], torch.Tensor):
+        images, labels = loader_or_tensors
+        batches = ((images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(labels), batch_size))
+    else:
+        batches = loader_or_tensors
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    try:
+        for x, y in batches:
+            logits = model(x.to(device))
+            y = y.to(device)
+            ok = (logits.argmax(1) == y) & torch.isfinite(logits).all(1)
+            correct += int(ok.sum())
+            total += len(y)
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise ValueError("accuracy() got no samples")
+    return correct / total
