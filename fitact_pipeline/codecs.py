@@ -1,0 +1,196 @@
+"""Bit-exact number-format codecs for values stored in faulty memory.
+
+A codec maps the float32 values a model computes with to the unsigned integer words that the
+memory holds (``encode``) and back (``decode``). Words are int64 tensors holding the word's bits
+in [0, 2**word_bits): bit 0 is the least significant bit, bit ``word_bits - 1`` is the sign bit.
+A fault is ``decode(encode(v) ^ mask)``.
+
+The model's tensors stay float32 (torch computes in float32); ``quantize`` rounds them to values
+the format can hold, so that ``decode(encode(v)) == v`` bit for bit for every clean value. That
+identity is what lets the injector restore a trial by writing back the saved float32 values.
+
+See docs/faults.md for the format definitions.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FORMATS = ("fixed", "float32", "float16", "bfloat16", "int8")
+
+
+def _to_signed(words: torch.Tensor, word_bits: int) -> torch.Tensor:
+    """Two's-complement sign extension of unsigned ``word_bits``-bit words held in int64."""
+    half = 1 << (word_bits - 1)
+    return torch.where(words >= half, words - (1 << word_bits), words)
+
+
+class Codec:
+    """Interface: ``word_bits``, ``quantize``, ``encode``, ``decode`` (all on float32 tensors)."""
+
+    name: str
+    word_bits: int
+
+    def quantize(self, values: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(values))
+
+    def encode(self, values: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def decode(self, words: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"format": self.name, "word_bits": self.word_bits}
+
+
+class FixedCodec(Codec):
+    """Two's-complement fixed point, ``word_bits`` total, ``frac_bits`` fraction bits.
+
+    Encoding rounds to nearest (ties to even, torch.round) and saturates to
+    [-2**(w-1), 2**(w-1) - 1] steps. The arithmetic is done in float64, where every float32
+    value times 2**frac_bits and every word of at most 32 bits is exact.
+
+    float32 has a 24-bit significand, so a Q15.16 word with |value| >= 256 may need more bits
+    than float32 holds. ``decode`` therefore rounds the exact float64 value once to float32
+    (nearest). The stored clean value is then a float32 that is also a Q-format value (its ulp is
+    a multiple of 2**-frac_bits), so encode/decode is the identity on it; a flip of a bit below
+    float32's precision of that value is recorded as a flip but is absorbed by the float32 the
+    network computes with (at most half a float32 ulp, i.e. relative 2**-24).
+    """
+
+    name = "fixed"
+
+    def __init__(self, word_bits: int = 32, frac_bits: int = 16):
+        if isinstance(word_bits, bool) or not isinstance(word_bits, int) or not 2 <= word_bits <= 32:
+            raise ValueError(f"word_bits={word_bits!r} is not allowed; use an integer in [2, 32]")
+        if isinstance(frac_bits, bool) or not isinstance(frac_bits, int) or not 0 <= frac_bits < word_bits:
+            raise ValueError(
+                f"frac_bits={frac_bits!r} does not fit word_bits={word_bits}; "
+                f"use an integer in [0, {word_bits - 1}]"
+            )
+        self.word_bits = word_bits
+        self.frac_bits = frac_bits
+        self._scale = float(2 ** frac_bits)
+        self._lo = -(1 << (word_bits - 1))
+        self._hi = (1 << (word_bits - 1)) - 1
+        self._mask = (1 << word_bits) - 1
+
+    def encode(self, values: torch.Tensor) -> torch.Tensor:
+        q = torch.round(values.to(torch.float64) * self._scale).clamp_(self._lo, self._hi)
+        return q.to(torch.int64) & self._mask
+
+    def decode(self, words: torch.Tensor) -> torch.Tensor:
+        return (_to_signed(words, self.word_bits).to(torch.float64) / self._scale).to(torch.float32)
+
+    def describe(self) -> dict:
+        return {"format": "fixed", "word_bits": self.word_bits, "frac_bits": self.frac_bits}
+
+
+class Float32Codec(Codec):
+    """IEEE-754 binary32: the word is the float's own bit pattern (the int32 view)."""
+
+    name = "float32"
+    word_bits = 32
+
+    def quantize(self, values: torch.Tensor) -> torch.Tensor:
+        return values.to(torch.float32)
+
+    def encode(self, values: torch.Tensor) -> torch.Tensor:
+        return values.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+
+    def decode(self, words: torch.Tensor) -> torch.Tensor:
+        return _to_signed(words, 32).to(torch.int32).view(torch.float32)
+
+
+class _Float16Like(Codec):
+    """A 16-bit float format held in a float32 tensor: every stored value is exactly
+    representable in the 16-bit format, and faults flip bits of the 16-bit pattern."""
+
+    word_bits = 16
+    dtype: torch.dtype
+
+    def quantize(self, values: torch.Tensor) -> torch.Tensor:
+        # Saturate to the largest finite value instead of letting IEEE conversion overflow to
+        # inf: the clean model must be finite. Weights never come near this in practice.
+        big = torch.finfo(self.dtype).max
+        return values.clamp(-big, big).to(self.dtype).to(torch.float32)
+
+    def encode(self, values: torch.Tensor) -> torch.Tensor:
+        return values.to(self.dtype).view(torch.int16).to(torch.int64) & 0xFFFF
+
+    def decode(self, words: torch.Tensor) -> torch.Tensor:
+        return _to_signed(words, 16).to(torch.int16).view(self.dtype).to(torch.float32)
+
+
+class Float16Codec(_Float16Like):
+    name = "float16"
+    dtype = torch.float16
+
+
+class BFloat16Codec(_Float16Like):
+    name = "bfloat16"
+    dtype = torch.bfloat16
+
+
+class Int8Codec(Codec):
+    """Symmetric int8 with a float32 scale per output channel (dim 0).
+
+    Tensors with two or more dims get one scale per slice along dim 0; tensors with at most one
+    dim (biases, layer bounds) get one scale for the whole tensor (a per-element scale would make
+    every q equal to +-127 and the format meaningless). scale = max|v| / 127 in float32; an
+    all-zero channel borrows the largest scale of its tensor (1.0 if the tensor is all zero).
+    q = round(v / scale) clamped to [-127, 127]; the stored float32 value is scale * q (float32
+    multiply). A fault may produce q = -128. The words are the 8-bit two's-complement q.
+    ``encode``/``decode`` take the per-element scales explicitly; q is recovered from the stored
+    value exactly (|q| <= 128 and one float32 rounding are far from a rounding boundary).
+    """
+
+    name = "int8"
+    word_bits = 8
+
+    @staticmethod
+    def channel_scales(values: torch.Tensor) -> torch.Tensor:
+        rows = values.reshape(values.shape[0], -1) if values.dim() >= 2 else values.reshape(1, -1)
+        amax = rows.abs().amax(dim=1).to(torch.float32)
+        scale = amax / 127.0
+        fallback = scale.max() if bool((scale > 0).any()) else torch.tensor(1.0)
+        return torch.where(scale > 0, scale, fallback).to(torch.float32)
+
+    @staticmethod
+    def element_channels(shape: torch.Size) -> int:
+        """Number of consecutive flat elements that share one scale."""
+        if len(shape) >= 2:
+            return int(torch.Size(shape[1:]).numel())
+        return max(int(torch.Size(shape).numel()), 1)
+
+    def encode_q(self, values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        q = torch.round(values.to(torch.float64) / scales.to(torch.float64)).clamp_(-128, 127)
+        return q.to(torch.int64) & 0xFF
+
+    def decode_q(self, words: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        return scales.to(torch.float32) * _to_signed(words, 8).to(torch.float32)
+
+    def quantize_tensor(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (stored float32 values, per-channel scales) for a whole tensor."""
+        scales = self.channel_scales(values)
+        per_elem = scales.repeat_interleave(self.element_channels(values.shape))
+        flat = values.reshape(-1).to(torch.float32)
+        q = torch.round(flat.to(torch.float64) / per_elem.to(torch.float64)).clamp_(-127, 127)
+        stored = per_elem * q.to(torch.float32)
+        return stored.reshape(values.shape), scales
+
+
+def make_codec(fmt: str, word_bits: int = 32, frac_bits: int = 16) -> Codec:
+    """Build the codec of a format name; ``word_bits``/``frac_bits`` only apply to ``fixed``."""
+    if fmt == "fixed":
+        return FixedCodec(word_bits, frac_bits)
+    if fmt == "float32":
+        return Float32Codec()
+    if fmt == "float16":
+        return Float16Codec()
+    if fmt == "bfloat16":
+        return BFloat16Codec()
+    if fmt == "int8":
+        return Int8Codec()
+    raise ValueError(f"unknown fault format {fmt!r}; choose one of: {', '.join(FORMATS)}")
