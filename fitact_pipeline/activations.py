@@ -1,0 +1,182 @@
+"""Bounded ReLU family: Ranger, Clip-Act, GB-ReLU and FitReLU (DESIGN.md §2.2).
+
+Every bounded activation stores its bound as an ``nn.Parameter`` called ``bound``: the fault injector
+puts every parameter whose name ends in ``.bound`` into the fault space (the paper stores bounds in the
+same faulty memory as the weights), and FitAct post-training trains exactly these parameters.
+
+Bound shapes for an activation map ``(N, C, H, W)`` / ``(N, F)``:
+``layer`` -> ``()``, ``channel`` -> ``(C, 1, 1)`` / ``(F,)``, ``neuron`` -> ``(C, H, W)`` / ``(F,)``.
+They broadcast against the batch without any reshaping in ``forward``.
+
+NaN and +-inf inputs are faulty values: every bounded activation outputs 0 for them.
+
+Cost. Inference cost is dominated by memory passes over the activation map. The hard forms use
+``F.threshold(x, 0, 0)`` as the ReLU (one pass; ``NaN > 0`` is False so NaN -> 0 for free, -inf -> 0)
+and then zero what lies above the bound *in place* on that fresh output (``masked_fill_``), so no
+extra activation-sized float tensor is allocated; +inf > b so +inf -> 0 as well. ``torch.where`` or
+``x * mask`` forms need more passes (and ``NaN * 0`` is NaN). For the last few percent, compile the
+model (``torch.compile``): the bound check then fuses into the ReLU kernel (benchmarks/overhead.py).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+GRANULARITIES = ("layer", "channel", "neuron")
+
+
+def reduce_profile(profile: torch.Tensor, granularity: str) -> torch.Tensor:
+    """Reduce a per-neuron profile ``(C,H,W)`` or ``(F,)`` to the bound shape of ``granularity``.
+
+    The reduction is a max, so the bound never clips a value seen during profiling.
+    """
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"unknown granularity {granularity!r}; choose one of: {', '.join(GRANULARITIES)}")
+    p = profile.detach()
+    if granularity == "layer":
+        return p.amax() if p.numel() else p.new_zeros(())
+    if granularity == "neuron" or p.dim() <= 1:
+        return p.clone()
+    # channel: one bound per output channel, kept as (C, 1, 1) so it broadcasts over H, W
+    return p.amax(dim=tuple(range(1, p.dim())), keepdim=True)
+
+
+class BoundedReLU(nn.Module):
+    """Base class: a ReLU with an upper bound ``bound`` (scalar or per channel/neuron)."""
+
+    #: whether post-training may train the bound (only FitAct)
+    trainable = False
+
+    def __init__(self, bound, granularity: str = "layer", inplace: bool = False, fused: bool = False):
+        super().__init__()
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"unknown granularity {granularity!r}; choose one of: {', '.join(GRANULARITIES)}")
+        b = torch.as_tensor(bound, dtype=torch.float32).detach().clone()
+        self.bound = nn.Parameter(b, requires_grad=self.trainable)
+        self.granularity = granularity
+        # in place only when the replaced nn.ReLU was in place: the caller then does not need its input
+        self.inplace = inplace
+        # fused=True: inference (no autograd) through one torch.compile'd kernel instead of
+        # threshold + masked_fill_ (2 extra passes); see the module docstring
+        self.fused = fused
+
+    def _use_fused(self, x) -> bool:
+        return self.fused and not (torch.is_grad_enabled() and (x.requires_grad or self.bound.requires_grad))
+
+    def _relu(self, x: torch.Tensor) -> torch.Tensor:
+        # threshold(x, 0, 0) == relu(x) except that NaN (NaN > 0 is False) maps to 0; -inf -> 0 too
+        return F.threshold(x, 0.0, 0.0, inplace=self.inplace)
+
+    def extra_repr(self) -> str:
+        return f"granularity={self.granularity}, bound_shape={tuple(self.bound.shape)}"
+
+
+def _clip_eager(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """x if 0 < x <= b else 0, NaN/inf -> 0, as one expression (the body that torch.compile fuses)."""
+    return torch.where((x > 0) & (x <= b), x, 0.0)
+
+
+def _clamp_eager(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """min(max(0, x), b) with NaN/inf -> 0, as one expression for torch.compile."""
+    return torch.where((x > 0) & (x < float("inf")), torch.minimum(x, b), 0.0)
+
+
+_COMPILED: dict = {}
+
+
+def _fused(fn):
+    """``fn`` compiled once per process with dynamic shapes: one fused pass over the activation map.
+
+    Compiling only the activation (not the whole model) costs ~15 s once on CPU, and is shared by
+    every site and every shape; conv/linear stay on their eager (oneDNN) kernels.
+    """
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=True)
+    return _COMPILED[fn]
+
+
+def _zero_above(y: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """In place on a ReLU output y >= 0: zero every value above the bound (+inf included)."""
+    if y.requires_grad:  # autograd (training the hard form) cannot record in-place fills on leaves' views
+        return y.masked_fill(y > b, 0.0)
+    return y.masked_fill_(y > b, 0.0)
+
+
+class ClipActReLU(BoundedReLU):
+    """Clip-Act (Hoang et al., DATE 2020): x if 0 <= x <= b else 0."""
+
+    def forward(self, x):
+        if self._use_fused(x):
+            return _fused(_clip_eager)(x, self.bound)
+        return _zero_above(self._relu(x), self.bound)
+
+
+class GBReLU(ClipActReLU):
+    """Globally bounded ReLU used for the Fig. 1 sweeps: same function as Clip-Act, given bound."""
+
+
+class RangerReLU(BoundedReLU):
+    """Ranger (Chen et al.): clamp, min(max(0, x), b); non-finite inputs give 0 (DESIGN §2.2)."""
+
+    def forward(self, x):
+        if self._use_fused(x):
+            return _fused(_clamp_eager)(x, self.bound)
+        y = self._relu(x)  # NaN, -inf -> 0
+        # +inf is a fault, not a large activation: 0 instead of b (two cheap in-place passes)
+        y = _zero_above(y, torch.finfo(y.dtype).max)
+        return torch.minimum(y, self.bound.to(y.dtype)) if y.requires_grad else y.clamp_(max=self.bound)
+
+
+class FitReLU(BoundedReLU):
+    """FitReLU (FitAct, Eq. 6): f(x) = max(0, x) * sigmoid(k * (b - x)), trainable bound.
+
+    ``hard=True`` uses FitReLU-Naive (Eq. 5), x if 0 <= x <= b else 0, the inference form; the
+    smooth form gives the bound a gradient and is what post-training uses (``posttrain.py`` switches
+    ``hard`` off while training and back for validation).
+    """
+
+    trainable = True
+
+    def __init__(self, bound, granularity: str = "neuron", k: float = 20.0, hard: bool = False,
+                 inplace: bool = False, fused: bool = False):
+        super().__init__(bound, granularity, inplace, fused)
+        self.k = float(k)
+        self.hard = bool(hard)
+
+    def forward(self, x):
+        if self.hard:
+            if self._use_fused(x):
+                return _fused(_clip_eager)(x, self.bound)
+            return _zero_above(self._relu(x), self.bound)
+        # sanitise first: inf * sigmoid(-inf) = inf * 0 = NaN, and a NaN in the unselected branch of
+        # a torch.where would still poison the bound's gradient
+        x = torch.where(torch.isfinite(x), x, 0.0)
+        y = F.relu(x)
+        return y * torch.sigmoid(self.k * (self.bound - y))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", k={self.k}, hard={self.hard}"
+
+
+ACTIVATIONS = {"ranger": RangerReLU, "clipact": ClipActReLU, "gbrelu": GBReLU, "fitact": FitReLU}
+
+
+def make_activation(name: str, bound, granularity: str = "layer", k: float = 20.0, hard: bool = True,
+                    inplace: bool = False, fused: bool = False) -> BoundedReLU:
+    """Build the bounded activation of protection ``name`` with an already reduced ``bound``."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown bounded activation {name!r}; choose one of: {', '.join(ACTIVATIONS)}")
+    if name == "fitact":
+        return FitReLU(bound, granularity, k=k, hard=hard, inplace=inplace, fused=fused)
+    return ACTIVATIONS[name](bound, granularity, inplace=inplace, fused=fused)
+
+
+def set_fitrelu_hard(model: nn.Module, hard) -> dict[str, bool]:
+    """Set ``hard`` on every FitReLU (bool, or a dict name -> bool); return the previous flags."""
+    old = {}
+    for name, m in model.named_modules():
+        if isinstance(m, FitReLU):
+            old[name] = m.hard
+            m.hard = hard[name] if isinstance(hard, dict) else bool(hard)
+    return old
