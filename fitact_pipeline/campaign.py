@@ -1,0 +1,78 @@
+"""Fault campaigns: trials of random bit flips over a sweep of fault rates, with statistics.
+
+A trial is one fault map (faults.FaultInjector.inject), kept for one evaluation pass over the
+evaluation images, then removed. Trial i at a rate uses the map of (seed, i): the same trial index
+hits the same weight bits in every protected variant of a model, so protections are compared on
+paired samples (DESIGN.md §2.1).
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from . import stats
+from .faults import FaultInjector, evaluate_accuracy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CampaignResult:
+    clean_accuracy: float
+    rates: list[float]
+    per_rate: dict[float, dict[str, float]]
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+    def accuracies(self, rate: float) -> list[float]:
+        return [t["accuracy"] for t in self.trials if t["rate"] == rate]
+
+
+def trial_record(rate: float, trial: int, accuracy: float, fault_map, word_bits: int) -> dict[str, Any]:
+    """What one trial leaves behind: enough to verify the fault model from the results alone."""
+    bits = Counter(bit for _, _, bit in fault_map.records)
+    tensors = Counter(name for name, _, _ in fault_map.records)
+    flips = len(fault_map.records)
+    return {
+        "rate": rate, "trial": trial, "accuracy": accuracy, "flips": flips,
+        "realised_ber": flips / fault_map.num_bits if fault_map.num_bits else 0.0,
+        "flips_per_bit": [bits.get(b, 0) for b in range(word_bits)],
+        "flips_per_tensor": dict(tensors),
+    }
+
+
+def run_campaign(model: torch.nn.Module, injector: FaultInjector, images: torch.Tensor,
+                 labels: torch.Tensor, rates: Sequence[float], trials: int, seed: int,
+                 batch_size: int = 256, adaptive: dict | None = None,
+                 progress: bool = True, level: float = 0.95) -> CampaignResult:
+    """Run `trials` fault maps per rate (or adaptively between min and max trials).
+
+    With `adaptive = {"target_halfwidth": h, "min_trials": a, "max_trials": b}` a rate stops as soon
+    as the confidence interval of its mean accuracy is narrower than ±h."""
+    model.eval()
+    clean = evaluate_accuracy(model, images, labels, batch_size)
+    max_trials = int(adaptive["max_trials"]) if adaptive else int(trials)
+    word_bits = getattr(injector, "word_bits", 32)
+    result = CampaignResult(clean_accuracy=clean, rates=[float(r) for r in rates], per_rate={})
+    bar = tqdm(total=len(rates) * max_trials, desc="fault campaign", disable=not progress, leave=False)
+    for rate in result.rates:
+        accs: list[float] = []
+        for trial in range(max_trials):
+            with injector.inject(rate, seed, trial) as fault_map:
+                # No flip means the clean model: its accuracy is known exactly, skip the pass.
+                acc = evaluate_accuracy(model, images, labels, batch_size) if fault_map.records else clean
+            result.trials.append(trial_record(rate, trial, acc, fault_map, word_bits))
+            accs.append(acc)
+            bar.update(1)
+            if adaptive and stats.should_stop(accs, adaptive.get("target_halfwidth"),
+                                              int(adaptive["min_trials"]), max_trials, level):
+                bar.update(max_trials - trial - 1)
+                break
+        result.per_rate[rate] = stats.summarize(accs, level)
+        log.info("rate %g: mean accuracy %.4f over %d trials", rate, result.per_rate[rate]["mean"], len(accs))
+    bar.close()
+    return result

@@ -1,0 +1,83 @@
+"""Statistics against known answers (DESIGN.md §2.5)."""
+import math
+
+import numpy as np
+import pytest
+
+from fitact_pipeline import stats
+
+
+def test_mean_ci_known_normal_sample():
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.7, 0.05, size=1000)
+    mean, low, high = stats.mean_ci(x)
+    assert low < 0.7 < high
+    assert high - mean == pytest.approx(1.9623 * x.std(ddof=1) / math.sqrt(1000), rel=1e-3)
+
+
+def test_mean_ci_coverage_is_about_95_percent():
+    rng = np.random.default_rng(1)
+    hits = sum(low <= 0.5 <= high for low, high in
+               (stats.mean_ci(rng.normal(0.5, 0.1, size=15))[1:] for _ in range(400)))
+    assert 0.91 <= hits / 400 <= 0.985
+
+
+def test_constant_and_single_values_have_zero_width_intervals():
+    assert stats.mean_ci([0.8] * 5) == (0.8, 0.8, 0.8)
+    assert stats.mean_ci([0.3]) == (0.3, 0.3, 0.3)
+    with pytest.raises(ValueError):
+        stats.mean_ci([])
+
+
+def test_summarize_fields():
+    s = stats.summarize([0.1, 0.2, 0.3, 0.4, 0.5])
+    assert s["mean"] == pytest.approx(0.3) and s["median"] == pytest.approx(0.3)
+    assert (s["min"], s["max"], s["q1"], s["q3"], s["trials"]) == (0.1, 0.5, pytest.approx(0.2), pytest.approx(0.4), 5)
+    assert s["ci_low"] < 0.3 < s["ci_high"]
+
+
+def test_bootstrap_median_interval_contains_median_and_is_seeded():
+    x = np.random.default_rng(2).uniform(size=50)
+    med, low, high = stats.bootstrap_median_ci(x, seed=3)
+    assert low <= med <= high and med == pytest.approx(np.median(x))
+    assert stats.bootstrap_median_ci(x, seed=3) == (med, low, high)
+
+
+def test_paired_difference_recovers_known_shift():
+    rng = np.random.default_rng(4)
+    b = rng.uniform(0.2, 0.8, size=40)
+    a = b + 0.1 + rng.normal(0, 0.02, size=40)
+    d = stats.paired_difference(a, b)
+    assert d["ci_low"] < 0.1 < d["ci_high"]
+    assert d["mean_diff"] == pytest.approx(0.1, abs=0.01)
+    assert d["wilcoxon_p"] < 1e-6
+    same = stats.paired_difference(b, b)
+    assert same["mean_diff"] == 0 and same["wilcoxon_p"] == 1.0
+    with pytest.raises(ValueError):
+        stats.paired_difference([1, 2], [1])
+
+
+def test_resilience_auc_and_critical_rate():
+    rates = [1e-6, 1e-5, 1e-4]
+    assert stats.resilience_auc(rates, [1.0, 1.0, 1.0]) == pytest.approx(1.0)
+    # Linear in log10(rate) from 1 to 0: the normalised area is one half.
+    assert stats.resilience_auc(rates, [1.0, 0.5, 0.0]) == pytest.approx(0.5)
+    assert stats.critical_rate(rates, [1.0, 0.8, 0.2], 0.5) == pytest.approx(10 ** -4.5)
+    assert stats.critical_rate(rates, [0.9, 0.9, 0.9], 0.5) == math.inf
+    assert stats.critical_rate(rates, [0.1, 0.1, 0.1], 0.5) == 1e-6
+
+
+def test_adaptive_stopping_stops_earlier_on_low_variance_and_never_before_min():
+    rng = np.random.default_rng(5)
+
+    def trials_needed(sd):
+        values = []
+        while not stats.should_stop(values, target_halfwidth=0.01, min_trials=5, max_trials=200):
+            values.append(float(rng.normal(0.5, sd)))
+        return len(values)
+
+    low, high = trials_needed(0.005), trials_needed(0.05)
+    assert low == 5  # tight data: stops exactly at min_trials
+    assert high > low
+    assert not stats.should_stop([0.5] * 4, 0.01, min_trials=5, max_trials=10)
+    assert stats.should_stop([0.1, 0.9] * 5, 0.0001, min_trials=2, max_trials=10)
