@@ -47,7 +47,7 @@ class MLflowSweepCallback(Callback):
 
         tracking.ensure_store(config.tracking)
         client = MlflowClient()
-        out_dir = Path(config.hydra.runtime.cwd) / "outputs" / "figures" / config.tracking.experiment
+        out_dir = Path(config.figures_dir) / config.tracking.experiment
         try:
             path = sweep_resilience_figure(client, parent, out_dir)
             if path is not None:

@@ -8,7 +8,6 @@ paired samples (DESIGN.md §2.1).
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -32,17 +31,12 @@ class CampaignResult:
         return [t["accuracy"] for t in self.trials if t["rate"] == rate]
 
 
-def trial_record(rate: float, trial: int, accuracy: float, fault_map, word_bits: int) -> dict[str, Any]:
+def trial_record(rate: float, trial: int, accuracy: float, fault_map) -> dict[str, Any]:
     """What one trial leaves behind: enough to verify the fault model from the results alone."""
-    bits = Counter(bit for _, _, bit in fault_map.records)
-    tensors = Counter(name for name, _, _ in fault_map.records)
-    flips = len(fault_map.records)
-    return {
-        "rate": rate, "trial": trial, "accuracy": accuracy, "flips": flips,
-        "realised_ber": flips / fault_map.num_bits if fault_map.num_bits else 0.0,
-        "flips_per_bit": [bits.get(b, 0) for b in range(word_bits)],
-        "flips_per_tensor": dict(tensors),
-    }
+    summary = fault_map.summary()
+    return {"rate": rate, "trial": trial, "accuracy": accuracy, "flips": summary["num_flips"],
+            "realised_ber": summary["realised_ber"], "flips_per_bit": summary["flips_per_bit"],
+            "flips_per_tensor": summary["flips_per_tensor"]}
 
 
 def run_campaign(model: torch.nn.Module, injector: FaultInjector, images: torch.Tensor,
@@ -56,7 +50,6 @@ def run_campaign(model: torch.nn.Module, injector: FaultInjector, images: torch.
     model.eval()
     clean = evaluate_accuracy(model, images, labels, batch_size)
     max_trials = int(adaptive["max_trials"]) if adaptive else int(trials)
-    word_bits = getattr(injector, "word_bits", 32)
     result = CampaignResult(clean_accuracy=clean, rates=[float(r) for r in rates], per_rate={})
     bar = tqdm(total=len(rates) * max_trials, desc="fault campaign", disable=not progress, leave=False)
     for rate in result.rates:
@@ -64,8 +57,8 @@ def run_campaign(model: torch.nn.Module, injector: FaultInjector, images: torch.
         for trial in range(max_trials):
             with injector.inject(rate, seed, trial) as fault_map:
                 # No flip means the clean model: its accuracy is known exactly, skip the pass.
-                acc = evaluate_accuracy(model, images, labels, batch_size) if fault_map.records else clean
-            result.trials.append(trial_record(rate, trial, acc, fault_map, word_bits))
+                acc = evaluate_accuracy(model, images, labels, batch_size) if fault_map.num_flips else clean
+            result.trials.append(trial_record(rate, trial, acc, fault_map))
             accs.append(acc)
             bar.update(1)
             if adaptive and stats.should_stop(accs, adaptive.get("target_halfwidth"),

@@ -215,6 +215,4 @@ def _protection_kwargs(protection: DictConfig) -> dict[str, Any]:
         kwargs.update(k=protection.k, hard=protection.hard)
     if protection.name == "gbrelu":
         kwargs.update(gbrelu_bound=protection.bound)
-        if protection.get("sites"):
-            kwargs.update(sites=list(protection.sites))
     return kwargs

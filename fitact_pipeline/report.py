@@ -53,7 +53,9 @@ def plot_resilience(ax, curve_by_protection: dict[str, dict[float, dict[str, flo
         color, marker = PROTECTION_STYLE.get(protection, (None, "x"))
         ax.plot(rates, [100 * s["mean"] for s in stats], marker=marker, color=color, label=protection)
         if all("ci_low" in s for s in stats):
-            ax.fill_between(rates, [100 * s["ci_low"] for s in stats], [100 * s["ci_high"] for s in stats],
+            # The t-interval can pass 0 or 100 %; accuracy cannot, so the band is drawn clipped.
+            ax.fill_between(rates, [max(0.0, 100 * s["ci_low"]) for s in stats],
+                            [min(100.0, 100 * s["ci_high"]) for s in stats],
                             color=color, alpha=0.2, linewidth=0)
     ax.set_xscale("log")
     ax.set_xlabel("fault rate (bit error rate, per stored bit)")
