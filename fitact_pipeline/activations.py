@@ -10,12 +10,13 @@ They broadcast against the batch without any reshaping in ``forward``.
 
 NaN and +-inf inputs are faulty values: every bounded activation outputs 0 for them.
 
-Cost. Inference cost is dominated by memory passes over the activation map. The hard forms use
-``F.threshold(x, 0, 0)`` as the ReLU (one pass; ``NaN > 0`` is False so NaN -> 0 for free, -inf -> 0)
-and then zero what lies above the bound *in place* on that fresh output (``masked_fill_``), so no
-extra activation-sized float tensor is allocated; +inf > b so +inf -> 0 as well. ``torch.where`` or
-``x * mask`` forms need more passes (and ``NaN * 0`` is NaN). For the last few percent, compile the
-model (``torch.compile``): the bound check then fuses into the ReLU kernel (benchmarks/overhead.py).
+Cost. Inference cost is dominated by memory passes over the activation map. The eager hard forms
+run ``relu`` and then zero, *in place* on that fresh output, every value that is not ``<= b``
+(``masked_fill_`` with the negated comparison): ``NaN <= b`` and ``inf <= b`` are False, so NaN and
++inf become 0 in the same pass (relu maps -inf to 0 but keeps NaN). No extra activation-sized float
+tensor is allocated; the mask is 1 byte per element. ``x * mask`` is wrong (``NaN * 0`` is NaN) and
+``torch.where`` allocates. ``fused=True`` instead runs the whole activation as one torch.compile'd
+kernel (one read, one write per element, like nn.ReLU); see benchmarks/overhead.py for the figures.
 """
 from __future__ import annotations
 
@@ -65,8 +66,8 @@ class BoundedReLU(nn.Module):
         return self.fused and not (torch.is_grad_enabled() and (x.requires_grad or self.bound.requires_grad))
 
     def _relu(self, x: torch.Tensor) -> torch.Tensor:
-        # threshold(x, 0, 0) == relu(x) except that NaN (NaN > 0 is False) maps to 0; -inf -> 0 too
-        return F.threshold(x, 0.0, 0.0, inplace=self.inplace)
+        # keeps NaN (every caller removes it with a "not <=" mask); -inf -> 0
+        return torch.relu_(x) if self.inplace else torch.relu(x)
 
     def extra_repr(self) -> str:
         return f"granularity={self.granularity}, bound_shape={tuple(self.bound.shape)}"
@@ -96,11 +97,12 @@ def _fused(fn):
     return _COMPILED[fn]
 
 
-def _zero_above(y: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """In place on a ReLU output y >= 0: zero every value above the bound (+inf included)."""
-    if y.requires_grad:  # autograd (training the hard form) cannot record in-place fills on leaves' views
-        return y.masked_fill(y > b, 0.0)
-    return y.masked_fill_(y > b, 0.0)
+def _zero_above(y: torch.Tensor, b) -> torch.Tensor:
+    """On a ReLU output: zero every value that is not <= b (above the bound, +inf, NaN)."""
+    mask = y.le(b).logical_not_()  # not (y > b): NaN must land in the mask
+    if y.requires_grad:  # keep autograd's view of y intact when training through the hard form
+        return y.masked_fill(mask, 0.0)
+    return y.masked_fill_(mask, 0.0)
 
 
 class ClipActReLU(BoundedReLU):
@@ -122,8 +124,8 @@ class RangerReLU(BoundedReLU):
     def forward(self, x):
         if self._use_fused(x):
             return _fused(_clamp_eager)(x, self.bound)
-        y = self._relu(x)  # NaN, -inf -> 0
-        # +inf is a fault, not a large activation: 0 instead of b (two cheap in-place passes)
+        y = self._relu(x)  # -inf -> 0
+        # NaN and +inf are faults, not large activations: 0, not b (DESIGN §2.2)
         y = _zero_above(y, torch.finfo(y.dtype).max)
         return torch.minimum(y, self.bound.to(y.dtype)) if y.requires_grad else y.clamp_(max=self.bound)
 

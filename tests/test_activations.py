@@ -1,0 +1,98 @@
+"""Values, shapes and failure modes of the bounded activation family (DESIGN.md §2.2)."""
+import math
+
+import pytest
+import torch
+
+from fitact_pipeline.activations import (ClipActReLU, FitReLU, GBReLU, RangerReLU, make_activation,
+                                         reduce_profile, set_fitrelu_hard)
+
+NAN, INF = float("nan"), float("inf")
+X = torch.tensor([NAN, INF, -INF, -3.0, 0.0, 0.5, 2.0, 2.5, 1e30])
+
+
+def _vals(m, x=X):
+    with torch.no_grad():
+        return m(x.clone()).tolist()
+
+
+def test_ranger_clamps_and_zeroes_non_finite():
+    assert _vals(RangerReLU(2.0)) == [0, 0, 0, 0, 0, 0.5, 2.0, 2.0, 2.0]
+
+
+@pytest.mark.parametrize("cls", [ClipActReLU, GBReLU])
+def test_clipact_zeroes_above_bound(cls):
+    assert _vals(cls(2.0)) == [0, 0, 0, 0, 0, 0.5, 2.0, 0, 0]
+
+
+def test_fitrelu_hard_is_naive_form():
+    assert _vals(FitReLU(2.0, "layer", hard=True)) == [0, 0, 0, 0, 0, 0.5, 2.0, 0, 0]
+
+
+def test_fitrelu_smooth_values_and_gradient():
+    m = FitReLU(2.0, "layer", k=20.0)
+    y = m(X)
+    expect = [0, 0, 0, 0, 0, 0.5 / (1 + math.exp(-20 * 1.5)), 1.0, 2.5 / (1 + math.exp(20 * 0.5)), 0]
+    assert torch.allclose(y, torch.tensor(expect), atol=1e-6)
+    assert torch.isfinite(y).all()
+    y.sum().backward()
+    # the bound gets a finite, non-zero gradient (it is what post-training trains), also with NaN/inf around
+    assert m.bound.grad is not None and torch.isfinite(m.bound.grad) and m.bound.grad.item() > 0
+
+
+def test_only_fitact_bound_trains_and_named_bound():
+    for cls in (RangerReLU, ClipActReLU, GBReLU):
+        m = cls(1.0)
+        assert [n for n, _ in m.named_parameters()] == ["bound"] and not m.bound.requires_grad
+    assert FitReLU(1.0).bound.requires_grad
+
+
+@pytest.mark.parametrize("name", ["ranger", "clipact", "gbrelu", "fitact"])
+def test_neuron_and_channel_bounds_broadcast(name):
+    # a (C,H,W) neuron bound: each neuron is cut at its own value
+    bound = torch.tensor([[[1.0, 2.0]], [[3.0, 4.0]]])  # (2,1,2)
+    m = make_activation(name, bound, "neuron", hard=True)
+    x = torch.full((3, 2, 1, 2), 2.5)
+    y = m(x)
+    above = torch.tensor([[[True, True]], [[False, False]]]).expand(3, 2, 1, 2)
+    clipped = 2.5 if False else (bound.expand(3, 2, 1, 2) if name == "ranger" else torch.zeros(3, 2, 1, 2))
+    assert torch.equal(y[above], clipped[above])
+    assert torch.all(y[~above] == 2.5)
+
+
+def test_fused_kernel_matches_eager():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5, 5) * 3
+    x[0, 0, 0, 0], x[1, 1, 1, 1], x[2, 2, 2, 2] = NAN, INF, -INF
+    b = torch.rand(3, 5, 5) * 2
+    for name in ("clipact", "ranger", "fitact"):
+        eager = make_activation(name, b, "neuron", hard=True)
+        fused = make_activation(name, b, "neuron", hard=True, fused=True)
+        with torch.no_grad():
+            assert torch.equal(eager(x.clone()), fused(x.clone())), name
+
+
+def test_reduce_profile_shapes_and_max():
+    conv = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)
+    lin = torch.tensor([3.0, 1.0, 2.0])
+    assert reduce_profile(conv, "layer").shape == () and reduce_profile(conv, "layer") == 23
+    ch = reduce_profile(conv, "channel")
+    assert ch.shape == (2, 1, 1) and ch.flatten().tolist() == [11, 23]
+    assert reduce_profile(conv, "neuron").shape == (2, 3, 4)
+    assert reduce_profile(lin, "layer").shape == () and reduce_profile(lin, "channel").shape == (3,)
+    assert reduce_profile(lin, "neuron").tolist() == [3, 1, 2]
+
+
+def test_set_fitrelu_hard_roundtrip():
+    net = torch.nn.Sequential(FitReLU(1.0, hard=True), ClipActReLU(1.0), FitReLU(1.0, hard=False))
+    old = set_fitrelu_hard(net, False)
+    assert old == {"0": True, "2": False} and not net[0].hard
+    set_fitrelu_hard(net, old)
+    assert net[0].hard and not net[2].hard
+
+
+def test_bad_names():
+    with pytest.raises(ValueError, match="unknown granularity 'pixel'"):
+        ClipActReLU(1.0, "pixel")
+    with pytest.raises(ValueError, match="unknown bounded activation 'relu6'"):
+        make_activation("relu6", 1.0)
