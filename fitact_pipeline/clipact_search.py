@@ -1,0 +1,111 @@
+"""FT-ClipAct threshold search (Hoang et al., DATE 2020; DESIGN.md §2.4).
+
+Per layer, in forward order: start with [0, profiled max]; score a few evenly spaced thresholds by
+the area under accuracy-vs-fault-rate (trapezoid on the log10 rate axis, divided by the axis span so
+a score is a mean accuracy in [0, 1]); keep the best, narrow the interval to one candidate spacing
+around it, repeat until the best score stops improving. Layers are tuned one after another, each
+with the thresholds already chosen for the earlier ones in place.
+
+Every candidate is scored on the same fault maps: the injector draws each tensor's flips from
+(seed, trial, tensor name), so the weights are hit identically; only the bound being tuned gets
+its own draw (its value differs). A fresh FaultInjector is built per score because the injector
+stores (quantises) the fault space at construction, and the bound value changes between scores.
+The profiled max is scored first and kept unless a candidate beats it, so the result is never
+worse than the profiled max on the validation data it was searched on.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .activations import ClipActReLU
+
+
+def _score(model, images, labels, rates, trials, seed, fault_kwargs, batch_size, injector_factory, evaluate):
+    injector = injector_factory(model, **fault_kwargs)
+    accs = []
+    for rate in rates:
+        per_trial = []
+        for t in range(trials):
+            with injector.inject(rate, seed, t):
+                per_trial.append(evaluate(model, images, labels, batch_size))
+        accs.append(sum(per_trial) / len(per_trial))
+    if len(rates) == 1:
+        return accs[0]
+    xs = [math.log10(r) for r in rates]
+    area = sum((xs[i + 1] - xs[i]) * (accs[i] + accs[i + 1]) / 2 for i in range(len(xs) - 1))
+    return area / (xs[-1] - xs[0])
+
+
+def clipact_search(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, fault_kwargs: dict | None = None,
+                   rates=(1e-6, 1e-5, 1e-4), candidates: int = 5, iterations: int = 3, trials: int = 3,
+                   seed: int = 0, batch_size: int = 256, tol: float = 1e-4, sites=None,
+                   injector_factory=None, evaluate=None, log=None) -> dict[str, float]:
+    """Search a Clip-Act threshold per layer; sets the model's bounds and returns {site: threshold}.
+
+    ``model`` must be protected with ``clipact`` at layer granularity (bounds = profiled max).
+    ``images``/``labels``: the validation subset (e.g. ``datamodule.eval_tensors("val", n, seed)``).
+    ``fault_kwargs`` go to ``FaultInjector`` (fmt, word_bits, frac_bits, targets, ...).
+    Cost = sites x (1 + iterations x candidates) x len(rates) x trials evaluations of ``images``.
+    ``sites`` restricts the search to some sites (default all); ``log(site, it, threshold, score)``
+    is called for every scored candidate.
+    """
+    if injector_factory is None or evaluate is None:
+        from .faults import FaultInjector, evaluate_accuracy
+        injector_factory = injector_factory or FaultInjector
+        evaluate = evaluate or evaluate_accuracy
+    rates = sorted(float(r) for r in rates)
+    if not rates or rates[0] <= 0:
+        raise ValueError(f"rates must be positive fault rates, got {rates!r}")
+    if candidates < 2 or iterations < 1 or trials < 1:
+        raise ValueError(f"need candidates >= 2, iterations >= 1, trials >= 1; got {candidates}, {iterations}, {trials}")
+    acts = {n: m for n, m in model.named_modules() if isinstance(m, ClipActReLU)}
+    if not acts:
+        raise ValueError("clipact_search needs a model protected with 'clipact' (no ClipActReLU found)")
+    wide = [n for n, m in acts.items() if m.bound.dim() != 0]
+    if wide:
+        raise ValueError(f"clipact_search tunes one threshold per layer; these sites are not layer-wise: {', '.join(wide)}")
+    if sites is not None:
+        unknown = sorted(set(sites) - set(acts))
+        if unknown:
+            raise ValueError(f"unknown Clip-Act sites: {', '.join(unknown)}")
+        acts = {n: acts[n] for n in sites}
+    fault_kwargs = dict(fault_kwargs or {})
+    was_training = model.training
+    model.eval()
+
+    def score() -> float:
+        return _score(model, images, labels, rates, trials, seed, fault_kwargs, batch_size, injector_factory, evaluate)
+
+    chosen = {}
+    for site, act in acts.items():  # named_modules order = registration order ~ forward order
+        top = float(act.bound.detach())
+        best_t, best_s = top, score()  # the profiled max is the reference
+        if log:
+            log(site, 0, top, best_s)
+        lo, hi = 0.0, top
+        for it in range(1, iterations + 1):
+            prev = best_s
+            step = (hi - lo) / (candidates - 1)
+            for i in range(candidates):
+                t = lo + i * step
+                if abs(t - best_t) < 1e-12:
+                    continue  # already scored
+                with torch.no_grad():
+                    act.bound.fill_(t)
+                s = score()
+                if log:
+                    log(site, it, t, s)
+                if s > best_s:
+                    best_t, best_s = t, s
+            # narrow to one spacing around the best, inside [0, profiled max]
+            lo, hi = max(0.0, best_t - step), min(top, best_t + step)
+            if best_s - prev <= tol and it > 1:
+                break  # scores stopped improving
+        with torch.no_grad():
+            act.bound.fill_(best_t)
+        chosen[site] = best_t
+    model.train(was_training)
+    return chosen

@@ -1,0 +1,61 @@
+"""FT-ClipAct search on a small real task (digits): thresholds in range, score no worse than max."""
+import copy
+import logging
+
+import pytest
+import torch
+
+from fitact_pipeline.clipact_search import _score, clipact_search
+from fitact_pipeline.data import DigitsDataModule
+from fitact_pipeline.faults import FaultInjector, evaluate_accuracy
+from fitact_pipeline.models import build_model
+from fitact_pipeline.protect import bound_parameters, fold_batchnorm, profile_activations, protect_model
+from fitact_pipeline.training import train_baseline
+
+RATES, TRIALS, SEED = (1e-4, 1e-3), 1, 3
+FAULTS = {"fmt": "fixed", "word_bits": 32, "frac_bits": 16}
+
+
+@pytest.fixture(scope="module")
+def digits_clipact():
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    dm = DigitsDataModule(batch_size=64, seed=0)
+    dm.setup("fit")
+    model = build_model("small_cnn", 10, 1, 0.5)
+    train_baseline(model, dm, {"epochs": 6, "lr": 0.05, "progress_bar": False}, seed=0)
+    model.eval()
+    fold_batchnorm(model)
+    prof = profile_activations(model, dm.profile_dataloader(500), 500)
+    images, labels = dm.eval_tensors("val", 150, seed=0)
+    return protect_model(model, "clipact", "layer", prof), prof, images, labels
+
+
+def test_search_thresholds_in_range_and_score_no_worse(digits_clipact):
+    model, prof, images, labels = digits_clipact
+    reference = copy.deepcopy(model)  # every bound at the profiled max
+    searched = copy.deepcopy(model)
+    seen = []
+    thr = clipact_search(searched, images, labels, FAULTS, rates=RATES, candidates=3, iterations=2,
+                         trials=TRIALS, seed=SEED, log=lambda *a: seen.append(a))
+    assert set(thr) == set(prof)  # every site, also the ones nested in submodules (features.*)
+    for site, t in thr.items():
+        assert 0.0 <= t <= prof[site].amax().item() + 2 ** -16  # Q15.16 rounding of the stored bound
+        # the threshold is set on the model (up to Q15.16 rounding by the injector)
+        assert abs(bound_parameters(searched)[site].item() - t) <= 2 ** -16
+    assert len(seen) > len(thr)  # more than the reference was scored
+
+    def score(m):
+        return _score(m, images, labels, RATES, TRIALS, SEED, FAULTS, 256, FaultInjector, evaluate_accuracy)
+    assert score(searched) >= score(reference) - 1e-9
+
+
+def test_search_bad_inputs(digits_clipact):
+    model, prof, images, labels = digits_clipact
+    with pytest.raises(ValueError, match="no ClipActReLU"):
+        clipact_search(build_model("small_cnn", 10, 1, 0.25), images, labels)
+    neuron = protect_model(build_model("small_cnn", 10, 1, 0.25), "clipact", "neuron",
+                           profile_activations(build_model("small_cnn", 10, 1, 0.25), torch.randn(2, 1, 8, 8)))
+    with pytest.raises(ValueError, match="not layer-wise"):
+        clipact_search(neuron, images, labels)
+    with pytest.raises(ValueError, match="rates must be positive"):
+        clipact_search(model, images, labels, rates=(0.0,))
