@@ -34,14 +34,27 @@ def configure_runtime(cfg: DictConfig) -> torch.device:
     """Per-job global state. Joblib reuses worker processes, so nothing is trusted from a previous
     job: seeds, threads and numeric modes are set again every time."""
     torch.manual_seed(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
+    threads = cfg.threads or _parallel_share()
+    if threads:
+        torch.set_num_threads(int(threads))
     # Faulted fixed-point values reach ±32768: TF32 would change what a fault does.
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(cfg.device)
+
+
+def _parallel_share() -> int | None:
+    """Each of n parallel joblib jobs gets cores / n threads, so jobs do not oversubscribe."""
+    try:
+        launcher = HydraConfig.get().launcher
+    except ValueError:
+        return None
+    n_jobs = launcher.get("n_jobs") if "joblib" in str(launcher.get("_target_", "")).lower() else None
+    if not n_jobs or n_jobs < 1:
+        return None
+    return max(1, (os.cpu_count() or 1) // int(n_jobs))
 
 
 def _plain(node: Any) -> Any:
@@ -182,14 +195,18 @@ def _run_stages(cfg: DictConfig, datamodule, device: torch.device, rates: list[f
     profile = stage_profile(cfg, model, datamodule)
     val_images, val_labels = datamodule.eval_tensors("val", cfg.campaign.eval_images, cfg.campaign.seed)
     clean_val_acc = evaluate_accuracy(model, val_images, val_labels, cfg.campaign.batch_size)
+    _log_profile_site(profile, cfg.profile_site)
+    reference = copy.deepcopy(model) if cfg.overhead.enabled else None
     protection = cfg.protection
     protected = protect_model(model, protection.name, protection.get("granularity", "layer"), profile,
-                              **_protection_kwargs(protection))
+                              **_protection_kwargs(protection, profile))
     bounds_info = stage_bounds(cfg, protected, datamodule, clean_val_acc, val_images, val_labels)
     protected = protected.to(device).eval()
 
     test_images, test_labels = datamodule.eval_tensors(cfg.campaign.eval_split, cfg.campaign.eval_images,
                                                        cfg.campaign.seed)
+    if reference is not None:
+        _log_overhead(reference.to(device), protected, test_images.to(device), cfg.overhead)
     float_acc = evaluate_accuracy(protected, test_images.to(device), test_labels.to(device),
                                   cfg.campaign.batch_size)
     faults = cfg.faults
@@ -209,10 +226,49 @@ def _run_stages(cfg: DictConfig, datamodule, device: torch.device, rates: list[f
             "mean_accuracy": {r: s["mean"] for r, s in result.per_rate.items()}}
 
 
-def _protection_kwargs(protection: DictConfig) -> dict[str, Any]:
+def _protection_kwargs(protection: DictConfig, profile: dict[str, torch.Tensor]) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     if protection.name == "fitact":
         kwargs.update(k=protection.k, hard=protection.hard)
     if protection.name == "gbrelu":
-        kwargs.update(gbrelu_bound=protection.bound)
+        # GBReLU at chosen sites only (paper Fig. 1: one layer); the others stay plain ReLU.
+        sites = _select_sites(list(profile), protection.get("sites"))
+        kwargs.update(gbrelu_bound={site: float(protection.bound) for site in sites})
     return kwargs
+
+
+def _select_sites(all_sites: list[str], chosen) -> list[str]:
+    """Sites by name or by index in forward order; None = all."""
+    if chosen is None:
+        return all_sites
+    picked = []
+    for item in chosen:
+        if isinstance(item, int) and -len(all_sites) <= item < len(all_sites):
+            picked.append(all_sites[item])
+        elif item in all_sites:
+            picked.append(item)
+        else:
+            raise ValueError(f"protection.sites has {item!r}; allowed: an index below {len(all_sites)} "
+                             f"or one of: {', '.join(all_sites)}")
+    return picked
+
+
+def _log_profile_site(profile: dict[str, torch.Tensor], site_index: int | None) -> None:
+    """Per-neuron maxima of one activation site (paper Fig. 2), plus a per-site summary."""
+    sites = list(profile)
+    mlflow.log_dict({s: {"neurons": int(p.numel()), "layer_max": float(p.max()), "mean": float(p.float().mean())}
+                     for s, p in profile.items()}, "profile_summary.json")
+    if site_index is None or not sites:
+        return
+    site = _select_sites(sites, [site_index])[0]
+    mlflow.log_dict({"site": site, "shape": list(profile[site].shape),
+                     "maxima": profile[site].flatten().tolist()}, "profile_site.json")
+
+
+def _log_overhead(reference: torch.nn.Module, protected: torch.nn.Module, images: torch.Tensor,
+                  overhead_cfg: DictConfig) -> None:
+    from .overhead import overhead
+
+    reps = -(-overhead_cfg.batch_size // images.shape[0])
+    batch = images.repeat(reps, 1, 1, 1)[: overhead_cfg.batch_size]
+    mlflow.log_metrics(overhead(reference, protected, batch, repeats=overhead_cfg.repeats))

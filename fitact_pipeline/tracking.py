@@ -60,6 +60,12 @@ def ensure_store(tracking_cfg: DictConfig) -> str:
 
     Sets the tracking URI of this process: joblib workers are reused between jobs, so every job
     calls this rather than trusting global state left by a previous one."""
+    if tracking_cfg.get("uri"):
+        # A tracking server (several machines): it serialises store access and owns artifacts.
+        mlflow.set_tracking_uri(tracking_cfg.uri)
+        client = MlflowClient(tracking_cfg.uri)
+        exp = client.get_experiment_by_name(tracking_cfg.experiment)
+        return exp.experiment_id if exp else client.create_experiment(tracking_cfg.experiment)
     uri, artifacts = store_paths(tracking_cfg)
     root = Path(tracking_cfg.root).resolve()
     root.mkdir(parents=True, exist_ok=True)

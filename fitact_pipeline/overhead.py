@@ -1,0 +1,66 @@
+"""Inference runtime and memory of a protected model against its ReLU original (paper Table I).
+
+Runtimes are medians of passes interleaved side by side (A, B, A, B, ...) in one process, so a
+noisy machine slows both alike; the ratio is what is reported.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from torch import nn
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer: what the deployed model stores."""
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+def _timed_pass(model: nn.Module, batch: torch.Tensor) -> float:
+    if batch.is_cuda:
+        torch.cuda.synchronize(batch.device)
+    start = time.perf_counter()
+    model(batch)
+    if batch.is_cuda:
+        torch.cuda.synchronize(batch.device)
+    return time.perf_counter() - start
+
+
+def _peak_cuda_bytes(model: nn.Module, batch: torch.Tensor) -> int | None:
+    if not batch.is_cuda:
+        return None
+    torch.cuda.reset_peak_memory_stats(batch.device)
+    model(batch)
+    torch.cuda.synchronize(batch.device)
+    return int(torch.cuda.max_memory_allocated(batch.device))
+
+
+@torch.inference_mode()
+def compare_inference(models: dict[str, nn.Module], batch: torch.Tensor, repeats: int = 10,
+                      warmup: int = 2) -> dict[str, dict[str, float | int | None]]:
+    """Median inference time (ms) and memory of each model on the same batch, interleaved."""
+    for model in models.values():
+        model.eval()
+        for _ in range(warmup):
+            model(batch)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            times[name].append(_timed_pass(model, batch))
+    return {name: {"ms": 1000 * statistics.median(times[name]), "bytes": model_bytes(model),
+                   "peak_cuda_bytes": _peak_cuda_bytes(model, batch)}
+            for name, model in models.items()}
+
+
+def overhead(reference: nn.Module, protected: nn.Module, batch: torch.Tensor, repeats: int = 10) -> dict[str, float]:
+    """Relative runtime and memory overhead of `protected` over `reference` (0.05 = +5 %)."""
+    res = compare_inference({"reference": reference, "protected": protected}, batch, repeats)
+    ref, prot = res["reference"], res["protected"]
+    out = {"inference_ms_reference": ref["ms"], "inference_ms_protected": prot["ms"],
+           "runtime_overhead": prot["ms"] / ref["ms"] - 1.0,
+           "model_bytes_reference": float(ref["bytes"]), "model_bytes_protected": float(prot["bytes"]),
+           "memory_overhead": prot["bytes"] / ref["bytes"] - 1.0}
+    if ref["peak_cuda_bytes"]:
+        out["peak_cuda_overhead"] = prot["peak_cuda_bytes"] / ref["peak_cuda_bytes"] - 1.0
+    return out
