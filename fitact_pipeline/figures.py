@@ -1,0 +1,243 @@
+"""The paper's figures, drawn from data already read out of MLflow (report.py does the reading).
+
+Every function takes plain data, draws, and returns exactly the numbers it drew, so tests can
+compare a figure with the runs it came from without reading pixels.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib import cbook  # noqa: E402
+
+PROTECTION_ORDER = ("none", "ranger", "clipact", "gbrelu", "fitact")
+PROTECTION_STYLE = {"none": ("tab:gray", "o"), "ranger": ("tab:orange", "s"),
+                    "clipact": ("tab:blue", "^"), "gbrelu": ("tab:purple", "v"), "fitact": ("tab:green", "D")}
+RATE_AXIS = "fault rate (bit error rate, flips per stored bit)"
+ACC_AXIS = "accuracy (%)"
+
+
+def variant_sort_key(variant: str) -> tuple:
+    """Variants are a protection name, optionally followed by a qualifier (`gbrelu b=0.5`)."""
+    base = variant.split(" ")[0]
+    return (PROTECTION_ORDER.index(base) if base in PROTECTION_ORDER else 99, variant)
+
+
+def variant_style(variant: str, index: int = 0) -> tuple[str | None, str]:
+    base = variant.split(" ")[0]
+    color, marker = PROTECTION_STYLE.get(base, (None, "x"))
+    if variant != base:  # several variants of one protection (GBReLU bounds): distinct colours
+        color = plt.get_cmap("tab10")(index % 10)
+    return color, marker
+
+
+def save(fig, out_dir: Path, stem: str, formats: Sequence[str], dpi: int) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = out_dir / f"{stem}.{fmt}"
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def _legend_below(fig, axes) -> None:
+    """One legend for the whole figure, under the axes: it can never cover a data point."""
+    handles, labels = {}, {}
+    for ax in np.ravel(axes):
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles[lab], labels[lab] = h, lab
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                   ncol=min(len(handles), 4), frameon=False)
+
+
+# --- Fig. 1 -----------------------------------------------------------------------------------
+
+def fig1_gbrelu(points: dict[float, dict], title: str):
+    """Clean accuracy and mean accuracy under faults (95 % CI bars) vs the GBReLU global bound.
+
+    points: {bound: {"clean": acc, "rates": {rate: {"mean", "ci_low", "ci_high"}}}} (fractions).
+    Returns (figure, drawn) with drawn = {"bound": [...], "clean": [...], rate: [means]} in %."""
+    bounds = sorted(points)
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    drawn: dict = {"bound": bounds, "clean": [100 * points[b]["clean"] for b in bounds]}
+    ax.plot(bounds, drawn["clean"], "k-o", label="accuracy without faults")
+    rates = sorted({r for b in bounds for r in points[b]["rates"]})
+    cmap = plt.get_cmap("autumn")
+    for i, rate in enumerate(rates):
+        xs = [b for b in bounds if rate in points[b]["rates"]]
+        st = [points[b]["rates"][rate] for b in xs]
+        means = [100 * s["mean"] for s in st]
+        err = np.array([[100 * (s["mean"] - s["ci_low"]) for s in st], [100 * (s["ci_high"] - s["mean"]) for s in st]])
+        ax.errorbar(xs, means, yerr=np.clip(err, 0, None), fmt="-s", capsize=3,
+                    color=cmap(i / max(1, len(rates))), label=f"under faults, BER {rate:.0e} (mean, 95 % CI)")
+        drawn[rate] = means
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("GBReLU global bound (activation units)")
+    ax.set_ylabel(ACC_AXIS)
+    ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    _legend_below(fig, ax)
+    return fig, drawn
+
+
+# --- Fig. 2 -----------------------------------------------------------------------------------
+
+def fig2_profile(maxima: Sequence[float], site: str, title: str, bins: int = 40):
+    """Histogram of per-neuron maximum activations of one site; the layer max (what a global bound
+    would be) as a vertical line. Returns (figure, drawn) with the counts and edges drawn."""
+    values = np.asarray(maxima, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    counts, edges, _ = ax.hist(values, bins=bins, color="tab:blue", alpha=0.8, label="neurons")
+    layer_max = float(values.max())
+    ax.axvline(layer_max, color="tab:red", linestyle="--", label=f"layer max = {layer_max:.3g}")
+    ax.set_xlabel(f"maximum activation of a neuron over the profiling images (activation units), site {site}")
+    ax.set_ylabel("number of neurons")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    _legend_below(fig, ax)
+    return fig, {"counts": counts.tolist(), "edges": edges.tolist(), "layer_max": layer_max,
+                 "neurons": int(values.size)}
+
+
+# --- Fig. 3 -----------------------------------------------------------------------------------
+
+def fig3_activations(global_bound: float = 2.0, neuron_bound: float = 1.0, k: float = 20.0,
+                     x_range: tuple[float, float] = (-1.0, 3.0)):
+    """ReLU, GBReLU (layer bound), FitReLU-Naive and FitReLU (neuron bound, slope k), evaluated by
+    the modules the pipeline runs, so the figure shows the implemented functions."""
+    from .activations import FitReLU, GBReLU
+
+    x = torch.linspace(*x_range, 801)
+    with torch.no_grad():
+        curves = {
+            "ReLU": torch.relu(x),
+            f"GBReLU (global bound {global_bound:g})": GBReLU(global_bound)(x.clone()),
+            f"FitReLU-Naive (neuron bound {neuron_bound:g})": FitReLU(neuron_bound, "layer", k=k, hard=True)(x.clone()),
+            f"FitReLU (neuron bound {neuron_bound:g}, k={k:g})": FitReLU(neuron_bound, "layer", k=k, hard=False)(x.clone()),
+        }
+    jumps = {1: global_bound, 2: neuron_bound}  # hard forms drop to 0 at their bound
+    styles = [("k", "-", 3.0), ("tab:purple", "--", 2.0), ("tab:blue", "-.", 2.0), ("tab:green", "-", 1.5)]
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    xs = x.numpy().astype(np.float64)
+    for i, ((label, y), (color, ls, lw)) in enumerate(zip(curves.items(), styles)):
+        y = y.numpy().astype(np.float64).copy()
+        if i in jumps:  # break the line at the jump instead of drawing a vertical segment
+            cut = int(np.searchsorted(xs, jumps[i], side="right"))
+            y = np.insert(y, cut, np.nan)
+            xp = np.insert(xs, cut, jumps[i])
+        else:
+            xp = xs
+        ax.plot(xp, y, color=color, linestyle=ls, linewidth=lw, label=label)
+    ax.set_xlabel("pre-activation input x (activation units)")
+    ax.set_ylabel("activation output f(x) (activation units)")
+    ax.set_title("bounded ReLU variants", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    _legend_below(fig, ax)
+    return fig, {"x": x.numpy(), **{k_: v.numpy() for k_, v in curves.items()}}
+
+
+# --- Fig. 5 -----------------------------------------------------------------------------------
+
+def fig5_boxes(trials: dict[str, dict[float, list[float]]], title: str):
+    """Box plots of per-trial accuracy, grouped by fault rate, one box per variant.
+    Returns (figure, drawn) with drawn = {variant: {rate: boxplot stats (%)}}."""
+    variants = sorted(trials, key=variant_sort_key)
+    rates = sorted({r for v in variants for r in trials[v]})
+    width = 0.8 / max(1, len(variants))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(rates) * max(1, len(variants)) ** 0.5 + 2), 4.2))
+    drawn: dict = {}
+    for j, variant in enumerate(variants):
+        color, _ = variant_style(variant, j)
+        positions, stats = [], []
+        for i, rate in enumerate(rates):
+            if rate not in trials[variant]:
+                continue
+            st = cbook.boxplot_stats(100 * np.asarray(trials[variant][rate], dtype=np.float64))[0]
+            st["label"] = variant
+            positions.append(i - 0.4 + width * (j + 0.5))
+            stats.append(st)
+            drawn.setdefault(variant, {})[rate] = {k: st[k] for k in ("med", "q1", "q3", "mean")}
+            drawn[variant][rate]["n"] = len(trials[variant][rate])
+        if stats:
+            ax.bxp(stats, positions=positions, widths=width * 0.85, patch_artist=True, showmeans=True,
+                   boxprops={"facecolor": color, "alpha": 0.6}, medianprops={"color": "k"},
+                   meanprops={"marker": "^", "markerfacecolor": "white", "markeredgecolor": "k", "markersize": 4})
+        ax.plot([], [], "s", color=color, alpha=0.6, markersize=10, label=variant)  # legend handle
+    ax.set_xticks(range(len(rates)), [f"{r:.0e}" for r in rates])
+    ax.set_xlim(-0.6, len(rates) - 0.4)
+    ax.set_xlabel(RATE_AXIS + " (categories, log-spaced)")
+    ax.set_ylabel("accuracy of one trial (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+    _legend_below(fig, ax)
+    return fig, drawn
+
+
+# --- Fig. 6 -----------------------------------------------------------------------------------
+
+def plot_resilience(ax, curve_by_variant: dict[str, dict[float, dict[str, float]]], title: str) -> dict:
+    """Mean accuracy vs fault rate (log axis), one line per variant, 95 % CI band.
+    Returns {variant: {"rates", "mean", "ci_low", "ci_high"}} as drawn (%; bands clipped to 0..100)."""
+    drawn = {}
+    for j, variant in enumerate(sorted(curve_by_variant, key=variant_sort_key)):
+        points = sorted((r, s) for r, s in curve_by_variant[variant].items() if r > 0 and "mean" in s)
+        if not points:
+            continue
+        rates = [r for r, _ in points]
+        stats = [s for _, s in points]
+        color, marker = variant_style(variant, j)
+        means = [100 * s["mean"] for s in stats]
+        ax.plot(rates, means, marker=marker, color=color, label=variant)
+        entry = {"rates": rates, "mean": means}
+        if all("ci_low" in s and "ci_high" in s for s in stats):
+            # The t-interval can pass 0 or 100 %; accuracy cannot, so the band is drawn clipped.
+            entry["ci_low"] = [max(0.0, 100 * s["ci_low"]) for s in stats]
+            entry["ci_high"] = [min(100.0, 100 * s["ci_high"]) for s in stats]
+            ax.fill_between(rates, entry["ci_low"], entry["ci_high"], color=color, alpha=0.2, linewidth=0)
+        drawn[variant] = entry
+    ax.set_xscale("log")
+    ax.set_xlabel(RATE_AXIS)
+    ax.set_ylabel("mean accuracy under faults (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    return drawn
+
+
+def fig6_grid(curves: dict[tuple[str, str], dict[str, dict[float, dict[str, float]]]]):
+    """Grid: rows = datasets, columns = models; each panel as plot_resilience.
+    curves: {(model, dataset): {variant: {rate: stats}}}. Returns (figure, {(model, dataset): drawn})."""
+    models = sorted({m for m, _ in curves})
+    datasets = sorted({d for _, d in curves})
+    fig, axes = plt.subplots(len(datasets), len(models), figsize=(4.6 * len(models), 3.6 * len(datasets)),
+                             squeeze=False)
+    drawn = {}
+    for i, dataset in enumerate(datasets):
+        for j, model in enumerate(models):
+            ax = axes[i][j]
+            if (model, dataset) not in curves:
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, f"no runs for\n{model} on {dataset}", ha="center", va="center",
+                        transform=ax.transAxes)
+                continue
+            drawn[(model, dataset)] = plot_resilience(ax, curves[(model, dataset)], f"{model} on {dataset}")
+    fig.tight_layout()
+    _legend_below(fig, axes)
+    return fig, drawn
+
+
+def finite(values: Iterable[float]) -> list[float]:
+    return [v for v in values if v is not None and not math.isnan(v)]
