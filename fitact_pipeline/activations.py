@@ -90,7 +90,9 @@ def _fused(fn):
     """``fn`` compiled once per process with dynamic shapes: one fused pass over the activation map.
 
     Compiling only the activation (not the whole model) costs ~15 s once on CPU, and is shared by
-    every site and every shape; conv/linear stay on their eager (oneDNN) kernels.
+    every site and every shape; conv/linear stay on their eager (oneDNN) kernels. Callers pass
+    ``bound.detach()``: dynamo treats nn.Parameter shapes as static and would recompile per site
+    shape until its recompile limit, then silently fall back to eager.
     """
     if fn not in _COMPILED:
         _COMPILED[fn] = torch.compile(fn, dynamic=True)
@@ -110,7 +112,7 @@ class ClipActReLU(BoundedReLU):
 
     def forward(self, x):
         if self._use_fused(x):
-            return _fused(_clip_eager)(x, self.bound)
+            return _fused(_clip_eager)(x, self.bound.detach())
         return _zero_above(self._relu(x), self.bound)
 
 
@@ -123,7 +125,7 @@ class RangerReLU(BoundedReLU):
 
     def forward(self, x):
         if self._use_fused(x):
-            return _fused(_clamp_eager)(x, self.bound)
+            return _fused(_clamp_eager)(x, self.bound.detach())
         y = self._relu(x)  # -inf -> 0
         # NaN and +inf are faults, not large activations: 0, not b (DESIGN §2.2)
         y = _zero_above(y, torch.finfo(y.dtype).max)
@@ -149,7 +151,7 @@ class FitReLU(BoundedReLU):
     def forward(self, x):
         if self.hard:
             if self._use_fused(x):
-                return _fused(_clip_eager)(x, self.bound)
+                return _fused(_clip_eager)(x, self.bound.detach())
             return _zero_above(self._relu(x), self.bound)
         # sanitise first: inf * sigmoid(-inf) = inf * 0 = NaN, and a NaN in the unselected branch of
         # a torch.where would still poison the bound's gradient

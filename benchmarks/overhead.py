@@ -1,0 +1,146 @@
+"""Inference overhead of the protections (paper Table I): runtime and memory vs the ReLU model.
+
+    python benchmarks/overhead.py                       # vgg16, resnet50, alexnet; 32x32, batch 128
+    python benchmarks/overhead.py --models vgg16 --repeats 3 --no-fused
+
+All variants of one model share the same (BatchNorm-folded, full-width, untrained) weights; only
+the activation modules differ. Runtime is the median of ``--repeats`` passes, measured interleaved
+(pass r of every variant before pass r+1 of any), so machine load drifts hit every variant alike.
+Memory is the bytes of parameters and buffers (what a deployed model stores); on CUDA also the peak
+allocated memory of a pass. Variants with ``+fused`` run the hard bound check through one
+torch.compile'd kernel (activations.py); the ReLU reference and the convolutions stay eager.
+
+The last line is JSON: fitact_runtime_overhead / fitact_memory_overhead per model for neuron-wise
+hard FitReLU (eager), and the same for the fused kernel under *_fused.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fitact_pipeline.models import build_model  # noqa: E402
+from fitact_pipeline.protect import fold_batchnorm, profile_activations, protect_model  # noqa: E402
+
+# (label, protection, granularity, hard, fused)
+VARIANTS = [
+    ("relu", "none", "layer", True, False),
+    ("ranger/layer", "ranger", "layer", True, False),
+    ("clipact/layer", "clipact", "layer", True, False),
+    ("fitact/neuron/hard", "fitact", "neuron", True, False),
+    ("fitact/channel/hard", "fitact", "channel", True, False),
+    ("fitact/layer/hard", "fitact", "layer", True, False),
+    ("fitact/neuron/smooth", "fitact", "neuron", False, False),
+    ("fitact/channel/smooth", "fitact", "channel", False, False),
+    ("fitact/layer/smooth", "fitact", "layer", False, False),
+]
+FUSED = [
+    ("clipact/layer+fused", "clipact", "layer", True, True),
+    ("fitact/neuron/hard+fused", "fitact", "neuron", True, True),
+    ("fitact/channel/hard+fused", "fitact", "channel", True, True),
+]
+
+
+def stored_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_model(name: str, args, device) -> dict:
+    torch.manual_seed(0)
+    base = build_model(name, num_classes=10, in_channels=3, width=1.0).eval()
+    fold_batchnorm(base)  # what a deployed model runs and stores
+    base.to(device)
+    x = torch.randn(args.batch, 3, 32, 32, device=device)
+    profile = profile_activations(base, x[:16])  # bound values do not affect speed, only shapes do
+    variants = VARIANTS + (FUSED if args.fused else [])
+    models = {}
+    for label, prot, gran, hard, fused in variants:
+        m = base if prot == "none" else protect_model(copy.deepcopy(base), prot, gran, profile, hard=hard, fused=fused)
+        models[label] = m.eval().to(device)
+    times = {k: [] for k in models}
+    peak = {}
+    with torch.no_grad():
+        for label, m in models.items():  # warm-up (and compile the fused kernel once)
+            t0 = time.perf_counter()
+            m(x)
+            sync(device)
+            if args.verbose:
+                print(f"  warm-up {name} {label}: {time.perf_counter() - t0:.2f}s", file=sys.stderr, flush=True)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+                base_alloc = torch.cuda.memory_allocated()
+                m(x)
+                sync(device)
+                peak[label] = torch.cuda.max_memory_allocated() - base_alloc
+        for _ in range(args.repeats):
+            for label, m in models.items():
+                sync(device)
+                t0 = time.perf_counter()
+                m(x)
+                sync(device)
+                times[label].append(time.perf_counter() - t0)
+    ref_t = statistics.median(times["relu"])
+    ref_b = stored_bytes(models["relu"])
+    rows = {}
+    for label, m in models.items():
+        t, b = statistics.median(times[label]), stored_bytes(m)
+        rows[label] = {"time_s": t, "runtime_overhead": t / ref_t - 1, "bytes": b, "memory_overhead": b / ref_b - 1,
+                       "peak_bytes": peak.get(label)}
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="vgg16,resnet50,alexnet")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--devices", default="cpu,cuda", help="measured where available")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--no-fused", dest="fused", action="store_false", help="skip the torch.compile'd variants")
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = [torch.device(d) for d in args.devices.split(",") if d == "cpu" or torch.cuda.is_available()]
+    summary = {"batch": args.batch, "repeats": args.repeats, "fitact_form": "neuron-wise hard FitReLU (FitReLU-Naive)",
+               "threads": torch.get_num_threads(),
+               "fitact_runtime_overhead": {}, "fitact_memory_overhead": {},
+               "fitact_runtime_overhead_fused": {}, "memory_overhead_by_granularity": {}}
+    for device in devices:
+        for name in args.models.split(","):
+            rows = bench_model(name, args, device)
+            print(f"\n{name} on {device} (32x32, batch {args.batch}, median of {args.repeats}, "
+                  f"{torch.get_num_threads()} threads)")
+            print(f"{'variant':28s} {'time ms':>9s} {'runtime +%':>10s} {'MB stored':>10s} {'memory +%':>10s}"
+                  + (f" {'peak MB':>9s}" if device.type == "cuda" else ""))
+            for label, r in rows.items():
+                line = (f"{label:28s} {r['time_s'] * 1e3:9.1f} {100 * r['runtime_overhead']:+10.2f} "
+                        f"{r['bytes'] / 2**20:10.2f} {100 * r['memory_overhead']:+10.3f}")
+                if device.type == "cuda":
+                    line += f" {r['peak_bytes'] / 2**20:9.1f}"
+                print(line, flush=True)
+            key = name if device.type == "cpu" else f"{name}@{device.type}"
+            summary["fitact_runtime_overhead"][key] = round(rows["fitact/neuron/hard"]["runtime_overhead"], 4)
+            summary["fitact_memory_overhead"][key] = round(rows["fitact/neuron/hard"]["memory_overhead"], 5)
+            if "fitact/neuron/hard+fused" in rows:
+                summary["fitact_runtime_overhead_fused"][key] = round(rows["fitact/neuron/hard+fused"]["runtime_overhead"], 4)
+            summary["memory_overhead_by_granularity"][key] = {
+                g: round(rows[f"fitact/{g}/hard"]["memory_overhead"], 5) for g in ("neuron", "channel", "layer")}
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
