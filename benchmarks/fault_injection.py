@@ -88,12 +88,16 @@ def naive_trial(model: nn.Module, records, word_bits: int = 32, frac_bits: int =
     return faulty
 
 
-def median_ms(fn, repeats: int) -> float:
+TIMES: dict[str, list[float]] = {}
+
+
+def median_ms(fn, repeats: int, key: str = "") -> float:
     times = []
     for r in range(repeats):
         t0 = time.perf_counter()
         fn(r)
         times.append((time.perf_counter() - t0) * 1e3)
+    TIMES[key] = times
     return statistics.median(times)
 
 
@@ -128,7 +132,7 @@ def main() -> None:
 
     for r in range(3):  # warm-up
         one_trial(10_000 + r)
-    inject_ms = median_ms(one_trial, args.repeats)
+    inject_ms = median_ms(one_trial, args.repeats, "inject")
     sample_ms = median_ms(lambda r: injector.sample(args.rate, seed=0, trial=r), args.repeats)
     flips = [len(injector.sample(args.rate, 0, r)) for r in range(args.repeats)]
 
@@ -152,6 +156,8 @@ def main() -> None:
 
     print(f"flips per trial: median {statistics.median(flips)} (expected {space['total_bits'] * args.rate:.0f}); "
           f"sample-only {sample_ms:.2f} ms, apply+restore of a given map {apply_ms:.2f} ms")
+    print(f"inject+restore ms: min {min(TIMES['inject']):.2f}, median {inject_ms:.2f}, "
+          f"max {max(TIMES['inject']):.2f} over {args.repeats} trials (a busy shared CPU preempts some)")
     print("naive result matches the injector bit for bit; model restored bit for bit")
     result = {
         "flips": len(fmap),
