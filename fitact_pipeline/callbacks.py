@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,6 +33,8 @@ def sweep_key(config: DictConfig) -> str:
 
 class MLflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra sets HydraConfig for jobs only; `${hydra:runtime.cwd}` in tracking.root needs it here.
+        HydraConfig.instance().set_config(config)
         key = sweep_key(config)
         name = "sweep " + " ".join(config.hydra.overrides.task) if config.hydra.overrides.task else "sweep"
         run_id = tracking.open_parent_run(config.tracking, key, config.hydra.sweep.dir, name[:250])
@@ -42,6 +45,7 @@ class MLflowSweepCallback(Callback):
         if not marker.exists():
             return
         parent = marker.read_text().strip()
+        HydraConfig.instance().set_config(config)
         from mlflow.tracking import MlflowClient
         from .report import sweep_resilience_figure
 

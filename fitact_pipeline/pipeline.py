@@ -100,8 +100,7 @@ def stage_profile(cfg: DictConfig, model: torch.nn.Module, datamodule) -> dict[s
         lambda path: torch.load(path / "profile.pt", weights_only=True))
 
 
-def stage_bounds(cfg: DictConfig, protected: torch.nn.Module, datamodule, clean_val_acc: float,
-                 images_val, labels_val) -> dict:
+def stage_bounds(cfg: DictConfig, protected: torch.nn.Module, datamodule, clean_val_acc: float) -> dict:
     """FitAct post-training or the FT-ClipAct search: both only change `.bound` tensors, which are
     cached so that every fault-rate job of one protection reuses them."""
     name = cfg.protection.name
@@ -118,8 +117,7 @@ def stage_bounds(cfg: DictConfig, protected: torch.nn.Module, datamodule, clean_
             from .posttrain import posttrain_bounds
             info = posttrain_bounds(protected, datamodule, cfg.posttrain, clean_val_acc)
         else:
-            from .clipact_search import clipact_search
-            info = {"thresholds": clipact_search(protected, images_val, labels_val, cfg)}
+            info = {"thresholds": _search_thresholds(cfg, protected, datamodule)}
         bounds = {k: v.detach().clone() for k, v in protected.state_dict().items() if k.endswith(".bound")}
         return bounds, info
 
@@ -134,6 +132,23 @@ def stage_bounds(cfg: DictConfig, protected: torch.nn.Module, datamodule, clean_
     bounds, info = cached_stage(cfg.cache_dir, f"bounds_{name}", key, compute, save, load)
     protected.load_state_dict(bounds, strict=False)
     return info
+
+
+def fault_kwargs(faults: DictConfig) -> dict[str, Any]:
+    return {"fmt": faults.fmt, "word_bits": faults.word_bits, "frac_bits": faults.frac_bits,
+            "targets": tuple(faults.targets), "include": tuple(faults.include), "exclude": tuple(faults.exclude)}
+
+
+def _search_thresholds(cfg: DictConfig, protected: torch.nn.Module, datamodule) -> dict[str, float]:
+    """FT-ClipAct on the validation split, on fault maps of its own seed (never the test maps)."""
+    from .clipact_search import clipact_search
+
+    search = cfg.protection.search
+    images, labels = datamodule.eval_tensors("val", search.images, cfg.campaign.seed + 1)
+    rates = as_rate_list(search.rates) if search.rates else as_rate_list(cfg.campaign.rates)
+    return clipact_search(protected, images, labels, fault_kwargs(cfg.faults), rates=rates,
+                          candidates=search.candidates, iterations=search.iterations, trials=search.trials,
+                          seed=cfg.campaign.seed + 1, batch_size=cfg.campaign.batch_size)
 
 
 def _parent_run_id() -> str | None:
@@ -193,14 +208,14 @@ def _run_stages(cfg: DictConfig, datamodule, device: torch.device, rates: list[f
     if cfg.faults.fold_batchnorm:
         fold_batchnorm(model)
     profile = stage_profile(cfg, model, datamodule)
-    val_images, val_labels = datamodule.eval_tensors("val", cfg.campaign.eval_images, cfg.campaign.seed)
+    val_images, val_labels = datamodule.eval_tensors("val", None, cfg.campaign.seed)  # the whole split
     clean_val_acc = evaluate_accuracy(model, val_images, val_labels, cfg.campaign.batch_size)
     _log_profile_site(profile, cfg.profile_site)
     reference = copy.deepcopy(model) if cfg.overhead.enabled else None
     protection = cfg.protection
     protected = protect_model(model, protection.name, protection.get("granularity", "layer"), profile,
                               **_protection_kwargs(protection, profile))
-    bounds_info = stage_bounds(cfg, protected, datamodule, clean_val_acc, val_images, val_labels)
+    bounds_info = stage_bounds(cfg, protected, datamodule, clean_val_acc)
     protected = protected.to(device).eval()
 
     test_images, test_labels = datamodule.eval_tensors(cfg.campaign.eval_split, cfg.campaign.eval_images,
@@ -209,10 +224,7 @@ def _run_stages(cfg: DictConfig, datamodule, device: torch.device, rates: list[f
         _log_overhead(reference.to(device), protected, test_images.to(device), cfg.overhead)
     float_acc = evaluate_accuracy(protected, test_images.to(device), test_labels.to(device),
                                   cfg.campaign.batch_size)
-    faults = cfg.faults
-    injector = FaultInjector(protected, fmt=faults.fmt, word_bits=faults.word_bits,
-                             frac_bits=faults.frac_bits, targets=tuple(faults.targets),
-                             include=tuple(faults.include), exclude=tuple(faults.exclude))
+    injector = FaultInjector(protected, **fault_kwargs(cfg.faults))
     adaptive = _plain(cfg.campaign.adaptive) if cfg.campaign.adaptive.enabled else None
     started = time.perf_counter()
     result = run_campaign(protected, injector, test_images.to(device), test_labels.to(device), rates,
