@@ -31,11 +31,13 @@ def main():
     p.add_argument("--root", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=".cache/runs")
+    p.add_argument("--cache-dir", default=".cache/data", help="where the decoded ImageFolder tensors go")
     p.add_argument("--progress-bar", action="store_true")
     a = p.parse_args()
 
     start = time.perf_counter()
-    dm = ImageFolderDataModule(a.root, name="cifar10_copy", train_subset=a.train_subset, seed=a.seed)
+    dm = ImageFolderDataModule(a.root, name="cifar10_copy", train_subset=a.train_subset, seed=a.seed,
+                               cache_dir=a.cache_dir)
     dm.setup()
     load_s = time.perf_counter() - start
     model = build_model(a.model, dm.num_classes, dm.in_channels, a.width)
