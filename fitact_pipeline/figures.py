@@ -30,12 +30,22 @@ def variant_sort_key(variant: str) -> tuple:
     return (PROTECTION_ORDER.index(base) if base in PROTECTION_ORDER else 99, variant)
 
 
-def variant_style(variant: str, index: int = 0) -> tuple[str | None, str]:
-    base = variant.split(" ")[0]
-    color, marker = PROTECTION_STYLE.get(base, (None, "x"))
-    if variant != base:  # several variants of one protection (GBReLU bounds): distinct colours
-        color = plt.get_cmap("tab10")(index % 10)
-    return color, marker
+# Colours for qualified variants (GBReLU bounds, restricted fault spaces): none of the protections'
+# own colours, so a GBReLU bound never looks like FitAct.
+_EXTRA_COLORS = ("tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "gold", "navy", "teal",
+                 "darkred", "lime")
+
+
+def palette(variants: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """{variant: (colour, marker)}: a plain protection keeps its fixed colour in every figure."""
+    out, extra = {}, 0
+    for variant in sorted(variants, key=variant_sort_key):
+        base = variant.split(" ")[0]
+        color, marker = PROTECTION_STYLE.get(base, (None, "x"))
+        if variant != base or color is None:
+            color, extra = _EXTRA_COLORS[extra % len(_EXTRA_COLORS)], extra + 1
+        out[variant] = (color, marker)
+    return out
 
 
 def save(fig, out_dir: Path, stem: str, formats: Sequence[str], dpi: int) -> list[Path]:
@@ -128,7 +138,9 @@ def fig3_activations(global_bound: float = 2.0, neuron_bound: float = 1.0, k: fl
             f"FitReLU (neuron bound {neuron_bound:g}, k={k:g})": FitReLU(neuron_bound, "layer", k=k, hard=False)(x.clone()),
         }
     jumps = {1: global_bound, 2: neuron_bound}  # hard forms drop to 0 at their bound
-    styles = [("k", "-", 3.0), ("tab:purple", "--", 2.0), ("tab:blue", "-.", 2.0), ("tab:green", "-", 1.5)]
+    # ReLU wide and light underneath; the bounded forms coincide with it below their bounds, so they
+    # are told apart by dash pattern on top of it
+    styles = [("0.75", "-", 6.0), ("tab:purple", "--", 2.5), ("tab:blue", ":", 2.5), ("tab:green", "-", 1.5)]
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     xs = x.numpy().astype(np.float64)
     for i, ((label, y), (color, ls, lw)) in enumerate(zip(curves.items(), styles)):
@@ -140,6 +152,10 @@ def fig3_activations(global_bound: float = 2.0, neuron_bound: float = 1.0, k: fl
         else:
             xp = xs
         ax.plot(xp, y, color=color, linestyle=ls, linewidth=lw, label=label)
+    for b, name in ((global_bound, "global bound"), (neuron_bound, "neuron bound")):
+        ax.axvline(b, color="0.4", linewidth=0.8, linestyle=(0, (1, 3)))
+        ax.annotate(name, (b, 0.95), xycoords=("data", "axes fraction"), rotation=90, ha="right", va="top",
+                    fontsize=8, color="0.3")
     ax.set_xlabel("pre-activation input x (activation units)")
     ax.set_ylabel("activation output f(x) (activation units)")
     ax.set_title("bounded ReLU variants", fontsize=10)
@@ -158,8 +174,9 @@ def fig5_boxes(trials: dict[str, dict[float, list[float]]], title: str):
     width = 0.8 / max(1, len(variants))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(rates) * max(1, len(variants)) ** 0.5 + 2), 4.2))
     drawn: dict = {}
+    colors = palette(variants)
     for j, variant in enumerate(variants):
-        color, _ = variant_style(variant, j)
+        color, _ = colors[variant]
         positions, stats = [], []
         for i, rate in enumerate(rates):
             if rate not in trials[variant]:
@@ -177,7 +194,7 @@ def fig5_boxes(trials: dict[str, dict[float, list[float]]], title: str):
         ax.plot([], [], "s", color=color, alpha=0.6, markersize=10, label=variant)  # legend handle
     ax.set_xticks(range(len(rates)), [f"{r:.0e}" for r in rates])
     ax.set_xlim(-0.6, len(rates) - 0.4)
-    ax.set_xlabel(RATE_AXIS + " (categories, log-spaced)")
+    ax.set_xlabel(RATE_AXIS)
     ax.set_ylabel("accuracy of one trial (%)")
     ax.set_ylim(0, 100)
     ax.set_title(title, fontsize=10)
@@ -192,13 +209,14 @@ def plot_resilience(ax, curve_by_variant: dict[str, dict[float, dict[str, float]
     """Mean accuracy vs fault rate (log axis), one line per variant, 95 % CI band.
     Returns {variant: {"rates", "mean", "ci_low", "ci_high"}} as drawn (%; bands clipped to 0..100)."""
     drawn = {}
-    for j, variant in enumerate(sorted(curve_by_variant, key=variant_sort_key)):
+    colors = palette(curve_by_variant)
+    for variant in sorted(curve_by_variant, key=variant_sort_key):
         points = sorted((r, s) for r, s in curve_by_variant[variant].items() if r > 0 and "mean" in s)
         if not points:
             continue
         rates = [r for r, _ in points]
         stats = [s for _, s in points]
-        color, marker = variant_style(variant, j)
+        color, marker = colors[variant]
         means = [100 * s["mean"] for s in stats]
         ax.plot(rates, means, marker=marker, color=color, label=variant)
         entry = {"rates": rates, "mean": means}

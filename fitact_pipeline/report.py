@@ -386,7 +386,7 @@ class Report:
                               "AUC: area under mean accuracy vs log10(fault rate) over the curve's own rates, "
                               "divided by the decades spanned (1 = no loss at 100 %). Critical rate: where mean "
                               f"accuracy first falls below {level_text} (log-interpolated; 'never' = not within "
-                              "the rates run).")
+                              "the rates run; equal to the lowest rate = already below there).")
         paired_md = stem.parent / "_paired.md"
         tables.write_markdown(paired_md, "Paired differences on the same fault maps", self.PAIRED,
                               ["model", "dataset", "A", "B", "fault rate", "pairs", "mean A - B", "95 % CI low",
