@@ -46,6 +46,8 @@ def job_key(cfg: DictConfig) -> str:
         return node
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    if resolved.get("protection", {}).get("name") != "fitact":
+        resolved.pop("posttrain", None)  # only FitAct's numbers depend on post-training
     blob = json.dumps(strip(resolved), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -46,7 +46,7 @@ def test_parallel_sweep_on_fresh_store(tmp_path):
 
 
 def test_killed_sweep_relaunch_finishes_only_what_is_missing(tmp_path):
-    overrides = ("protection=none", "campaign.rates=1e-6,3e-6,1e-5,3e-5", "campaign.trials=300")
+    overrides = ("protection=none", "campaign.rates=1e-6,3e-6,1e-5,3e-5", "campaign.trials=150")
     launcher = subprocess.Popen(sweep_cmd(tmp_path, *overrides), cwd=ROOT, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 400
