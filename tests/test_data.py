@@ -175,7 +175,9 @@ def test_failed_download_leaves_nothing_behind(tmp_path, monkeypatch):
     (root / "keep.txt").write_text("user file")
 
     def broken_download(url, download_root, filename=None, md5=None, **kw):
-        # What a dropped connection leaves: a partial archive and an extraction folder.
+        # What a dropped connection leaves: a partial archive and an extraction folder (torchvision
+        # creates the root first).
+        Path(download_root).mkdir(parents=True, exist_ok=True)
         Path(download_root, filename).write_bytes(b"partial")
         Path(download_root, "cifar-10-batches-py").mkdir()
         raise urllib.error.URLError("network is unreachable")
@@ -186,7 +188,7 @@ def test_failed_download_leaves_nothing_behind(tmp_path, monkeypatch):
     assert sorted(os.listdir(root)) == ["keep.txt"]
 
     fresh = tmp_path / "fresh"  # a root the download created is removed entirely
-    with pytest.raises(DatasetNotFoundError):
+    with pytest.raises(DatasetNotFoundError, match="network is unreachable"):
         CIFAR10DataModule(root=str(fresh), download=True).prepare_data()
     assert not fresh.exists()
 
