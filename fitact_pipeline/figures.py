@@ -95,7 +95,7 @@ def fig1_gbrelu(points: dict[float, dict], title: str):
     ax.set_xscale("log", base=2)
     ax.set_xlabel("GBReLU global bound (activation units)")
     ax.set_ylabel(ACC_AXIS)
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 101.5)  # headroom: markers at 100 % stay visible
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     _legend_below(fig, ax)
@@ -172,7 +172,7 @@ def fig5_boxes(trials: dict[str, dict[float, list[float]]], title: str):
     variants = sorted(trials, key=variant_sort_key)
     rates = sorted({r for v in variants for r in trials[v]})
     width = 0.8 / max(1, len(variants))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(rates) * max(1, len(variants)) ** 0.5 + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(min(10.0, max(6.0, 2.5 + 0.3 * len(rates) * len(variants))), 4.2))
     drawn: dict = {}
     colors = palette(variants)
     for j, variant in enumerate(variants):
@@ -196,7 +196,7 @@ def fig5_boxes(trials: dict[str, dict[float, list[float]]], title: str):
     ax.set_xlim(-0.6, len(rates) - 0.4)
     ax.set_xlabel(RATE_AXIS)
     ax.set_ylabel("accuracy of one trial (%)")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 101.5)  # headroom: markers at 100 % stay visible
     ax.set_title(title, fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
     _legend_below(fig, ax)
@@ -229,7 +229,7 @@ def plot_resilience(ax, curve_by_variant: dict[str, dict[float, dict[str, float]
     ax.set_xscale("log")
     ax.set_xlabel(RATE_AXIS)
     ax.set_ylabel("mean accuracy under faults (%)")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 101.5)  # headroom: markers at 100 % stay visible
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     return drawn

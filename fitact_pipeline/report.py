@@ -205,6 +205,7 @@ class Report:
         self.notes: list[str] = []
         self.files: list[Path] = []
         self.drawn: dict[str, Any] = {}  # what every figure drew (tests compare it with the runs)
+        self.run_id: str | None = None  # the report run, when logged to MLflow
 
     def skip(self, what: str, why: str) -> None:
         self.notes.append(f"{what} skipped: {why}")
