@@ -6,6 +6,7 @@ compare a figure with the runs it came from without reading pixels.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -25,9 +26,12 @@ ACC_AXIS = "accuracy (%)"
 
 
 def variant_sort_key(variant: str) -> tuple:
-    """Variants are a protection name, optionally followed by a qualifier (`gbrelu b=0.5`)."""
+    """Variants are a protection name, optionally followed by a qualifier (`gbrelu b=0.5`); GBReLU
+    bounds sort by value, not as text (b=2 before b=16)."""
     base = variant.split(" ")[0]
-    return (PROTECTION_ORDER.index(base) if base in PROTECTION_ORDER else 99, variant)
+    bound = re.search(r" b=([0-9.e+-]+)", variant)
+    return (PROTECTION_ORDER.index(base) if base in PROTECTION_ORDER else 99,
+            float(bound.group(1)) if bound else -math.inf, variant)
 
 
 # Colours for qualified variants (GBReLU bounds, restricted fault spaces): none of the protections'
@@ -67,8 +71,10 @@ def _legend_below(fig, axes) -> None:
             if lab not in labels:
                 handles[lab], labels[lab] = h, lab
     if handles:
+        # long labels (GBReLU bounds with a fault-space restriction) in fewer columns
+        ncol = min(len(handles), 4 if max(map(len, handles)) < 24 else 2)
         fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0),
-                   ncol=min(len(handles), 4), frameon=False)
+                   ncol=ncol, frameon=False)
 
 
 # --- Fig. 1 -----------------------------------------------------------------------------------

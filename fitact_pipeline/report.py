@@ -55,6 +55,11 @@ def rate_stats(metrics: dict[str, float]) -> dict[float, dict[str, float]]:
     return dict(out)
 
 
+def _patterns(param: str) -> str:
+    """A list param as MLflow stores it ("['0.0.*', '0.3.*']") written short: 0.0.*,0.3.*"""
+    return re.sub(r"[\[\]' ]", "", param)
+
+
 def variant_of(tags: dict[str, str], params: dict[str, str]) -> str:
     """The curve label of a run: its protection, plus what makes two runs of one protection
     different curves (the GBReLU bound, a restricted fault space)."""
@@ -63,7 +68,7 @@ def variant_of(tags: dict[str, str], params: dict[str, str]) -> str:
         label += f" b={float(params['protection.bound']):g}"
     include = params.get("faults.include", "[]")
     if include not in ("[]", "", "None"):
-        label += f" faults in {include}"
+        label += " faults in " + _patterns(include)
     return label
 
 
@@ -246,8 +251,10 @@ class Report:
                                       {"clean": job.metrics.get("clean_accuracy", math.nan), "rates": {}})
             entry["rates"].update({r: s for r, s in job.curve.items() if "mean" in s})
         job = groups[picked][0]
-        title = (f"{job.model} on {job.dataset}: GBReLU at site {job.params.get('protection.sites')}, "
-                 f"faults in {job.params.get('faults.include', 'all')}")
+        sites = job.params.get("protection.sites", "None")
+        title = (f"{job.model} on {job.dataset}: GBReLU at "
+                 + ("every site" if sites == "None" else f"site {sites}")
+                 + f", faults in {_patterns(job.params.get('faults.include', '[]')) or 'every layer'}")
         fig, drawn = figures.fig1_gbrelu(points, title)
         self.drawn["fig1"] = drawn
         self._save(fig, "fig1_gbrelu_bound")
