@@ -299,6 +299,8 @@ def protect_model(model: nn.Module, protection: str, granularity: str = "layer",
             raise ValueError(f"profile has no entry for activation sites: {', '.join(missing)}")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     for site in sites:
+        if protection == "gbrelu" and isinstance(gbrelu_bound, dict) and site not in gbrelu_bound:
+            continue  # GBReLU at chosen sites only (paper Fig. 1); the other sites stay ReLU
         if protection == "gbrelu":
             bound = gbrelu_bound[site] if isinstance(gbrelu_bound, dict) else gbrelu_bound
             bound = torch.as_tensor(float(bound))

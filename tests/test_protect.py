@@ -209,3 +209,16 @@ def test_bad_protection_inputs():
         protect_model(model, "fitact", "layer", {})
     with pytest.raises(ValueError, match="needs gbrelu_bound"):
         protect_model(model, "gbrelu", "layer")
+
+
+def test_gbrelu_at_chosen_sites_only_leaves_other_sites_relu():
+    from fitact_pipeline.activations import GBReLU
+    from fitact_pipeline.models import build_model
+    from fitact_pipeline.protect import activation_sites, protect_model
+
+    model = build_model("small_cnn", num_classes=10, in_channels=1).eval()
+    sites = activation_sites(model)
+    protected = protect_model(model, "gbrelu", gbrelu_bound={sites[1]: 2.0})
+    kinds = {name: type(protected.get_submodule(name)) for name in sites}
+    assert kinds[sites[1]] is GBReLU and float(protected.get_submodule(sites[1]).bound) == 2.0
+    assert all(kind is torch.nn.ReLU for name, kind in kinds.items() if name != sites[1])

@@ -47,11 +47,8 @@ def sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     # one baseline (identical train settings) serves both sweeps through the stage cache
     _pipeline(tmp, "main", "experiment=quickstart", "protection=none,fitact", "overhead.enabled=true")
-    # Fig. 1: GBReLU bounds with faults in the first layers. protection.sites=null puts the bound at
-    # every site: with a site list, protect.protect_model (not this module) fails on the sites
-    # left out (KeyError in the gbrelu_bound dict) at the time of writing.
-    _pipeline(tmp, "fig1", "experiment=fig1_gbrelu", "protection.bound=" + ",".join(map(str, BOUNDS)),
-              "protection.sites=null")
+    # Fig. 1: GBReLU bounds at one site (the experiment's protection.sites) with faults in the first layers.
+    _pipeline(tmp, "fig1", "experiment=fig1_gbrelu", "protection.bound=" + ",".join(map(str, BOUNDS)))
     cli = subprocess.run([sys.executable, "-m", "fitact_pipeline.report", f"experiment={EXP}",
                           f"tracking_root={tmp}/mlruns", f"figures_dir={tmp}/figures"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
