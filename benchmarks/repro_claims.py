@@ -1,0 +1,194 @@
+"""The claims table of docs/RESULTS.md, computed from the MLflow runs of a reproduction.
+
+    python -m fitact_pipeline -m experiment=repro_cpu
+    python -m fitact_pipeline -m experiment=repro_cpu_fig1
+    python -m fitact_pipeline.report experiment=repro_cpu
+    python benchmarks/repro_claims.py                 # --experiment repro_cpu --fig1 repro_cpu_fig1
+
+Reads the finished job runs of the two experiments (and the report's paired_differences.csv and
+table1_overhead.csv, written by the report command above) and prints, in Markdown: the run ids,
+mean accuracy per rate, and one row per claim of the paper with our number and whether it holds.
+The last line is JSON with the same verdicts.
+
+"Holds" for an ordering A >= B at one rate means: the paired 95 % CI of mean(A - B) over the same
+fault maps does not lie entirely below zero (A is not significantly worse). "Strictly" means the CI
+lies entirely above zero.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fitact_pipeline.report import Experiment, rate_stats  # noqa: E402
+from fitact_pipeline.tables import read_csv  # noqa: E402
+
+ORDER = ["none", "ranger", "clipact", "fitact"]
+
+
+def load(client: MlflowClient, name: str, workdir: Path) -> Experiment | None:
+    exp = client.get_experiment_by_name(name)
+    return None if exp is None else Experiment(client, exp.experiment_id, workdir)
+
+
+def runs_table(exp: Experiment) -> list[str]:
+    lines = ["| model | protection | run id | clean test acc | " + " | ".join(
+        f"{r:.0e}" for r in rates_of(exp)) + " |", "|---" * (4 + len(rates_of(exp))) + "|"]
+    for job in sorted(exp.jobs, key=lambda j: (j.model, ORDER.index(j.protection) if j.protection in ORDER else 9)):
+        stats = rate_stats(job.metrics)
+        cells = [f"{100 * stats[r]['mean']:.1f}" if r in stats else "-" for r in rates_of(exp)]
+        lines.append(f"| {job.model} w{job.params.get('model.width', '?')} | {job.protection} | `{job.run_id}` | "
+                     f"{100 * job.metrics.get('clean_accuracy', float('nan')):.2f} % | " + " | ".join(cells) + " |")
+    return lines
+
+
+def rates_of(exp: Experiment) -> list[float]:
+    return sorted({r for job in exp.jobs for r in rate_stats(job.metrics)})
+
+
+def collapse(exp: Experiment) -> tuple[str, bool, dict]:
+    """The unprotected model loses most of its accuracy at the highest rate."""
+    parts, ok, data = [], True, {}
+    for job in sorted((j for j in exp.jobs if j.protection == "none"), key=lambda j: j.model):
+        stats = rate_stats(job.metrics)
+        top = max(stats)
+        clean, low = job.metrics["clean_accuracy"], stats[top]["mean"]
+        data[job.model] = {"clean": clean, "rate": top, "mean": low}
+        ok &= clean - low >= 0.2
+        parts.append(f"{job.model}: {100 * clean:.1f} % -> {100 * low:.1f} % at {top:.0e}")
+    return "; ".join(parts), ok, data
+
+
+def ordering(paired_csv: Path, min_rate: float) -> tuple[str, bool, dict]:
+    """FitAct >= Clip-Act >= Ranger >= none at every rate >= min_rate, from the paired CIs."""
+    rows = read_csv(paired_csv)
+    pairs = [("fitact", "clipact"), ("clipact", "ranger"), ("ranger", "none"), ("fitact", "none")]
+    verdict: dict = defaultdict(dict)
+    for row in rows:
+        key = (row["protection_a"], row["protection_b"])
+        if key not in pairs or float(row["rate"]) < min_rate:
+            continue
+        low, high = float(row["ci_low"]), float(row["ci_high"])
+        mean = float(row["mean_diff"])
+        state = "better" if low > 0 else ("worse" if high < 0 else "tie")
+        verdict[f"{row['model']}: {key[0]} vs {key[1]}"][row["rate"]] = (state, mean)
+    parts, ok = [], True
+    for name, per_rate in sorted(verdict.items()):
+        worse = [r for r, (s, _) in per_rate.items() if s == "worse"]
+        better = [r for r, (s, _) in per_rate.items() if s == "better"]
+        ok &= not worse
+        parts.append(f"{name}: better at {len(better)}/{len(per_rate)} rates, tie at "
+                     f"{len(per_rate) - len(better) - len(worse)}, worse at {len(worse)}"
+                     + (f" ({', '.join(f'{float(r):.0e}' for r in sorted(worse, key=float))})" if worse else ""))
+    return "<br>".join(parts), ok, {k: {r: s for r, (s, _) in v.items()} for k, v in verdict.items()}
+
+
+def gbrelu_tradeoff(exp: Experiment | None) -> tuple[str, bool | None, dict]:
+    """Fig. 1: a small bound costs clean accuracy, a large one protects less; the best bound is inside."""
+    if exp is None or not exp.jobs:
+        return "no GBReLU runs", None, {}
+    points = {}
+    for job in exp.jobs:
+        stats = rate_stats(job.metrics)
+        points[float(job.params["protection.bound"])] = {
+            "clean": job.metrics["clean_accuracy"], **{f"{r:.0e}": s["mean"] for r, s in stats.items()}}
+    bounds = sorted(points)
+    rates = [k for k in points[bounds[0]] if k != "clean"]
+    top = max(rates, key=float)
+    best = max(bounds, key=lambda b: points[b][top])
+    clean_drop = points[bounds[-1]]["clean"] - points[bounds[0]]["clean"]
+    holds = bounds[0] < best < bounds[-1] and points[best][top] > points[bounds[-1]][top] and clean_drop > 0
+    text = (f"clean acc {100 * points[bounds[0]]['clean']:.1f} % at b={bounds[0]:g} vs "
+            f"{100 * points[bounds[-1]]['clean']:.1f} % at b={bounds[-1]:g}; at {top}: best b={best:g} "
+            f"({100 * points[best][top]:.1f} %) vs {100 * points[bounds[-1]][top]:.1f} % at b={bounds[-1]:g}")
+    return text, holds, points
+
+
+def neuron_spread(exp: Experiment) -> tuple[str, bool | None, dict]:
+    """Fig. 2: most neurons' maxima lie far below the layer maximum."""
+    for job in sorted(exp.jobs, key=lambda j: (j.model != "vgg16", j.protection != "none")):
+        prof = exp.artifact(job.run_id, "profile_site.json")
+        if not prof:
+            continue
+        maxima = [float(v) for v in prof["maxima"]]
+        layer = max(maxima)
+        median = statistics.median(maxima)
+        below_half = sum(v < layer / 2 for v in maxima) / len(maxima)
+        data = {"model": job.model, "site": prof["site"], "neurons": len(maxima), "layer_max": layer,
+                "median": median, "below_half": below_half, "run_id": job.run_id}
+        return (f"{job.model} site {prof['site']}: layer max {layer:.2f}, median neuron max {median:.2f} "
+                f"({median / layer:.0%} of it); {below_half:.0%} of {len(maxima)} neurons below half the "
+                f"layer max", below_half >= 0.5, data)
+    return "no profile_site.json", None, {}
+
+
+def overheads(table_csv: Path) -> tuple[list[tuple], dict]:
+    rows = [r for r in read_csv(table_csv) if r["protection"] == "fitact"]
+    out = {r["model"]: {k: float(r[k]) for k in ("runtime_overhead", "memory_overhead", "posttrain_overhead",
+                                                  "train_time_s", "posttrain_time_s")} for r in rows}
+    runtime = "; ".join(f"{m}: {100 * v['runtime_overhead']:+.1f} %" for m, v in sorted(out.items()))
+    memory = "; ".join(f"{m}: {100 * v['memory_overhead']:+.2f} %" for m, v in sorted(out.items()))
+    post = "; ".join(f"{m}: {v['posttrain_time_s']:.0f} s / {v['train_time_s']:.0f} s = "
+                     f"{100 * v['posttrain_overhead']:.1f} %" for m, v in sorted(out.items()))
+    return [
+        ("Inference runtime overhead of FitAct (Table I)", "+4.54 % to +11.11 %", runtime,
+         all(v["runtime_overhead"] <= 0.1111 for v in out.values()) if out else None),
+        ("Inference memory overhead of FitAct (Table I)", "+0.64 % to +5.36 %", memory,
+         all(v["memory_overhead"] <= 0.0536 for v in out.values()) if out else None),
+        ("Post-training time / baseline training time", "5.9 % to 6.7 %", post,
+         all(v["posttrain_overhead"] <= 0.05 for v in out.values()) if out else None),
+    ], out
+
+
+def bound_shrink(exp: Experiment) -> tuple[str, bool | None, dict]:
+    data = {j.model: j.metrics.get("mean_bound_ratio") for j in exp.jobs if j.protection == "fitact"}
+    data = {k: v for k, v in data.items() if v is not None}
+    if not data:
+        return "no post-training metrics", None, {}
+    return "; ".join(f"{m}: {v:.3f}" for m, v in sorted(data.items())), all(v < 1 for v in data.values()), data
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", default="mlruns/mlflow.db")
+    ap.add_argument("--experiment", default="repro_cpu")
+    ap.add_argument("--fig1", default="repro_cpu_fig1")
+    ap.add_argument("--report-dir", default=None, help="default: outputs/figures/<experiment>")
+    ap.add_argument("--min-rate", type=float, default=1e-6)
+    args = ap.parse_args()
+    report_dir = Path(args.report_dir or f"outputs/figures/{args.experiment}")
+    client = MlflowClient(f"sqlite:///{Path(args.store).resolve()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        exp = load(client, args.experiment, Path(tmp))
+        if exp is None:
+            sys.exit(f"no MLflow experiment named {args.experiment!r} in {args.store}")
+        fig1 = load(client, args.fig1, Path(tmp))
+        print(f"## Runs of `{args.experiment}` (mean test accuracy, %, per fault rate)\n")
+        print("\n".join(runs_table(exp)) + "\n")
+        claims = [("The unprotected model collapses at high fault rates", "collapse at 3e-5 (full width)",
+                   *collapse(exp)[:2])]
+        text, ok, order = ordering(report_dir / "paired_differences.csv", args.min_rate)
+        claims.append((f"FitAct >= Clip-Act >= Ranger >= unprotected at every rate >= {args.min_rate:.0e} "
+                       "(paired 95 % CI)", "ordering at every rate", text, ok))
+        claims.append(("GBReLU bound trade-off (Fig. 1)", "a bound between too tight and too loose is best",
+                       *gbrelu_tradeoff(fig1)[:2]))
+        claims.append(("Per-neuron maxima spread far below the layer max (Fig. 2)", "wide spread",
+                       *neuron_spread(exp)[:2]))
+        rows, over = overheads(report_dir / "table1_overhead.csv")
+        claims.extend(rows)
+        claims.append(("Post-training shrinks the bounds (mean bound / profiled max)", "< 1", *bound_shrink(exp)[:2]))
+        print("## Claims\n\n| claim | paper | ours | holds? |\n|---|---|---|---|")
+        for name, paper, ours, ok in claims:
+            print(f"| {name} | {paper} | {ours} | {'-' if ok is None else ('yes' if ok else 'no')} |")
+        print(json.dumps({"claims": {c[0]: c[3] for c in claims}, "ordering": order, "overheads": over}))
+
+
+if __name__ == "__main__":
+    main()
