@@ -358,6 +358,8 @@ class FaultInjector:
         self._field_bits = torch.tensor([f.bits for f in self._fields], dtype=torch.int64)
         self._field_n = [torch.tensor([float(f.numel * f.bits)], dtype=torch.float64) for f in self._fields]
         self._field_numel = torch.tensor([f.numel for f in self._fields], dtype=torch.int64)
+        # First bit of each field in the virtual concatenation of all fields' bits.
+        self._field_bit_offset = torch.cumsum(self._field_numel * self._field_bits, 0) - self._field_numel * self._field_bits
         # Element offset of each field's slot in the virtual concatenation (word fields only).
         self._field_elem_offset = torch.tensor(
             [self._slots[f.slot].elem_offset for f in self._fields], dtype=torch.int64)
@@ -447,29 +449,60 @@ class FaultInjector:
             return self._sample(rate, seed, trial)
 
     def _sample(self, rate: float, seed: int, trial: int) -> FaultMap:
-        ids, positions = [], []
+        field_idx = elements = bits = torch.empty(0, dtype=torch.int64)
         if rate > 0.0:
-            gen = torch.Generator()
-            rate_t = torch.tensor([rate], dtype=torch.float64)
-            for i, (f, n_t) in enumerate(zip(self._fields, self._field_n)):
-                gen.manual_seed(_field_seed(seed, trial, f.name))
-                pos = _draw_positions(f.numel * f.bits, n_t, rate_t, gen)
-                if pos is not None:
-                    ids.append(torch.full((pos.numel(),), i, dtype=torch.int64))
-                    positions.append(pos)
-        if positions:
-            field_idx = torch.cat(ids)
-            pos = torch.cat(positions)
-            # index_select / div, not advanced indexing / %: those kernels are slow or go
-            # multi-threaded on small tensors, which stalls on a busy machine.
-            fbits = self._field_bits.index_select(0, field_idx)
-            elements = torch.div(pos, fbits, rounding_mode="floor")
-            bits = pos - elements * fbits
-        else:
-            field_idx = elements = bits = torch.empty(0, dtype=torch.int64)
+            found = self._draw_all(rate, seed, trial)
+            if found is not None:
+                field_idx, pos = found
+                # index_select / div, not advanced indexing / %: those kernels are slow or go
+                # multi-threaded on small tensors, which stalls on a busy machine.
+                fbits = self._field_bits.index_select(0, field_idx)
+                elements = torch.div(pos, fbits, rounding_mode="floor")
+                bits = pos - elements * fbits
         return FaultMap._from_tensors(
             [f.name for f in self._fields], [f.bits for f in self._fields], field_idx, elements, bits,
             self.num_bits, rate, seed, trial, self.codec.describe())
+
+    def _draw_all(self, rate: float, seed: int, trial: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(field index, bit position in the field) of every flip, sorted by field then position.
+
+        Each field's draw is ``_draw_positions`` with its own generator state. To save a few small
+        ops per field (the cost of a trial is per-field overhead, not flips), the sparse draws are
+        sorted and checked for repeats once, as one key over the virtual concatenation of all
+        fields; only when a repeat turns up (about k^2/2n pairs, rare) is the map redrawn field by
+        field, which gives the same positions as the fast path would have without the repeat.
+        """
+        gen = torch.Generator()
+        rate_t = torch.tensor([rate], dtype=torch.float64)
+        ids, counts, draws = [], [], []
+        for i, (f, n_t) in enumerate(zip(self._fields, self._field_n)):
+            gen.manual_seed(_field_seed(seed, trial, f.name))
+            n = f.numel * f.bits
+            k = int(torch.binomial(n_t, rate_t, generator=gen).item())
+            if k == 0:
+                continue
+            draw = torch.randperm(n, generator=gen)[:k] if k * 8 >= n else torch.randint(n, (k,), generator=gen)
+            ids.append(i)
+            counts.append(k)
+            draws.append(draw)
+        if not draws:
+            return None
+        fid = torch.repeat_interleave(torch.tensor(ids, dtype=torch.int64), torch.tensor(counts, dtype=torch.int64))
+        key = (self._field_bit_offset.index_select(0, fid) + torch.cat(draws)).sort().values
+        if key.numel() > 1 and bool((key[1:] == key[:-1]).any()):
+            return self._draw_field_by_field(rate_t, seed, trial, gen)
+        field_idx = torch.searchsorted(self._field_bit_offset, key, right=True) - 1
+        return field_idx, key - self._field_bit_offset.index_select(0, field_idx)
+
+    def _draw_field_by_field(self, rate_t, seed, trial, gen) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, positions = [], []
+        for i, (f, n_t) in enumerate(zip(self._fields, self._field_n)):
+            gen.manual_seed(_field_seed(seed, trial, f.name))
+            pos = _draw_positions(f.numel * f.bits, n_t, rate_t, gen)
+            if pos is not None:
+                ids.append(torch.full((pos.numel(),), i, dtype=torch.int64))
+                positions.append(pos)
+        return torch.cat(ids), torch.cat(positions)
 
     # -- trials --------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -504,7 +537,7 @@ class FaultInjector:
             raise ValueError("fault map has a bit position outside its word")
         # Sort by (field, element, bit) and reject repeats: a repeated bit would cancel itself
         # under XOR but add a carry under the summed masks used to combine bits.
-        bit_offset = torch.cumsum(self._field_numel * self._field_bits, 0) - self._field_numel * self._field_bits
+        bit_offset = self._field_bit_offset
         key = bit_offset.index_select(0, fid) + el * fbits + bt
         key, order = torch.sort(key)
         if bool((key[1:] == key[:-1]).any()):
