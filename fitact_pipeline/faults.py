@@ -502,6 +502,8 @@ class FaultInjector:
             if pos is not None:
                 ids.append(torch.full((pos.numel(),), i, dtype=torch.int64))
                 positions.append(pos)
+        if not positions:
+            return torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)
         return torch.cat(ids), torch.cat(positions)
 
     # -- trials --------------------------------------------------------------------------------
