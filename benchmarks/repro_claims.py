@@ -49,6 +49,18 @@ def runs_table(exp: Experiment) -> list[str]:
     return lines
 
 
+def baselines_table(exp: Experiment) -> list[str]:
+    """One row per trained baseline (its unprotected job): training time and clean accuracies."""
+    lines = ["| model | width | epochs | training time | val acc (BN folded) | clean test acc (Q15.16) | run id |",
+             "|---|---|---|---|---|---|---|"]
+    for job in sorted((j for j in exp.jobs if j.protection == "none"), key=lambda j: j.model):
+        m = job.metrics
+        lines.append(f"| {job.model} | {job.params.get('model.width')} | {job.params.get('train.epochs')} | "
+                     f"{m['train_time_s'] / 60:.1f} min | {100 * m['clean_val_accuracy']:.2f} % | "
+                     f"{100 * m['clean_accuracy']:.2f} % | `{job.run_id}` |")
+    return lines
+
+
 def rates_of(exp: Experiment) -> list[float]:
     return sorted({r for job in exp.jobs for r in rate_stats(job.metrics)})
 
@@ -164,12 +176,18 @@ def main() -> None:
     ap.add_argument("--min-rate", type=float, default=1e-6)
     args = ap.parse_args()
     report_dir = Path(args.report_dir or f"outputs/figures/{args.experiment}")
+    for name in ("paired_differences.csv", "table1_overhead.csv"):
+        if not (report_dir / name).exists():
+            sys.exit(f"{report_dir / name} not found; build the report first: "
+                     f"python -m fitact_pipeline.report experiment={args.experiment}")
     client = MlflowClient(f"sqlite:///{Path(args.store).resolve()}")
     with tempfile.TemporaryDirectory() as tmp:
         exp = load(client, args.experiment, Path(tmp))
         if exp is None:
             sys.exit(f"no MLflow experiment named {args.experiment!r} in {args.store}")
         fig1 = load(client, args.fig1, Path(tmp))
+        print(f"## Baselines of `{args.experiment}`\n")
+        print("\n".join(baselines_table(exp)) + "\n")
         print(f"## Runs of `{args.experiment}` (mean test accuracy, %, per fault rate)\n")
         print("\n".join(runs_table(exp)) + "\n")
         claims = [("The unprotected model collapses at high fault rates", "collapse at 3e-5 (full width)",
