@@ -64,6 +64,35 @@ def test_construction_quantises_and_describes_fault_space():
     assert not all(torch.equal(raw[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.parametrize("fmt", ["fixed", "float32", "bfloat16"])
+def test_one_buffer_store_keeps_values_outputs_and_tensor_identity(fmt):
+    """The injector moves the fault space into one buffer; the model must compute exactly what the
+    same model quantised tensor by tensor computes, and keep its Parameter objects."""
+    import copy
+
+    from fitact_pipeline.codecs import make_codec
+    from fitact_pipeline.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("vgg16", num_classes=10, width=0.125).eval()
+    reference = copy.deepcopy(model)
+    codec = make_codec(fmt, 32, 16)
+    with torch.no_grad():
+        for name, p in reference.named_parameters():
+            p.copy_(codec.quantize(p.view(-1)).view(p.shape))
+    params = {n: p for n, p in model.named_parameters()}
+    injector = FaultInjector(model, fmt=fmt, targets=("weight", "bias"))
+    assert injector._flat_store is not None
+    assert all(p is params[n] for n, p in model.named_parameters())
+    assert all(p.data_ptr() % 64 == 0 for p in model.parameters())
+    x = torch.randn(16, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+        with injector.inject(3e-4, seed=0, trial=0) as fmap:
+            assert len(fmap) > 0 and not torch.equal(model(x), reference(x))
+        assert torch.equal(model(x), reference(x))
+
+
 def test_selection_by_kind_and_glob():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2))
     names = lambda inj: [t["name"] for t in inj.fault_space["tensors"]]  # noqa: E731
@@ -127,6 +156,9 @@ def test_batched_draw_equals_the_field_by_field_draw(rate):
     also at rates where repeats make it fall back, so results never depend on which path ran."""
     inj = FaultInjector(tiny_model())
     rate_t = torch.tensor([rate], dtype=torch.float64)
+    redraws = []
+    original = inj._redraw_fields
+    inj._redraw_fields = lambda *a: redraws.append(1) or original(*a)
     for trial in range(40):
         fast = inj._draw_all(rate, 5, trial)
         slow = inj._draw_field_by_field(rate_t, 5, trial, torch.Generator())
@@ -134,6 +166,8 @@ def test_batched_draw_equals_the_field_by_field_draw(rate):
             assert slow[0].numel() == 0
             continue
         assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
+    if rate == 0.05:  # sparse draws with k^2/2n >> 1: repeats, so the redraw path ran and was checked
+        assert redraws
 
 
 def test_same_seed_same_map_other_trial_or_seed_differs():
