@@ -170,6 +170,14 @@ def test_batched_draw_equals_the_field_by_field_draw(rate):
         assert redraws
 
 
+@pytest.mark.parametrize("n, high", [(1, 10), (300, 2**16), (5000, 2**31), (5000, 2**45), (7, 2**62)])
+def test_radix_sort_of_positions_equals_torch_sort(n, high):
+    from fitact_pipeline.faults import _sort_nonnegative
+
+    keys = torch.randint(0, high, (n,), generator=torch.Generator().manual_seed(n))
+    assert torch.equal(_sort_nonnegative(keys), keys.sort().values)
+
+
 def test_same_seed_same_map_other_trial_or_seed_differs():
     inj = FaultInjector(tiny_model())
     a, b = inj.sample(0.01, 5, 2), inj.sample(0.01, 5, 2)
