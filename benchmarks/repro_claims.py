@@ -113,7 +113,8 @@ def gbrelu_tradeoff(exp: Experiment | None) -> tuple[str, bool | None, dict]:
             "clean": job.metrics["clean_accuracy"], **{f"{r:.0e}": s["mean"] for r, s in stats.items()}}
     bounds = sorted(points)
     rates = [k for k in points[bounds[0]] if k != "clean"]
-    top = max(rates, key=float)
+    # the rate where the bound matters most (at the highest rates every bound is at chance)
+    top = max(rates, key=lambda r: max(points[b][r] for b in bounds) - min(points[b][r] for b in bounds))
     best = max(bounds, key=lambda b: points[b][top])
     clean_drop = points[bounds[-1]]["clean"] - points[bounds[0]]["clean"]
     holds = bounds[0] < best < bounds[-1] and points[best][top] > points[bounds[-1]][top] and clean_drop > 0

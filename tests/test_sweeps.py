@@ -87,3 +87,18 @@ def test_launcher_configs_compose():
     assert slurm.hydra.launcher._target_.endswith("SlurmLauncher")
     assert slurm.hydra.launcher.gpus_per_node == 1
     assert local.hydra.launcher._target_.endswith("JoblibLauncher") and local.hydra.launcher.n_jobs == 2
+
+
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+def test_every_experiment_config_composes_and_passes_preflight():
+    from fitact_pipeline.validate import preflight
+
+    assert {"quickstart", "repro_cpu", "repro_cpu_fig1", "paper_cifar10", "paper_cifar100"} <= set(EXPERIMENTS)
+    for name in EXPERIMENTS:
+        preflight(["-m", f"experiment={name}"])
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True)
+        assert cfg.tracking.experiment == name
+        assert cfg.hydra.sweeper.params, name  # every published setting is a sweep
