@@ -509,8 +509,9 @@ class FaultInjector:
         Each field's draw is ``_draw_positions`` with its own generator state. To save a few small
         ops per field (the cost of a trial is per-field overhead, not flips), the sparse draws are
         sorted and checked for repeats once, as one key over the virtual concatenation of all
-        fields; only when a repeat turns up (about k^2/2n pairs, rare) is the map redrawn field by
-        field, which gives the same positions as the fast path would have without the repeat.
+        fields; only the fields with a repeat (about k^2/2n pairs, rare) are redrawn by
+        ``_draw_positions``, which tops repeats up. The result equals ``_draw_field_by_field``, the
+        reference procedure kept for the tests that check this.
         """
         gen = torch.Generator()
         rate_t = torch.tensor([rate], dtype=torch.float64)
@@ -552,6 +553,7 @@ class FaultInjector:
         return key, torch.cat(ids).index_select(0, order)
 
     def _draw_field_by_field(self, rate_t, seed, trial, gen) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference: every field drawn by ``_draw_positions`` (sorted per field, repeats topped up)."""
         ids, positions = [], []
         for i, (f, n_t) in enumerate(zip(self._fields, self._field_n)):
             gen.manual_seed(_field_seed(seed, trial, f.name))
