@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import tracking
 from .cache import cached_stage, config_hash
 from .campaign import run_campaign
-from .faults import FaultInjector, evaluate_accuracy
+from .faults import SAMPLER, FaultInjector, evaluate_accuracy
 from .models import build_model
 from .protect import fold_batchnorm, profile_activations, protect_model
 from .training import train_baseline
@@ -110,7 +110,8 @@ def stage_bounds(cfg: DictConfig, protected: torch.nn.Module, datamodule, clean_
     key = config_hash({"baseline": baseline_key(cfg), "protection": _plain(cfg.protection),
                        "posttrain": _plain(cfg.posttrain) if name == "fitact" else None,
                        "faults": _plain(cfg.faults), "profile_images": cfg.profile_images,
-                       "rates": as_rate_list(cfg.campaign.rates) if search else None})
+                       "rates": as_rate_list(cfg.campaign.rates) if search else None,
+                       "sampler": SAMPLER if search else None})  # the search injects faults
 
     def compute():
         if name == "fitact":

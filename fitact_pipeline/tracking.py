@@ -21,6 +21,8 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from .faults import SAMPLER
+
 log = logging.getLogger(__name__)
 
 # Config parts that never change a job's numbers: excluded from its key so that e.g. turning the
@@ -48,7 +50,8 @@ def job_key(cfg: DictConfig) -> str:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if resolved.get("protection", {}).get("name") != "fitact":
         resolved.pop("posttrain", None)  # only FitAct's numbers depend on post-training
-    blob = json.dumps(strip(resolved), sort_keys=True, default=str)
+    # The sampler is code, not config, but it decides the fault maps and so the numbers.
+    blob = json.dumps({"config": strip(resolved), "fault_sampler": SAMPLER}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -100,6 +100,20 @@ def test_int8_quantisation_and_flips():
     assert float(flipped[0]) == float(scales[0] * -1.0)
 
 
+@pytest.mark.parametrize("codec", [FixedCodec(32, 16), FixedCodec(8, 3), FixedCodec(20, 19), Float32Codec(),
+                                   make_codec("float16"), make_codec("bfloat16")], ids=repr)
+def test_numpy_flip_equals_decode_of_flipped_encode(codec):
+    """The injector's CPU path (``flip`` in numpy) must be the torch codec's flip bit for bit:
+    random and extreme stored values, every bit of the word, several bits at once."""
+    gen = torch.Generator().manual_seed(codec.word_bits)
+    values = codec.quantize(torch.cat([torch.randn(3000, generator=gen) * 100, torch.tensor([0.0, -0.0, 1e9, -1e9])]))
+    masks = torch.randint(0, 1 << codec.word_bits, (values.numel(),), generator=gen)
+    masks[: codec.word_bits] = 1 << torch.arange(codec.word_bits)
+    expected = codec.decode(codec.encode(values) ^ masks)
+    got = torch.from_numpy(codec.flip(values.numpy(), masks.numpy()))
+    assert torch.equal(as_bits(got), as_bits(expected))
+
+
 def test_unknown_format():
     with pytest.raises(ValueError, match="unknown fault format 'posit'"):
         make_codec("posit")

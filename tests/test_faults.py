@@ -2,12 +2,23 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy import stats
 from torch import nn
 
-from fitact_pipeline.faults import FaultInjector, FaultMap, count_correct, evaluate_accuracy
+from fitact_pipeline.faults import (
+    _GAMMA,
+    FaultInjector,
+    SAMPLER,
+    FaultMap,
+    _bernoulli_positions,
+    _field_keys,
+    _mix64,
+    count_correct,
+    evaluate_accuracy,
+)
 
 
 class Bounded(nn.Module):
@@ -57,6 +68,7 @@ def test_construction_quantises_and_describes_fault_space():
     assert {t["kind"] for t in space["tensors"]} == {"weight", "bias", "bound"}
     assert space["total_bits"] == 32 * sum(v.numel() for v in raw.values()) == inj.num_bits
     assert space["format"] == "fixed" and space["frac_bits"] == 16
+    assert space["sampler"] == SAMPLER  # logged with every run: which procedure drew its maps
     for k, v in model.state_dict().items():
         scaled = v.double() * 2 ** 16
         assert torch.equal(scaled, scaled.round())  # on the Q15.16 grid
@@ -132,7 +144,7 @@ def test_small_tensor_counts_are_never_rounded_down():
     assert stats.binomtest(hits, 64 * trials, 1e-3).pvalue > 1e-3
 
 
-@pytest.mark.parametrize("rate", [3e-3, 0.3])  # sparse (dedupe + top up) and dense (randperm) path
+@pytest.mark.parametrize("rate", [3e-3, 0.3])  # sparse and dense maps
 def test_positions_are_uniform_and_distinct(rate):
     inj = FaultInjector(tiny_model())
     offsets, off = {}, 0
@@ -150,32 +162,37 @@ def test_positions_are_uniform_and_distinct(rate):
     assert stats.kstest([x / off for x in glob], "uniform").pvalue > 1e-3
 
 
-@pytest.mark.parametrize("rate", [1e-5, 3e-3, 0.05, 0.3])
-def test_batched_draw_equals_the_field_by_field_draw(rate):
-    """The fast path (one sort for all fields) must give the very maps of the per-field procedure,
-    also at rates where repeats make it fall back, so results never depend on which path ran."""
+def reference_positions(key: int, n_bits: int, rate: float) -> list[int]:
+    """The definition, one draw at a time: draw j = 1, 2, ... of the field's splitmix64 stream is
+    a uniform U in (0, 1); floor(log U / log(1 - rate)) unflipped bits, then a flipped one, until
+    the position leaves the field."""
+    positions, pos, j = [], -1, 0
+    log_keep = math.log1p(-rate) if rate < 1 else -math.inf
+    while True:
+        j += 1
+        state = np.array([(key + j * int(_GAMMA)) % 2**64], dtype=np.uint64)
+        u = ((int(_mix64(state)[0]) >> 11) + 0.5) * 2.0**-53
+        pos += math.floor(min(float(np.log(np.array([u]))[0]) / log_keep, n_bits)) + 1
+        if pos >= n_bits:
+            return positions
+        positions.append(pos)
+
+
+@pytest.mark.parametrize("rate", [1e-5, 3e-3, 0.05, 0.3, 1.0])
+@pytest.mark.parametrize("batch_scale", [1.0, 0.05])  # one round of draws, or many
+def test_vectorised_draw_equals_the_one_draw_at_a_time_definition(rate, batch_scale):
+    """Every field's positions are the definition's, whatever the batching and the other fields:
+    so maps never depend on how the draws were vectorised."""
     inj = FaultInjector(tiny_model())
-    rate_t = torch.tensor([rate], dtype=torch.float64)
-    redraws = []
-    original = inj._redraw_fields
-    inj._redraw_fields = lambda *a: redraws.append(1) or original(*a)
-    for trial in range(40):
-        fast = inj._draw_all(rate, 5, trial)
-        slow = inj._draw_field_by_field(rate_t, 5, trial, torch.Generator())
-        if fast is None:
-            assert slow[0].numel() == 0
-            continue
-        assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
-    if rate == 0.05:  # sparse draws with k^2/2n >> 1: repeats, so the redraw path ran and was checked
-        assert redraws
-
-
-@pytest.mark.parametrize("n, high", [(1, 10), (300, 2**16), (5000, 2**31), (5000, 2**45), (7, 2**62)])
-def test_radix_sort_of_positions_equals_torch_sort(n, high):
-    from fitact_pipeline.faults import _sort_nonnegative
-
-    keys = torch.randint(0, high, (n,), generator=torch.Generator().manual_seed(n))
-    assert torch.equal(_sort_nonnegative(keys), keys.sort().values)
+    n_bits = inj._field_n_bits
+    for trial in range(3 if rate < 0.3 else 1):
+        keys = _field_keys(inj._field_name_hash, 5, trial)
+        fid, pos = _bernoulli_positions(keys, n_bits, rate, batch_scale)
+        for t in range(n_bits.size):
+            expected = reference_positions(int(keys[t]), int(n_bits[t]), rate)
+            assert pos[fid == t].tolist() == expected
+        if rate == 1.0:
+            assert fid.size == n_bits.sum()  # every bit flips
 
 
 def test_same_seed_same_map_other_trial_or_seed_differs():
@@ -374,3 +391,16 @@ def test_bad_rate(rate):
         with inj.inject(rate, seed=0):
             pass
     assert same_bits(bits_of(inj.model), clean)
+
+
+def test_job_key_changes_with_the_sampler(monkeypatch):
+    """A finished run drawn by another sampler must not be resumed as this one's result."""
+    from omegaconf import OmegaConf
+
+    from fitact_pipeline import tracking
+
+    cfg = OmegaConf.create({"model": {"name": "vgg16"}, "campaign": {"rates": [1e-5]}, "seed": 0})
+    key = tracking.job_key(cfg)
+    assert tracking.job_key(cfg) == key
+    monkeypatch.setattr(tracking, "SAMPLER", SAMPLER + "-other")
+    assert tracking.job_key(cfg) != key
