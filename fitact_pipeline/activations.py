@@ -65,6 +65,9 @@ class BoundedReLU(nn.Module):
     def _use_fused(self, x) -> bool:
         return self.fused and not (torch.is_grad_enabled() and (x.requires_grad or self.bound.requires_grad))
 
+    def _fused_forward(self, fn, x: torch.Tensor) -> torch.Tensor:
+        return _fused(fn, self.inplace)(x, self.bound.detach())
+
     def _relu(self, x: torch.Tensor) -> torch.Tensor:
         # keeps NaN (every caller removes it with a "not <=" mask); -inf -> 0
         return torch.relu_(x) if self.inplace else torch.relu(x)
@@ -74,8 +77,10 @@ class BoundedReLU(nn.Module):
 
 
 def _clip_eager(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """x if 0 < x <= b else 0, NaN/inf -> 0, as one expression (the body that torch.compile fuses)."""
-    return torch.where((x > 0) & (x <= b), x, 0.0)
+    """x if 0 < x <= b else 0, NaN/inf -> 0, as one expression (the body that torch.compile fuses).
+    One comparison and a relu: NaN <= b and inf <= b are False. (Two comparisons and an AND of
+    masks compiled ~5 % slower.)"""
+    return torch.where(x <= b, torch.relu(x), 0.0)
 
 
 def _clamp_eager(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -83,20 +88,40 @@ def _clamp_eager(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where((x > 0) & (x < float("inf")), torch.minimum(x, b), 0.0)
 
 
+# In-place forms for sites whose nn.ReLU was in place. Separate functions, not closures over the
+# ones above: dynamo counts compiled variants per code object, and past its limit it silently runs
+# the function eagerly.
+def _clip_inplace(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return x.copy_(_clip_eager(x, b))
+
+
+def _clamp_inplace(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return x.copy_(_clamp_eager(x, b))
+
+
+_INPLACE = {_clip_eager: _clip_inplace, _clamp_eager: _clamp_inplace}
+
+
 _COMPILED: dict = {}
 
 
-def _fused(fn):
+def _fused(fn, inplace: bool = False):
     """``fn`` compiled once per process with dynamic shapes: one fused pass over the activation map.
+    ``inplace`` writes the result into the input (``x.copy_(fn(x, b))``, which inductor turns into one
+    kernel that loads and stores the same buffer), for sites whose nn.ReLU was in place: an
+    out-of-place result is a fresh activation-sized allocation, and on CPU every large allocation
+    comes back from the OS as new pages that fault in on first write (measured: an out-of-place
+    relu of a 64 MB map costs ~9x the in-place one).
 
     Compiling only the activation (not the whole model) costs ~15 s once on CPU, and is shared by
     every site and every shape; conv/linear stay on their eager (oneDNN) kernels. Callers pass
     ``bound.detach()``: dynamo treats nn.Parameter shapes as static and would recompile per site
     shape until its recompile limit, then silently fall back to eager.
     """
-    if fn not in _COMPILED:
-        _COMPILED[fn] = torch.compile(fn, dynamic=True)
-    return _COMPILED[fn]
+    body = _INPLACE[fn] if inplace else fn
+    if body not in _COMPILED:
+        _COMPILED[body] = torch.compile(body, dynamic=True)
+    return _COMPILED[body]
 
 
 def _zero_above(y: torch.Tensor, b) -> torch.Tensor:
@@ -112,7 +137,7 @@ class ClipActReLU(BoundedReLU):
 
     def forward(self, x):
         if self._use_fused(x):
-            return _fused(_clip_eager)(x, self.bound.detach())
+            return self._fused_forward(_clip_eager, x)
         return _zero_above(self._relu(x), self.bound)
 
 
@@ -125,7 +150,7 @@ class RangerReLU(BoundedReLU):
 
     def forward(self, x):
         if self._use_fused(x):
-            return _fused(_clamp_eager)(x, self.bound.detach())
+            return self._fused_forward(_clamp_eager, x)
         y = self._relu(x)  # -inf -> 0
         # NaN and +inf are faults, not large activations: 0, not b (DESIGN §2.2)
         y = _zero_above(y, torch.finfo(y.dtype).max)
@@ -151,7 +176,7 @@ class FitReLU(BoundedReLU):
     def forward(self, x):
         if self.hard:
             if self._use_fused(x):
-                return _fused(_clip_eager)(x, self.bound.detach())
+                return self._fused_forward(_clip_eager, x)
             return _zero_above(self._relu(x), self.bound)
         # sanitise first: inf * sigmoid(-inf) = inf * 0 = NaN, and a NaN in the unselected branch of
         # a torch.where would still poison the bound's gradient

@@ -466,7 +466,7 @@ class FaultInjector:
                 if self.fmt == "int8":
                     stored, scales = self.codec.quantize_tensor(flat.view(tensor.shape))
                     flat.copy_(stored.reshape(-1))
-                    slot.scales = scales
+                    slot.scales = scales.cpu()  # the flip arithmetic runs on the CPU
                     slot.group = Int8Codec.element_channels(tensor.shape)
                 else:
                     if self.fmt == "fixed" and not bool(torch.isfinite(flat).all()):
@@ -688,15 +688,18 @@ class FaultInjector:
                 span = torch.arange(slot.group, dtype=torch.int64)
                 parts.append((c_u[:, None] * slot.group + span).reshape(-1))
             local = torch.cat(parts).unique() if len(parts) > 1 else parts[0]
-            orig = slot.flat.index_select(0, local)
-            saved.append((slot.flat, local, orig))
+            # Index tensors and the saved values follow the model's device; the arithmetic is CPU.
+            local_dev = local.to(slot.flat.device)
+            orig_dev = slot.flat.index_select(0, local_dev)
+            saved.append((slot.flat, local_dev, orig_dev))
+            orig = orig_dev.cpu()
             chan = local // slot.group
             words = codec.encode_q(orig, slot.scales[chan])
             if q_el is not None:
                 mask = torch.zeros(local.numel(), dtype=torch.int64)
                 mask[torch.searchsorted(local, q_u)] = q_mask
                 words = words ^ mask
-            slot.flat.index_copy_(0, local, codec.decode_q(words, scales[chan]))
+            slot.flat.index_copy_(0, local_dev, codec.decode_q(words, scales[chan]).to(slot.flat.device))
 
     def __repr__(self) -> str:
         return (f"FaultInjector(fmt={self.codec.describe()}, targets={list(self.targets)}, "

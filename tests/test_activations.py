@@ -60,16 +60,22 @@ def test_neuron_and_channel_bounds_broadcast(name):
     assert torch.all(y[~above] == 2.5)
 
 
-def test_fused_kernel_matches_eager():
+@pytest.mark.parametrize("inplace", [False, True])
+def test_fused_kernel_matches_eager(inplace):
     torch.manual_seed(0)
     x = torch.randn(4, 3, 5, 5) * 3
     x[0, 0, 0, 0], x[1, 1, 1, 1], x[2, 2, 2, 2] = NAN, INF, -INF
     b = torch.rand(3, 5, 5) * 2
     for name in ("clipact", "ranger", "fitact"):
-        eager = make_activation(name, b, "neuron", hard=True)
-        fused = make_activation(name, b, "neuron", hard=True, fused=True)
+        eager = make_activation(name, b, "neuron", hard=True, inplace=inplace)
+        fused = make_activation(name, b, "neuron", hard=True, fused=True, inplace=inplace)
         with torch.no_grad():
-            assert torch.equal(eager(x.clone()), fused(x.clone())), name
+            fused_in = x.clone()
+            out = fused(fused_in)
+            assert torch.equal(eager(x.clone()), out), name
+            # in place like the nn.ReLU it replaces: the result is written into the input
+            assert (out.data_ptr() == fused_in.data_ptr()) == inplace, name
+            assert torch.equal(fused_in, out) or not inplace
 
 
 def test_reduce_profile_shapes_and_max():

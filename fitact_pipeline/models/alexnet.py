@@ -20,7 +20,7 @@ def alexnet(num_classes: int, in_channels: int = 3, width: float = 1.0) -> nn.Mo
     layers: list[nn.Module] = []
     cin = in_channels
     for i, cout in enumerate(c):
-        layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+        layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
         if i in (0, 1, 4):
             # ceil_mode keeps a 1x1 map at 1x1, so 8x8 inputs survive the three pools.
             layers.append(nn.MaxPool2d(2, ceil_mode=True))
@@ -31,10 +31,10 @@ def alexnet(num_classes: int, in_channels: int = 3, width: float = 1.0) -> nn.Mo
         nn.Flatten(),
         nn.Dropout(0.5),
         nn.Linear(c[-1] * 4, hidden),
-        nn.ReLU(),
+        nn.ReLU(inplace=True),
         nn.Dropout(0.5),
         nn.Linear(hidden, hidden),
-        nn.ReLU(),
+        nn.ReLU(inplace=True),
         nn.Linear(hidden, num_classes),
     )
     return nn.Sequential(nn.Sequential(*layers), classifier)

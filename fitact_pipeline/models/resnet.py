@@ -20,17 +20,17 @@ class Bottleneck(nn.Module):
         cout = planes * self.expansion
         self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.relu1 = nn.ReLU()
+        self.relu1 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.relu2 = nn.ReLU()
+        self.relu2 = nn.ReLU(inplace=True)
         self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(cout)
         self.shortcut = nn.Sequential()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
         # The post-addition ReLU is a separate call site, so it gets its own module (and bound).
-        self.relu3 = nn.ReLU()
+        self.relu3 = nn.ReLU(inplace=True)
 
     def forward(self, x):
         out = self.relu1(self.bn1(self.conv1(x)))
@@ -45,7 +45,7 @@ class ResNet(nn.Module):
         stem = scaled(64, width)
         self.conv1 = nn.Conv2d(in_channels, stem, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
         cin = stem
         stages = []
         for i, (n, planes) in enumerate(zip(blocks, (64, 128, 256, 512))):

@@ -21,7 +21,7 @@ def vgg16(num_classes: int, in_channels: int = 3, width: float = 1.0) -> nn.Modu
             layers.append(nn.MaxPool2d(2, ceil_mode=True))
             continue
         cout = scaled(item, width)
-        layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+        layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
         cin = cout
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     return nn.Sequential(nn.Sequential(*layers), nn.Linear(cin, num_classes))
