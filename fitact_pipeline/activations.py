@@ -10,13 +10,15 @@ They broadcast against the batch without any reshaping in ``forward``.
 
 NaN and +-inf inputs are faulty values: every bounded activation outputs 0 for them.
 
-Cost. Inference cost is dominated by memory passes over the activation map. The eager hard forms
-run ``relu`` and then zero, *in place* on that fresh output, every value that is not ``<= b``
-(``masked_fill_`` with the negated comparison): ``NaN <= b`` and ``inf <= b`` are False, so NaN and
-+inf become 0 in the same pass (relu maps -inf to 0 but keeps NaN). No extra activation-sized float
-tensor is allocated; the mask is 1 byte per element. ``x * mask`` is wrong (``NaN * 0`` is NaN) and
-``torch.where`` allocates. ``fused=True`` instead runs the whole activation as one torch.compile'd
-kernel (one read, one write per element, like nn.ReLU); see benchmarks/overhead.py for the figures.
+Cost. Inference cost is dominated by memory passes over the activation map and, on CPU, by
+allocations (a fresh activation-sized tensor faults its pages in on first write). Like the nn.ReLU
+it replaces, a bounded activation works in place when that ReLU did (``inplace``). The eager hard
+forms run ``relu`` and then zero every value that is not ``<= b`` in place (``masked_fill_`` with
+the negated comparison): ``NaN <= b`` and ``inf <= b`` are False, so NaN and +inf become 0 in the
+same pass (relu maps -inf to 0 but keeps NaN); the mask is 1 byte per element. ``x * mask`` is
+wrong (``NaN * 0`` is NaN). ``fused=True`` instead runs the whole activation as one torch.compile'd
+kernel (one read and one write per element, like nn.ReLU, plus the bound); see
+benchmarks/overhead.py and docs/protections.md for the figures.
 """
 from __future__ import annotations
 
