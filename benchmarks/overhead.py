@@ -2,6 +2,7 @@
 
     python benchmarks/overhead.py                       # vgg16, resnet50, alexnet; 32x32, batch 128
     python benchmarks/overhead.py --models vgg16 --repeats 3 --no-fused
+    python benchmarks/overhead.py --models resnet50 --repeats 15 --variants fitact/neuron/hard+fused
 
 All variants of one model share the same (BatchNorm-folded, full-width, untrained) weights; only
 the activation modules differ. Runtime is the median of ``--repeats`` passes, measured interleaved
@@ -11,7 +12,8 @@ allocated memory of a pass. Variants with ``+fused`` run the hard bound check th
 torch.compile'd kernel (activations.py); the ReLU reference and the convolutions stay eager.
 
 The last line is JSON: fitact_runtime_overhead / fitact_memory_overhead per model for neuron-wise
-hard FitReLU (eager), and the same for the fused kernel under *_fused.
+hard FitReLU in its inference form, the fused kernel (the eager form with --no-fused; the
+``fitact_form`` field says which), and the eager form's runtime overhead under *_eager.
 """
 from __future__ import annotations
 
@@ -66,6 +68,12 @@ def bench_model(name: str, args, device) -> dict:
     x = torch.randn(args.batch, 3, 32, 32, device=device)
     profile = profile_activations(base, x[:16])  # bound values do not affect speed, only shapes do
     variants = VARIANTS + (FUSED if args.fused else [])
+    if args.variants:
+        keep = {"relu", *args.variants.split(",")}
+        unknown = keep - {v[0] for v in variants}
+        if unknown:
+            raise SystemExit(f"unknown variant(s) {sorted(unknown)}; choose from: {', '.join(v[0] for v in variants)}")
+        variants = [v for v in variants if v[0] in keep]
     models = {}
     for label, prot, gran, hard, fused in variants:
         m = base if prot == "none" else protect_model(copy.deepcopy(base), prot, gran, profile, hard=hard, fused=fused)
@@ -110,15 +118,19 @@ def main(argv=None):
     p.add_argument("--devices", default="cpu,cuda", help="measured where available")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-fused", dest="fused", action="store_false", help="skip the torch.compile'd variants")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated variant labels to measure (relu always), e.g. fitact/neuron/hard+fused")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = [torch.device(d) for d in args.devices.split(",") if d == "cpu" or torch.cuda.is_available()]
-    summary = {"batch": args.batch, "repeats": args.repeats, "fitact_form": "neuron-wise hard FitReLU (FitReLU-Naive)",
+    form = "fused kernel" if args.fused else "eager"
+    summary = {"batch": args.batch, "repeats": args.repeats,
+               "fitact_form": f"neuron-wise hard FitReLU (FitReLU-Naive), {form}",
                "threads": torch.get_num_threads(),
                "fitact_runtime_overhead": {}, "fitact_memory_overhead": {},
-               "fitact_runtime_overhead_fused": {}, "memory_overhead_by_granularity": {}}
+               "fitact_runtime_overhead_eager": {}, "memory_overhead_by_granularity": {}}
     for device in devices:
         for name in args.models.split(","):
             rows = bench_model(name, args, device)
@@ -133,12 +145,15 @@ def main(argv=None):
                     line += f" {r['peak_bytes'] / 2**20:9.1f}"
                 print(line, flush=True)
             key = name if device.type == "cpu" else f"{name}@{device.type}"
-            summary["fitact_runtime_overhead"][key] = round(rows["fitact/neuron/hard"]["runtime_overhead"], 4)
-            summary["fitact_memory_overhead"][key] = round(rows["fitact/neuron/hard"]["memory_overhead"], 5)
-            if "fitact/neuron/hard+fused" in rows:
-                summary["fitact_runtime_overhead_fused"][key] = round(rows["fitact/neuron/hard+fused"]["runtime_overhead"], 4)
+            inference = rows.get("fitact/neuron/hard+fused", rows.get("fitact/neuron/hard"))
+            if inference is not None:
+                summary["fitact_runtime_overhead"][key] = round(inference["runtime_overhead"], 4)
+                summary["fitact_memory_overhead"][key] = round(inference["memory_overhead"], 5)
+            if "fitact/neuron/hard" in rows:
+                summary["fitact_runtime_overhead_eager"][key] = round(rows["fitact/neuron/hard"]["runtime_overhead"], 4)
             summary["memory_overhead_by_granularity"][key] = {
-                g: round(rows[f"fitact/{g}/hard"]["memory_overhead"], 5) for g in ("neuron", "channel", "layer")}
+                g: round(rows[f"fitact/{g}/hard"]["memory_overhead"], 5)
+                for g in ("neuron", "channel", "layer") if f"fitact/{g}/hard" in rows}
     print(json.dumps(summary))
 
 
