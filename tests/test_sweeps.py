@@ -1,6 +1,8 @@
 """Sweeps: parallel workers on a fresh store, crash + re-launch, launcher configs that compose."""
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -27,6 +29,21 @@ def runs_of(tmp: Path):
     return client.search_runs([exp.experiment_id], max_results=1000) if exp else []
 
 
+def finished_jobs_read_only(tmp: Path) -> int:
+    """Finished job runs, read with plain sqlite in read-only mode: an MlflowClient would run the
+    store's schema migrations and race the sweep that is creating the store."""
+    db = tmp / "mlruns" / "mlflow.db"
+    if not db.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
+            return con.execute("SELECT COUNT(*) FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                               "WHERE t.key = 'run_kind' AND t.value = 'job' AND r.status = 'FINISHED'"
+                               ).fetchone()[0]
+    except sqlite3.Error:  # tables not created yet, or locked for a moment
+        return 0
+
+
 def test_parallel_sweep_on_fresh_store(tmp_path):
     proc = subprocess.run(sweep_cmd(tmp_path, "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2",
                                     "protection=none,ranger", "campaign.rates=1e-5,1e-4", "campaign.trials=3"),
@@ -46,23 +63,20 @@ def test_parallel_sweep_on_fresh_store(tmp_path):
 
 
 def test_killed_sweep_relaunch_finishes_only_what_is_missing(tmp_path):
-    overrides = ("protection=none", "campaign.rates=1e-6,3e-6,1e-5,3e-5", "campaign.trials=150")
+    # Enough trials that a job lasts seconds (the poll below must see the sweep mid-way).
+    overrides = ("protection=none", "campaign.rates=1e-6,3e-6,1e-5,3e-5", "campaign.trials=1000")
+    log = tmp_path / "first_launch.log"
     launcher = subprocess.Popen(sweep_cmd(tmp_path, *overrides), cwd=ROOT, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+                                stderr=log.open("w"), start_new_session=True)
     deadline = time.time() + 400
-    finished_before = []
+    finished_before = 0
     while time.time() < deadline and launcher.poll() is None:
         time.sleep(0.5)
-        if not (tmp_path / "mlruns" / "mlflow.db").exists():
-            continue
-        try:
-            finished_before = [r for r in runs_of(tmp_path)
-                               if r.data.tags.get("run_kind") == "job" and r.info.status == "FINISHED"]
-        except Exception:  # the store may be mid-creation
-            continue
+        finished_before = finished_jobs_read_only(tmp_path)
         if finished_before:
             break
-    assert finished_before and launcher.poll() is None, "sweep ended before it could be killed"
+    assert finished_before and launcher.poll() is None, (
+        f"sweep ended (rc={launcher.poll()}) before it could be killed:\n{log.read_text()[-3000:]}")
     os.killpg(launcher.pid, signal.SIGKILL)
     launcher.wait()
     first_ids = {r.info.run_id for r in runs_of(tmp_path)
