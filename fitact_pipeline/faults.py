@@ -248,7 +248,7 @@ def _tensor_kind(module: nn.Module, attr: str, is_param: bool) -> str | None:
 
 @contextlib.contextmanager
 def _single_thread() -> Iterator[None]:
-    """Run the few small tensor ops of sampling / flipping / restoring on one thread.
+    """Run the few small torch ops of flipping / restoring on one thread (sampling is numpy).
 
     Their work is tiny (tens of thousands of elements), but several CPU kernels (repeat_interleave,
     round, advanced indexing, ...) still enter a parallel region, and on a busy machine waking
@@ -632,13 +632,12 @@ class FaultInjector:
             saved.append((store_np, uniq, orig))
             store_np[uniq] = self.codec.flip(orig, masks_np)
             return
-        masks = torch.from_numpy(masks_np)
         uniq_t = torch.from_numpy(uniq)
         if store is not None:  # one gather and one scatter on the store's device
             index = uniq_t.to(store.device)
             orig = store.index_select(0, index)
             saved.append((store, index, orig))
-            new = self.codec.decode(self.codec.encode(orig.cpu()) ^ masks)
+            new = torch.from_numpy(self.codec.flip(orig.cpu().numpy(), masks_np))
             store.index_copy_(0, index, new.to(index.device))
             return
         cuts = torch.searchsorted(uniq_t, self._slot_offsets).tolist()
@@ -652,7 +651,7 @@ class FaultInjector:
             saved.append((slot.flat, local, orig))
             touched.append((slot.flat, local, a, b))
             origs.append(orig.cpu())
-        new = self.codec.decode(self.codec.encode(torch.cat(origs)) ^ masks)
+        new = torch.from_numpy(self.codec.flip(torch.cat(origs).numpy(), masks_np))
         for flat, local, a, b in touched:
             flat.index_copy_(0, local, new[a:b].to(flat.device))
 
