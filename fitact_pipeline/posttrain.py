@@ -27,7 +27,7 @@ from torch import nn
 from .activations import FitReLU, set_fitrelu_hard
 
 # Evidence for these defaults: docs/protections.md ("Post-training defaults").
-DEFAULTS = {"epochs": 2, "lr": 0.01, "zeta": 0.1, "max_accuracy_drop": 0.01,
+DEFAULTS = {"epochs": 2, "lr": 0.005, "zeta": 0.1, "max_accuracy_drop": 0.01,
             "max_batches_per_epoch": 40, "progress_bar": False}
 
 

@@ -78,6 +78,26 @@ def test_fused_kernel_matches_eager(inplace):
             assert torch.equal(fused_in, out) or not inplace
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_kernel_matches_eager_at_any_thread_count(threads):
+    # the compiled kernel reads the thread count at run time (inductor's dynamic_threads); every
+    # thread's share of the batch, and the vector tail of an odd-sized map, must match eager
+    torch.manual_seed(1)
+    x = torch.randn(37, 3, 7, 9) * 3
+    x[5, 1, 2, 3], x[20, 2, 6, 8], x[36, 0, 0, 0] = NAN, INF, -INF
+    b = torch.rand(3, 7, 9) * 2
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for name in ("clipact", "ranger", "fitact"):
+            eager = make_activation(name, b, "neuron", hard=True, inplace=True)
+            fused = make_activation(name, b, "neuron", hard=True, fused=True, inplace=True)
+            with torch.no_grad():
+                assert torch.equal(eager(x.clone()), fused(x.clone())), (name, threads)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_reduce_profile_shapes_and_max():
     conv = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)
     lin = torch.tensor([3.0, 1.0, 2.0])

@@ -49,6 +49,16 @@ def test_posttrain_shrinks_bounds_changes_nothing_else(digits_fitact):
     assert not model.training
 
 
+def test_default_settings_shrink_the_bounds_within_the_constraint(digits_fitact):
+    # the shipped defaults (conf/posttrain/default.yaml == DEFAULTS), not tuned test settings
+    dm, protected, clean = digits_fitact
+    model = copy.deepcopy(protected)
+    res = posttrain_bounds(model, dm, None, clean)
+    assert [h["epoch"] for h in res["history"]] == [0, 1, 2]
+    assert res["selected_epoch"] > 0 and res["mean_bound_ratio"] < 0.99
+    assert res["history"][res["selected_epoch"]]["val_acc"] >= clean - 0.01
+
+
 def test_wrapped_model_stays_in_eval_mode(digits_fitact):
     _, protected, _ = digits_fitact
     module = BoundPostTraining(copy.deepcopy(protected))
@@ -77,3 +87,15 @@ def test_bad_max_accuracy_drop(digits_fitact, drop):
 def test_needs_fitact_model():
     with pytest.raises(ValueError, match="no FitReLU"):
         BoundPostTraining(build_model("small_cnn", 10, 1, 0.25))
+
+
+def test_config_defaults_are_the_code_defaults():
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from fitact_pipeline.posttrain import DEFAULTS
+
+    conf = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "posttrain" / "default.yaml")
+    shipped = {k: v for k, v in OmegaConf.to_container(conf, resolve=False).items() if k != "progress_bar"}
+    assert shipped == {k: v for k, v in DEFAULTS.items() if k != "progress_bar"}
