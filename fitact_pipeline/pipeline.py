@@ -104,14 +104,10 @@ def stage_bounds(cfg: DictConfig, protected: torch.nn.Module, datamodule, clean_
     """FitAct post-training or the FT-ClipAct search: both only change `.bound` tensors, which are
     cached so that every fault-rate job of one protection reuses them."""
     name = cfg.protection.name
-    search = name == "clipact" and cfg.protection.get("search", {}).get("enabled", False)
+    search = _searches(cfg)
     if name != "fitact" and not search:
         return {}
-    key = config_hash({"baseline": baseline_key(cfg), "protection": _plain(cfg.protection),
-                       "posttrain": _plain(cfg.posttrain) if name == "fitact" else None,
-                       "faults": _plain(cfg.faults), "profile_images": cfg.profile_images,
-                       "rates": as_rate_list(cfg.campaign.rates) if search else None,
-                       "sampler": SAMPLER if search else None})  # the search injects faults
+    key = bounds_key(cfg)
 
     def compute():
         if name == "fitact":
@@ -135,6 +131,27 @@ def stage_bounds(cfg: DictConfig, protected: torch.nn.Module, datamodule, clean_
     return info
 
 
+def _searches(cfg: DictConfig) -> bool:
+    return cfg.protection.name == "clipact" and cfg.protection.get("search", {}).get("enabled", False)
+
+
+def _search_rates(cfg: DictConfig) -> list[float]:
+    """The search's own rate list when it has one, else the campaign's rates."""
+    rates = cfg.protection.search.rates
+    return as_rate_list(rates) if rates else as_rate_list(cfg.campaign.rates)
+
+
+def bounds_key(cfg: DictConfig) -> str:
+    """Cache key of the post-trained (FitAct) or searched (Clip-Act) bounds: what they depend on."""
+    search = _searches(cfg)
+    fitact = cfg.protection.name == "fitact"
+    return config_hash({"baseline": baseline_key(cfg), "protection": _plain(cfg.protection),
+                        "posttrain": _plain(cfg.posttrain) if fitact else None,
+                        "faults": _plain(cfg.faults), "profile_images": cfg.profile_images,
+                        "rates": _search_rates(cfg) if search else None,
+                        "sampler": SAMPLER if search else None})  # the search injects faults
+
+
 def fault_kwargs(faults: DictConfig) -> dict[str, Any]:
     return {"fmt": faults.fmt, "word_bits": faults.word_bits, "frac_bits": faults.frac_bits,
             "targets": tuple(faults.targets), "include": tuple(faults.include), "exclude": tuple(faults.exclude)}
@@ -146,7 +163,7 @@ def _search_thresholds(cfg: DictConfig, protected: torch.nn.Module, datamodule) 
 
     search = cfg.protection.search
     images, labels = datamodule.eval_tensors("val", search.images, cfg.campaign.seed + 1)
-    rates = as_rate_list(search.rates) if search.rates else as_rate_list(cfg.campaign.rates)
+    rates = _search_rates(cfg)
     return clipact_search(protected, images, labels, fault_kwargs(cfg.faults), rates=rates,
                           candidates=search.candidates, iterations=search.iterations, trials=search.trials,
                           seed=cfg.campaign.seed + 1, batch_size=cfg.campaign.batch_size)

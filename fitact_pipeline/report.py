@@ -90,23 +90,37 @@ class JobRun:
     params: dict[str, str]
     metrics: dict[str, float]
     curve: dict[float, dict[str, float]] = field(default_factory=dict)
+    start_time: int = 0  # ms since the epoch, as MLflow stores it
 
     @classmethod
     def from_run(cls, run) -> "JobRun":
         tags, params = run.data.tags, run.data.params
         return cls(run.info.run_id, tags.get("model", "?"), tags.get("dataset", "?"), tags.get("protection", "?"),
                    variant_of(tags, params), context_of(tags, params), dict(params), dict(run.data.metrics),
-                   rate_stats(run.data.metrics))
+                   rate_stats(run.data.metrics), int(run.info.start_time or 0))
+
+
+def latest_per_slot(jobs: list[JobRun]) -> tuple[list[JobRun], list[JobRun]]:
+    """(kept, superseded): of finished runs of the same slot (context, curve label and rate set),
+    only the newest is kept. A slot is rerun when a setting the report does not tell apart changed
+    (e.g. the post-training defaults): merging both runs would mix two settings in one curve."""
+    latest: dict[tuple, JobRun] = {}
+    superseded = []
+    for job in sorted(jobs, key=lambda j: j.start_time):
+        slot = (job.context, job.variant, tuple(sorted(job.curve)))
+        if slot in latest:
+            superseded.append(latest[slot])
+        latest[slot] = job
+    return sorted(latest.values(), key=lambda j: j.start_time), superseded
 
 
 def curves_from_runs(runs) -> dict[tuple[str, str, str], dict[float, dict[str, float]]]:
     """Merge finished job runs into one curve per (model, dataset, variant): jobs of one rate each
     and jobs of many rates give the same curve."""
     curves: dict[tuple[str, str, str], dict[float, dict[str, float]]] = defaultdict(dict)
-    for run in runs:
-        if run.info.status != "FINISHED" or run.data.tags.get("run_kind") != "job":
-            continue
-        job = JobRun.from_run(run)
+    finished = [JobRun.from_run(run) for run in runs
+                if run.info.status == "FINISHED" and run.data.tags.get("run_kind") == "job"]
+    for job in latest_per_slot(finished)[0]:  # oldest first: a newer run's rates win
         curves[(job.model, job.dataset, job.variant)].update(job.curve)
     return dict(curves)
 
@@ -133,8 +147,9 @@ class Experiment:
 
     def __init__(self, client: MlflowClient, experiment_id: str, workdir: Path):
         self.client, self.experiment_id, self.workdir = client, experiment_id, workdir
-        self.jobs = [JobRun.from_run(r) for r in self._search("tags.run_kind = 'job'")
-                     if r.info.status == "FINISHED"]
+        finished = [JobRun.from_run(r) for r in self._search("tags.run_kind = 'job'")
+                    if r.info.status == "FINISHED"]
+        self.jobs, self.superseded = latest_per_slot(finished)
         self._artifacts: dict[tuple[str, str], Any] = {}
 
     def _search(self, filter_string: str) -> list:
@@ -451,6 +466,10 @@ def build_report(cfg: Any) -> Report:
         report = Report(exp, cfg, out_dir)
         if not exp.jobs:
             report.notes.append("the experiment has no finished job runs")
+        for job in exp.superseded:
+            report.notes.append(f"run {job.run_id} ({job.model} {job.variant}) superseded by a newer run of "
+                                "the same model, protection and rates; to compare settings, give each its "
+                                "own tracking.experiment")
         report.build()
     if cfg.log_to_mlflow:
         run = client.create_run(experiment.experiment_id, run_name="report", tags={"run_kind": "report"})

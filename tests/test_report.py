@@ -227,3 +227,22 @@ def test_unknown_experiment_is_a_one_line_error(sweep):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "no MLflow experiment named 'nope'" in proc.stdout + proc.stderr
+
+
+def test_a_rerun_slot_keeps_only_the_newest_run():
+    from fitact_pipeline.report import JobRun, _merge_curves, latest_per_slot
+
+    def job(run_id, start, curve, variant="fitact"):
+        return JobRun(run_id, "vgg16", "cifar10", variant, variant, ("vgg16", "cifar10"), {}, {},
+                      {r: {"mean": acc} for r, acc in curve.items()}, start)
+
+    old = job("old", 1, {1e-6: 0.5, 1e-5: 0.3})
+    new = job("new", 2, {1e-6: 0.6, 1e-5: 0.4})
+    other_rates = job("one_rate", 0, {1e-4: 0.1})  # a job of another rate of the same curve: merged
+    clipact = job("clipact", 3, {1e-6: 0.55, 1e-5: 0.35}, variant="clipact")
+    kept, superseded = latest_per_slot([new, clipact, old, other_rates])
+    assert [j.run_id for j in superseded] == ["old"]
+    assert [j.run_id for j in kept] == ["one_rate", "new", "clipact"]
+    curves = _merge_curves(kept)
+    assert {r: s["mean"] for r, s in curves[(("vgg16", "cifar10"), "fitact")].items()} == {
+        1e-4: 0.1, 1e-6: 0.6, 1e-5: 0.4}
