@@ -13,12 +13,17 @@ torch.compile'd kernel (activations.py); the ReLU reference and the convolutions
 
 The last line is JSON: fitact_runtime_overhead / fitact_memory_overhead per model for neuron-wise
 hard FitReLU in its inference form, the fused kernel (the eager form with --no-fused; the
-``fitact_form`` field says which), and the eager form's runtime overhead under *_eager.
+``fitact_form`` field says which), and the eager form's runtime overhead under *_eager. The runtime
+figure is the median, over ``--pairs`` back-to-back pairs of passes (ReLU model, FitAct model, in
+ABBA order), of the per-pair ratio: the table's ratio of medians comes from passes up to a round of
+all variants apart (~35 s on ResNet50), and a drift within that span moved it by up to 10 points.
+On CPU the benchmark runs under ``--allocator heap`` by default (see use_heap_allocator).
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
 import json
 import statistics
 import sys
@@ -44,6 +49,8 @@ VARIANTS = [
     ("fitact/channel/smooth", "fitact", "channel", False, False),
     ("fitact/layer/smooth", "fitact", "layer", False, False),
 ]
+HEADLINE = "fitact/neuron/hard+fused"  # the issue's figure: neuron-wise FitReLU-Naive as deployed
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
 FUSED = [
     ("clipact/layer+fused", "clipact", "layer", True, True),
     ("fitact/neuron/hard+fused", "fitact", "neuron", True, True),
@@ -58,6 +65,43 @@ def stored_bytes(model: torch.nn.Module) -> int:
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def use_heap_allocator() -> bool:
+    """glibc only: serve every allocation from the heap and keep freed memory (no mmap/munmap per
+    tensor). With the system default, each activation map above 32 MB is a fresh mmap whose pages
+    fault in on first write: on this machine that was ~40 % of a ResNet50 pass (sys time), and its
+    run-to-run swings (+-10 %) drowned the activation cost being measured. Both sides of every
+    ratio run under the same allocator."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
+def timed(model, x, device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    model(x)
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def paired_overhead(ref, prot, x, device, pairs: int) -> list[float]:
+    """Per-pair ratios prot/ref - 1, passes back to back in ABBA order (a drift or a position effect
+    within a pair cancels over two pairs)."""
+    out = []
+    with torch.no_grad():
+        for i in range(pairs):
+            if i % 2 == 0:
+                a = timed(ref, x, device)
+                b = timed(prot, x, device)
+            else:
+                b = timed(prot, x, device)
+                a = timed(ref, x, device)
+            out.append(b / a - 1)
+    return out
 
 
 def bench_model(name: str, args, device) -> dict:
@@ -95,11 +139,7 @@ def bench_model(name: str, args, device) -> dict:
                 peak[label] = torch.cuda.max_memory_allocated() - base_alloc
         for _ in range(args.repeats):
             for label, m in models.items():
-                sync(device)
-                t0 = time.perf_counter()
-                m(x)
-                sync(device)
-                times[label].append(time.perf_counter() - t0)
+                times[label].append(timed(m, x, device))
     ref_t = statistics.median(times["relu"])
     ref_b = stored_bytes(models["relu"])
     rows = {}
@@ -107,6 +147,9 @@ def bench_model(name: str, args, device) -> dict:
         t, b = statistics.median(times[label]), stored_bytes(m)
         rows[label] = {"time_s": t, "runtime_overhead": t / ref_t - 1, "bytes": b, "memory_overhead": b / ref_b - 1,
                        "peak_bytes": peak.get(label)}
+    headline = HEADLINE if HEADLINE in models else "fitact/neuron/hard"
+    if headline in models and args.pairs > 0:
+        rows[headline]["paired"] = paired_overhead(models["relu"], models[headline], x, device, args.pairs)
     return rows
 
 
@@ -120,22 +163,29 @@ def main(argv=None):
     p.add_argument("--no-fused", dest="fused", action="store_false", help="skip the torch.compile'd variants")
     p.add_argument("--variants", default=None,
                    help="comma-separated variant labels to measure (relu always), e.g. fitact/neuron/hard+fused")
+    p.add_argument("--pairs", type=int, default=10,
+                   help="back-to-back ReLU/FitAct pass pairs behind the JSON runtime figure (0: table only)")
+    p.add_argument("--allocator", choices=("heap", "system"), default="heap",
+                   help="heap: no mmap per tensor (glibc; see use_heap_allocator); system: the default")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
+    allocator = "heap" if args.allocator == "heap" and use_heap_allocator() else "system"
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = [torch.device(d) for d in args.devices.split(",") if d == "cpu" or torch.cuda.is_available()]
     form = "fused kernel" if args.fused else "eager"
     summary = {"batch": args.batch, "repeats": args.repeats,
                "fitact_form": f"neuron-wise hard FitReLU (FitReLU-Naive), {form}",
-               "threads": torch.get_num_threads(),
+               "threads": torch.get_num_threads(), "allocator": allocator,
+               "runtime_figure": f"median over {args.pairs} back-to-back pass pairs of FitAct/ReLU - 1"
+               if args.pairs > 0 else f"ratio of medians of {args.repeats} interleaved passes - 1",
                "fitact_runtime_overhead": {}, "fitact_memory_overhead": {},
                "fitact_runtime_overhead_eager": {}, "memory_overhead_by_granularity": {}}
     for device in devices:
         for name in args.models.split(","):
             rows = bench_model(name, args, device)
             print(f"\n{name} on {device} (32x32, batch {args.batch}, median of {args.repeats}, "
-                  f"{torch.get_num_threads()} threads)")
+                  f"{torch.get_num_threads()} threads, {allocator} allocator)")
             print(f"{'variant':28s} {'time ms':>9s} {'runtime +%':>10s} {'MB stored':>10s} {'memory +%':>10s}"
                   + (f" {'peak MB':>9s}" if device.type == "cuda" else ""))
             for label, r in rows.items():
@@ -147,7 +197,13 @@ def main(argv=None):
             key = name if device.type == "cpu" else f"{name}@{device.type}"
             inference = rows.get("fitact/neuron/hard+fused", rows.get("fitact/neuron/hard"))
             if inference is not None:
-                summary["fitact_runtime_overhead"][key] = round(inference["runtime_overhead"], 4)
+                figure = inference["runtime_overhead"]
+                if "paired" in inference:
+                    pairs = sorted(inference["paired"])
+                    figure = statistics.median(pairs)
+                    print(f"paired ({len(pairs)} back-to-back pairs): FitAct/ReLU - 1 median {100 * figure:+.2f} %, "
+                          f"range {100 * pairs[0]:+.2f} .. {100 * pairs[-1]:+.2f} %", flush=True)
+                summary["fitact_runtime_overhead"][key] = round(figure, 4)
                 summary["fitact_memory_overhead"][key] = round(inference["memory_overhead"], 5)
             if "fitact/neuron/hard" in rows:
                 summary["fitact_runtime_overhead_eager"][key] = round(rows["fitact/neuron/hard"]["runtime_overhead"], 4)
