@@ -55,6 +55,9 @@ def rate_stats(metrics: dict[str, float]) -> dict[float, dict[str, float]]:
     return dict(out)
 
 
+_DEFAULT_GRANULARITY = {"fitact": "neuron"}  # conf/protection/*.yaml; every other one: layer
+
+
 def _patterns(param: str) -> str:
     """A list param as MLflow stores it ("['0.0.*', '0.3.*']") written short: 0.0.*,0.3.*"""
     return re.sub(r"[\[\]' ]", "", param)
@@ -62,9 +65,17 @@ def _patterns(param: str) -> str:
 
 def variant_of(tags: dict[str, str], params: dict[str, str]) -> str:
     """The curve label of a run: its protection, plus what makes two runs of one protection
-    different curves (the GBReLU bound, a restricted fault space)."""
-    label = tags.get("protection", "?")
-    if label == "gbrelu" and "protection.bound" in params:
+    different curves (a granularity other than the protection's default, FitAct's smooth form, the
+    GBReLU bound, a restricted fault space). Runs that differ only in other settings share a label
+    (and a rerun supersedes the older run, see latest_per_slot)."""
+    protection = tags.get("protection", "?")
+    label = protection
+    granularity = tags.get("granularity")
+    if granularity and granularity != _DEFAULT_GRANULARITY.get(protection, "layer"):
+        label += f" {granularity}"
+    if protection == "fitact" and params.get("protection.hard") == "False":
+        label += " smooth"
+    if protection == "gbrelu" and "protection.bound" in params:
         label += f" b={float(params['protection.bound']):g}"
     include = params.get("faults.include", "[]")
     if include not in ("[]", "", "None"):

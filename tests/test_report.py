@@ -246,3 +246,13 @@ def test_a_rerun_slot_keeps_only_the_newest_run():
     curves = _merge_curves(kept)
     assert {r: s["mean"] for r, s in curves[(("vgg16", "cifar10"), "fitact")].items()} == {
         1e-4: 0.1, 1e-6: 0.6, 1e-5: 0.4}
+
+
+def test_variant_labels_keep_granularities_and_forms_apart():
+    fit = {"protection": "fitact", "granularity": "neuron"}
+    assert variant_of(fit, {"protection.hard": "True"}) == "fitact"
+    assert variant_of({**fit, "granularity": "channel"}, {"protection.hard": "True"}) == "fitact channel"
+    assert variant_of(fit, {"protection.hard": "False"}) == "fitact smooth"
+    assert variant_of({"protection": "ranger", "granularity": "layer"}, {}) == "ranger"
+    assert variant_of({"protection": "clipact", "granularity": "neuron"}, {}) == "clipact neuron"
+    assert variant_of({"protection": "gbrelu", "granularity": "layer"}, {"protection.bound": "2.0"}) == "gbrelu b=2"
