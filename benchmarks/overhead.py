@@ -195,7 +195,7 @@ def main(argv=None):
                     line += f" {r['peak_bytes'] / 2**20:9.1f}"
                 print(line, flush=True)
             key = name if device.type == "cpu" else f"{name}@{device.type}"
-            inference = rows.get("fitact/neuron/hard+fused", rows.get("fitact/neuron/hard"))
+            inference = rows.get(HEADLINE, rows.get("fitact/neuron/hard"))
             if inference is not None:
                 figure = inference["runtime_overhead"]
                 if "paired" in inference:
