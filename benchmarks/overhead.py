@@ -17,7 +17,8 @@ hard FitReLU in its inference form, the fused kernel (the eager form with --no-f
 figure is the median, over ``--pairs`` back-to-back pairs of passes (ReLU model, FitAct model, in
 ABBA order), of the per-pair ratio: the table's ratio of medians comes from passes up to a round of
 all variants apart (~35 s on ResNet50), and a drift within that span moved it by up to 10 points.
-On CPU the benchmark runs under ``--allocator heap`` by default (see use_heap_allocator).
+The pairs come from fitact_pipeline.overhead.paired_ratios. On CPU the benchmark runs under
+``--allocator heap`` by default (see use_heap_allocator).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fitact_pipeline.models import build_model  # noqa: E402
+from fitact_pipeline.overhead import model_bytes, paired_ratios, timed_pass  # noqa: E402
 from fitact_pipeline.protect import fold_batchnorm, profile_activations, protect_model  # noqa: E402
 
 # (label, protection, granularity, hard, fused)
@@ -58,10 +60,6 @@ FUSED = [
 ]
 
 
-def stored_bytes(model: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
-
-
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -78,30 +76,6 @@ def use_heap_allocator() -> bool:
         return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
     except (OSError, AttributeError):
         return False
-
-
-def timed(model, x, device) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    model(x)
-    sync(device)
-    return time.perf_counter() - t0
-
-
-def paired_overhead(ref, prot, x, device, pairs: int) -> list[float]:
-    """Per-pair ratios prot/ref - 1, passes back to back in ABBA order (a drift or a position effect
-    within a pair cancels over two pairs)."""
-    out = []
-    with torch.no_grad():
-        for i in range(pairs):
-            if i % 2 == 0:
-                a = timed(ref, x, device)
-                b = timed(prot, x, device)
-            else:
-                b = timed(prot, x, device)
-                a = timed(ref, x, device)
-            out.append(b / a - 1)
-    return out
 
 
 def bench_model(name: str, args, device) -> dict:
@@ -124,7 +98,9 @@ def bench_model(name: str, args, device) -> dict:
         models[label] = m.eval().to(device)
     times = {k: [] for k in models}
     peak = {}
-    with torch.no_grad():
+    # inference mode, as fitact_pipeline.overhead (the in-job Table I) and paired_ratios: a compiled
+    # kernel is guarded on the grad mode, so a mode switch would recompile inside a timed pass
+    with torch.inference_mode():
         for label, m in models.items():  # warm-up (and compile the fused kernel once)
             t0 = time.perf_counter()
             m(x)
@@ -139,17 +115,17 @@ def bench_model(name: str, args, device) -> dict:
                 peak[label] = torch.cuda.max_memory_allocated() - base_alloc
         for _ in range(args.repeats):
             for label, m in models.items():
-                times[label].append(timed(m, x, device))
+                times[label].append(timed_pass(m, x))
     ref_t = statistics.median(times["relu"])
-    ref_b = stored_bytes(models["relu"])
+    ref_b = model_bytes(models["relu"])
     rows = {}
     for label, m in models.items():
-        t, b = statistics.median(times[label]), stored_bytes(m)
+        t, b = statistics.median(times[label]), model_bytes(m)
         rows[label] = {"time_s": t, "runtime_overhead": t / ref_t - 1, "bytes": b, "memory_overhead": b / ref_b - 1,
                        "peak_bytes": peak.get(label)}
     headline = HEADLINE if HEADLINE in models else "fitact/neuron/hard"
     if headline in models and args.pairs > 0:
-        rows[headline]["paired"] = paired_overhead(models["relu"], models[headline], x, device, args.pairs)
+        rows[headline]["paired"] = paired_ratios(models["relu"], models[headline], x, args.pairs)
     return rows
 
 

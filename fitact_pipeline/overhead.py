@@ -17,7 +17,7 @@ def model_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 
 
-def _timed_pass(model: nn.Module, batch: torch.Tensor) -> float:
+def timed_pass(model: nn.Module, batch: torch.Tensor) -> float:
     if batch.is_cuda:
         torch.cuda.synchronize(batch.device)
     start = time.perf_counter()
@@ -47,10 +47,27 @@ def compare_inference(models: dict[str, nn.Module], batch: torch.Tensor, repeats
     times: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(repeats):
         for name, model in models.items():
-            times[name].append(_timed_pass(model, batch))
+            times[name].append(timed_pass(model, batch))
     return {name: {"ms": 1000 * statistics.median(times[name]), "bytes": model_bytes(model),
                    "peak_cuda_bytes": _peak_cuda_bytes(model, batch)}
             for name, model in models.items()}
+
+
+@torch.inference_mode()
+def paired_ratios(reference: nn.Module, protected: nn.Module, batch: torch.Tensor, pairs: int) -> list[float]:
+    """Per-pair time ratios protected/reference - 1, the two passes of a pair back to back, in ABBA
+    order (a drift, or an advantage of going first, cancels over two pairs). Their median is
+    steadier than a ratio of medians whose passes lie far apart on a busy machine."""
+    out = []
+    for i in range(pairs):
+        if i % 2 == 0:
+            ref = timed_pass(reference, batch)
+            prot = timed_pass(protected, batch)
+        else:
+            prot = timed_pass(protected, batch)
+            ref = timed_pass(reference, batch)
+        out.append(prot / ref - 1.0)
+    return out
 
 
 def overhead(reference: nn.Module, protected: nn.Module, batch: torch.Tensor, repeats: int = 10) -> dict[str, float]:
