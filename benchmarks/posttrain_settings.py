@@ -31,9 +31,7 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from fitact_pipeline import pipeline  # noqa: E402
-from fitact_pipeline.faults import evaluate_accuracy  # noqa: E402
 from fitact_pipeline.posttrain import posttrain_bounds  # noqa: E402
-from fitact_pipeline.protect import fold_batchnorm, protect_model  # noqa: E402
 
 
 def load_config(experiment: str, model: str, overrides: list[str]):
@@ -58,16 +56,9 @@ def main() -> None:
     pipeline.configure_runtime(cfg)
     datamodule = instantiate(cfg.dataset)
     datamodule.setup()
-    baseline, train_info = pipeline.stage_baseline(cfg, datamodule)
-    model = copy.deepcopy(baseline).eval()
-    if cfg.faults.fold_batchnorm:
-        fold_batchnorm(model)
-    profile = pipeline.stage_profile(cfg, model, datamodule)
-    val_images, val_labels = datamodule.eval_tensors("val", None, cfg.campaign.seed)
-    clean = evaluate_accuracy(model, val_images, val_labels, cfg.campaign.batch_size)
-    protected = protect_model(model, "fitact", cfg.protection.granularity, profile,
-                              **pipeline._protection_kwargs(cfg.protection, profile))
-    train_s = float(train_info["train_time_s"])
+    prepared = pipeline.prepare_protected(cfg, datamodule)
+    clean, protected = prepared.clean_val_acc, prepared.protected
+    train_s = float(prepared.train_info["train_time_s"])
 
     for overrides in settings:
         pt = OmegaConf.to_container(cfg.posttrain, resolve=True)

@@ -8,6 +8,7 @@ import copy
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +221,19 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def _run_stages(cfg: DictConfig, datamodule, device: torch.device, rates: list[float]) -> dict[str, Any]:
+@dataclass
+class Prepared:
+    """A job's model before its bounds stage: the deployed ReLU model and its protected copy."""
+    reference: torch.nn.Module  # baseline, BN folded when the fault model says so
+    protected: torch.nn.Module  # the same weights with bounded activations at profiled bounds
+    profile: dict[str, torch.Tensor]
+    clean_val_acc: float  # of the reference, on the whole validation split
+    train_info: dict
+
+
+def prepare_protected(cfg: DictConfig, datamodule) -> Prepared:
+    """Baseline -> fold BN -> profile -> protect, as every job (and benchmarks/posttrain_settings.py)
+    runs them; the bounds stage (post-training or search) comes next."""
     baseline, train_info = stage_baseline(cfg, datamodule)
     model = copy.deepcopy(baseline).eval()
     if cfg.faults.fold_batchnorm:
@@ -228,11 +241,18 @@ def _run_stages(cfg: DictConfig, datamodule, device: torch.device, rates: list[f
     profile = stage_profile(cfg, model, datamodule)
     val_images, val_labels = datamodule.eval_tensors("val", None, cfg.campaign.seed)  # the whole split
     clean_val_acc = evaluate_accuracy(model, val_images, val_labels, cfg.campaign.batch_size)
-    _log_profile_site(profile, cfg.profile_site)
-    reference = copy.deepcopy(model) if cfg.overhead.enabled else None
+    reference = copy.deepcopy(model)
     protection = cfg.protection
     protected = protect_model(model, protection.name, protection.get("granularity", "layer"), profile,
                               **_protection_kwargs(protection, profile))
+    return Prepared(reference, protected, profile, clean_val_acc, train_info)
+
+
+def _run_stages(cfg: DictConfig, datamodule, device: torch.device, rates: list[float]) -> dict[str, Any]:
+    prepared = prepare_protected(cfg, datamodule)
+    _log_profile_site(prepared.profile, cfg.profile_site)
+    reference = prepared.reference if cfg.overhead.enabled else None
+    protected, train_info, clean_val_acc = prepared.protected, prepared.train_info, prepared.clean_val_acc
     bounds_info = stage_bounds(cfg, protected, datamodule, clean_val_acc)
     protected = protected.to(device).eval()
 
