@@ -17,7 +17,8 @@ hard FitReLU in its inference form, the fused kernel (the eager form with --no-f
 figure is the median, over ``--pairs`` back-to-back pairs of passes (ReLU model, FitAct model, in
 ABBA order), of the per-pair ratio: the table's ratio of medians comes from passes up to a round of
 all variants apart (~35 s on ResNet50), and a drift within that span moved it by up to 10 points.
-The pairs come from fitact_pipeline.overhead.paired_ratios. On CPU the benchmark runs under
+The pairs come from fitact_pipeline.overhead.paired_ratios; ``fitact_runtime_overhead_ci95`` is
+the seeded percentile-bootstrap 95 % interval of that median (fitact_pipeline.stats). On CPU the benchmark runs under
 ``--allocator heap`` by default (see use_heap_allocator).
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fitact_pipeline.models import build_model  # noqa: E402
 from fitact_pipeline.overhead import model_bytes, paired_ratios, timed_pass  # noqa: E402
+from fitact_pipeline.stats import bootstrap_median_ci  # noqa: E402
 from fitact_pipeline.protect import fold_batchnorm, profile_activations, protect_model  # noqa: E402
 
 # (label, protection, granularity, hard, fused)
@@ -139,7 +141,7 @@ def main(argv=None):
     p.add_argument("--no-fused", dest="fused", action="store_false", help="skip the torch.compile'd variants")
     p.add_argument("--variants", default=None,
                    help="comma-separated variant labels to measure (relu always), e.g. fitact/neuron/hard+fused")
-    p.add_argument("--pairs", type=int, default=10,
+    p.add_argument("--pairs", type=int, default=20,
                    help="back-to-back ReLU/FitAct pass pairs behind the JSON runtime figure (0: table only)")
     p.add_argument("--allocator", choices=("heap", "system"), default="heap",
                    help="heap: no mmap per tensor (glibc; see use_heap_allocator); system: the default")
@@ -155,7 +157,7 @@ def main(argv=None):
                "threads": torch.get_num_threads(), "allocator": allocator,
                "runtime_figure": f"median over {args.pairs} back-to-back pass pairs of FitAct/ReLU - 1"
                if args.pairs > 0 else f"ratio of medians of {args.repeats} interleaved passes - 1",
-               "fitact_runtime_overhead": {}, "fitact_memory_overhead": {},
+               "fitact_runtime_overhead": {}, "fitact_runtime_overhead_ci95": {}, "fitact_memory_overhead": {},
                "fitact_runtime_overhead_eager": {}, "memory_overhead_by_granularity": {}}
     for device in devices:
         for name in args.models.split(","):
@@ -176,9 +178,11 @@ def main(argv=None):
                 figure = inference["runtime_overhead"]
                 if "paired" in inference:
                     pairs = sorted(inference["paired"])
-                    figure = statistics.median(pairs)
-                    print(f"paired ({len(pairs)} back-to-back pairs): FitAct/ReLU - 1 median {100 * figure:+.2f} %, "
-                          f"range {100 * pairs[0]:+.2f} .. {100 * pairs[-1]:+.2f} %", flush=True)
+                    figure, low, high = bootstrap_median_ci(pairs)
+                    summary["fitact_runtime_overhead_ci95"][key] = [round(low, 4), round(high, 4)]
+                    print(f"paired ({len(pairs)} back-to-back pairs): FitAct/ReLU - 1 median {100 * figure:+.2f} % "
+                          f"[95 % CI {100 * low:+.2f}, {100 * high:+.2f}], range {100 * pairs[0]:+.2f} .. "
+                          f"{100 * pairs[-1]:+.2f} %", flush=True)
                 summary["fitact_runtime_overhead"][key] = round(figure, 4)
                 summary["fitact_memory_overhead"][key] = round(inference["memory_overhead"], 5)
             if "fitact/neuron/hard" in rows:
