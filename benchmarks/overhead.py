@@ -141,7 +141,7 @@ def main(argv=None):
     p.add_argument("--no-fused", dest="fused", action="store_false", help="skip the torch.compile'd variants")
     p.add_argument("--variants", default=None,
                    help="comma-separated variant labels to measure (relu always), e.g. fitact/neuron/hard+fused")
-    p.add_argument("--pairs", type=int, default=20,
+    p.add_argument("--pairs", type=int, default=30,
                    help="back-to-back ReLU/FitAct pass pairs behind the JSON runtime figure (0: table only)")
     p.add_argument("--allocator", choices=("heap", "system"), default="heap",
                    help="heap: no mmap per tensor (glibc; see use_heap_allocator); system: the default")

@@ -16,15 +16,17 @@ it replaces, a bounded activation works in place when that ReLU did (``inplace``
 forms run ``relu`` and then zero every value that is not ``<= b`` in place (``masked_fill_`` with
 the negated comparison): ``NaN <= b`` and ``inf <= b`` are False, so NaN and +inf become 0 in the
 same pass (relu maps -inf to 0 but keeps NaN); the mask is 1 byte per element. ``x * mask`` is
-wrong (``NaN * 0`` is NaN). ``fused=True`` instead runs the whole activation as one torch.compile'd
-kernel (one read and one write per element, like nn.ReLU, plus the bound); see
-benchmarks/overhead.py and docs/protections.md for the figures.
+wrong (``NaN * 0`` is NaN). ``fused=True`` instead runs the whole activation as one kernel (one read
+and one write per element, like nn.ReLU, plus the bound): on CPU a small C++ op (cpu_kernel.py),
+elsewhere a torch.compile'd one; see benchmarks/overhead.py and docs/protections.md for the figures.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fitact_pipeline import cpu_kernel
 
 GRANULARITIES = ("layer", "channel", "neuron")
 
@@ -68,7 +70,10 @@ class BoundedReLU(nn.Module):
         return self.fused and not (torch.is_grad_enabled() and (x.requires_grad or self.bound.requires_grad))
 
     def _fused_forward(self, fn, x: torch.Tensor) -> torch.Tensor:
-        return _fused(fn, self.inplace)(x, self.bound.detach())
+        bound = self.bound.detach()
+        if cpu_kernel.usable(x, bound):  # the C++ op: cheaper for neuron-wise bounds on CPU
+            return cpu_kernel.bounded_relu(x, bound, clamp=fn is _clamp_eager, inplace=self.inplace)
+        return _fused(fn, self.inplace)(x, bound)
 
     def _relu(self, x: torch.Tensor) -> torch.Tensor:
         # keeps NaN (every caller removes it with a "not <=" mask); -inf -> 0
@@ -79,15 +84,17 @@ class BoundedReLU(nn.Module):
 
 
 def _clip_eager(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """x if 0 < x <= b else 0, NaN/inf -> 0, as one expression (the body that torch.compile fuses).
-    One comparison and a relu: NaN <= b and inf <= b are False. (Two comparisons and an AND of
-    masks compiled ~5 % slower.)"""
-    return torch.where(x <= b, torch.relu(x), 0.0)
+    """x if 0 < x <= b and x < inf, else 0, as one expression (the body that torch.compile fuses).
+    NaN <= b is False; the ``x < inf`` term keeps +inf out when the bound itself is +inf (a float32
+    bound fault)."""
+    return torch.where((x <= b) & (x < float("inf")), torch.relu(x), 0.0)
 
 
 def _clamp_eager(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """min(max(0, x), b) with NaN/inf -> 0, as one expression for torch.compile."""
-    return torch.where((x > 0) & (x < float("inf")), torch.minimum(x, b), 0.0)
+    """min(max(0, x), b) with non-finite x counted as 0, as one expression for torch.compile. The
+    minimum is taken for every x, as in the formula: a negative or NaN bound (a bound fault) gives b
+    everywhere, as the eager form does."""
+    return torch.minimum(torch.where((x > 0) & (x < float("inf")), x, 0.0), b)
 
 
 # In-place forms for sites whose nn.ReLU was in place. Separate functions, not closures over the
@@ -122,8 +129,9 @@ def _fused(fn, inplace: bool = False):
 
     ``cpp.dynamic_threads``: with dynamic shapes inductor cannot size the work at compile time and
     emits a single-threaded loop; this option makes it emit an OpenMP loop that takes the thread
-    count at run time (also right for joblib workers that set their own thread count). On 2 threads
-    it cut ResNet50's neuron-wise overhead from ~+2.8 % to ~+0.5 % (docs/protections.md).
+    count at run time (also right for joblib workers that set their own thread count).
+
+    On CPU this is only the fallback: BoundedReLU uses the C++ op of cpu_kernel.py when it can.
     """
     body = _INPLACE[fn] if inplace else fn
     if body not in _COMPILED:
@@ -133,6 +141,8 @@ def _fused(fn, inplace: bool = False):
 
 def _zero_above(y: torch.Tensor, b) -> torch.Tensor:
     """On a ReLU output: zero every value that is not <= b (above the bound, +inf, NaN)."""
+    if isinstance(b, torch.Tensor):  # an inf bound (float32 bound fault) must still zero +inf inputs
+        b = b.detach().clamp(max=torch.finfo(y.dtype).max)  # (a NaN bound stays NaN: all zero)
     mask = y.le(b).logical_not_()  # not (y > b): NaN must land in the mask
     if y.requires_grad:  # keep autograd's view of y intact when training through the hard form
         return y.masked_fill(mask, 0.0)

@@ -277,7 +277,7 @@ def _run_stages(cfg: DictConfig, datamodule, device: torch.device, rates: list[f
 
 
 def _protection_kwargs(protection: DictConfig, profile: dict[str, torch.Tensor]) -> dict[str, Any]:
-    # fused: the hard bounded forms run as one compiled kernel (activations.py); ~15 s compile.
+    # fused: the hard bounded forms run as one kernel (activations.py, cpu_kernel.py); same outputs.
     kwargs: dict[str, Any] = {"fused": bool(protection.get("fused", False))}
     if protection.name == "fitact":
         kwargs.update(k=protection.k, hard=protection.hard)

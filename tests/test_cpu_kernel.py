@@ -1,0 +1,131 @@
+"""The C++ CPU kernel of the hard bounded activations (fitact_pipeline/cpu_kernel.py): it must
+compute exactly what the eager forms compute, for every bound layout, thread count and in/out of
+place, and the pipeline must fall back cleanly when it cannot be built."""
+import logging
+import math
+
+import pytest
+import torch
+
+from fitact_pipeline import cpu_kernel
+from fitact_pipeline.activations import make_activation
+
+NAN, INF = float("nan"), float("inf")
+X_POINTS = [-2.0, -0.0, 0.0, 0.5, 1.0, 3.0, 1e30, NAN, INF, -INF]
+BOUND_POINTS = [1.0, 0.0, -1.0, NAN, INF, -INF]
+
+
+def _same(a, b):
+    torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+def _reference(clamp: bool, x: float, b: float) -> float:
+    """DESIGN §2.2 at one neuron, with non-finite inputs as faults (output 0); for Ranger the
+    formula min(max(0, x), b) is taken literally, so a negative or NaN bound gives b."""
+    r = x if (math.isfinite(x) and x > 0) else 0.0
+    if clamp:
+        return b if (math.isnan(b) or not r < b) else r
+    return r if r <= b else 0.0
+
+
+def test_kernel_is_built_on_this_machine():
+    # the project's install (ninja from pyproject, the system compiler) must give the fast path;
+    # otherwise fused activations would silently run the slower compiled kernel
+    assert cpu_kernel.load()
+
+
+@pytest.mark.parametrize("clamp", [False, True])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_values_at_special_points(clamp, inplace):
+    x = torch.tensor(X_POINTS).repeat(5, 1)  # 5 samples: one group of four plus a single row
+    for b in BOUND_POINTS:
+        want = torch.tensor([_reference(clamp, v, b) for v in X_POINTS]).repeat(5, 1)
+        xin = x.clone()
+        out = cpu_kernel.bounded_relu(xin, torch.tensor(b), clamp=clamp, inplace=inplace)
+        _same(out, want)
+        assert (out.data_ptr() == xin.data_ptr()) == inplace
+        if not inplace:
+            _same(xin, x)  # the input is left alone
+
+
+# (activation shape, granularity); sizes chosen to hit the kernel's edges: batches that are not a
+# multiple of four, samples longer than one column block (32768 values), channel runs longer than a
+# block, linear outputs
+LAYOUTS = [((37, 3, 7, 9), "neuron"), ((37, 3, 7, 9), "channel"), ((37, 3, 7, 9), "layer"),
+           ((5, 11), "neuron"), ((6, 2, 130, 130), "neuron"), ((6, 2, 130, 130), "channel"),
+           ((3, 2, 200, 200), "channel"), ((2, 40000), "layer")]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape,granularity", LAYOUTS)
+def test_fused_modules_match_eager(shape, granularity, threads):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(shape, generator=gen) * 3
+    flat = x.view(-1)
+    flat[::17], flat[5::23], flat[7::29] = NAN, INF, -INF
+    sample = shape[1:]
+    bound_shape = {"neuron": sample, "channel": (sample[0],) + (1,) * (len(sample) - 1), "layer": ()}[granularity]
+    b = torch.rand(bound_shape, generator=gen) * 2
+    if b.dim():  # bound faults: NaN, negative, +inf
+        b.view(-1)[::5], b.view(-1)[1::7], b.view(-1)[2::11] = NAN, -1.0, INF
+    assert cpu_kernel.usable(x, b)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for name in ("ranger", "clipact", "fitact"):
+            for inplace in (False, True):
+                eager = make_activation(name, b, granularity, hard=True, inplace=inplace)
+                fused = make_activation(name, b, granularity, hard=True, fused=True, inplace=inplace)
+                with torch.inference_mode():
+                    _same(fused(x.clone()), eager(x.clone()))
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("sample,bound,runs", [
+    ((3, 7, 9), (3, 7, 9), True), ((3, 7, 9), (3, 1, 1), True), ((3, 7, 9), (), True),
+    ((3, 7, 9), (1,), True), ((11,), (11,), True), ((3, 7, 1), (3, 7, 1), True),
+    ((3, 7, 9), (9,), False), ((3, 7, 9), (1, 7, 9), False), ((3, 7, 9), (3, 7, 9, 1), False),
+    ((3, 7, 9), (7, 1), False)])
+def test_bound_runs(sample, bound, runs):
+    assert cpu_kernel.bound_runs(sample, bound) is runs
+
+
+def test_usable_refuses_what_the_op_would_misread():
+    x, b = torch.randn(4, 3, 5, 5), torch.rand(3, 5, 5)
+    assert cpu_kernel.usable(x, b)
+    assert not cpu_kernel.usable(x.double(), b.double())
+    assert not cpu_kernel.usable(x.transpose(2, 3), b)  # not contiguous
+    assert not cpu_kernel.usable(x, torch.rand(5))  # one bound per column
+    assert not cpu_kernel.usable(torch.randn(5), torch.rand(5))  # no batch dimension
+
+
+def test_fused_modules_fall_back_to_the_compiled_kernel(monkeypatch):
+    monkeypatch.setattr(cpu_kernel, "_loaded", {"ok": False})  # as if the build had failed
+    x = torch.randn(9, 3, 5, 5) * 3
+    x[0, 0, 0, 0], x[1, 1, 1, 1] = NAN, INF
+    b = torch.rand(3, 5, 5) * 2
+    b[0, 0, 1], b[1, 2, 2] = -1.0, NAN
+    assert not cpu_kernel.usable(x, b)
+    for name in ("ranger", "clipact"):
+        eager = make_activation(name, b, "neuron", hard=True, inplace=True)
+        fused = make_activation(name, b, "neuron", hard=True, fused=True, inplace=True)
+        with torch.inference_mode():
+            _same(fused(x.clone()), eager(x.clone()))
+    with pytest.raises(RuntimeError, match="could not be built"):
+        cpu_kernel.bounded_relu(x, b, clamp=False, inplace=False)
+
+
+def test_a_failed_build_is_logged_once_and_reported(monkeypatch, caplog):
+    import torch.utils.cpp_extension
+
+    def no_compiler(*args, **kwargs):
+        raise OSError("no C++ compiler found\nsecond line")
+
+    monkeypatch.setattr(cpu_kernel, "_loaded", {})
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
+    with caplog.at_level(logging.WARNING, logger="fitact_pipeline.cpu_kernel"):
+        assert cpu_kernel.load() is False
+        assert cpu_kernel.load() is False
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "(OSError: no C++ compiler found);" in warnings[0]
