@@ -50,10 +50,11 @@ def test_values_at_special_points(clamp, inplace):
 
 # (activation shape, granularity); sizes chosen to hit the kernel's edges: batches that are not a
 # multiple of four, samples longer than one column block (32768 values), channel runs longer than a
-# block, linear outputs
+# block, channel runs shorter than 16 values (spelled out per value) and of exactly 16, linear outputs
 LAYOUTS = [((37, 3, 7, 9), "neuron"), ((37, 3, 7, 9), "channel"), ((37, 3, 7, 9), "layer"),
            ((5, 11), "neuron"), ((6, 2, 130, 130), "neuron"), ((6, 2, 130, 130), "channel"),
-           ((3, 2, 200, 200), "channel"), ((2, 40000), "layer")]
+           ((3, 2, 200, 200), "channel"), ((2, 40000), "layer"), ((9, 5, 2, 3), "channel"),
+           ((6, 4, 4, 4), "channel")]
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace {
 
@@ -77,6 +78,12 @@ VECTOR_CLONES void one_row(float* __restrict__ dst, const float* __restrict__ sr
 template <bool CLAMP, bool OUT>
 void run(float* dst, const float* src, const float* b, int64_t n, int64_t m, int64_t c) {
   const int64_t s = m / c;
+  if (s > 1 && s < 16) {  // runs this short do not vectorise: spell the bound out per value, once
+    std::vector<float> per_value(m);
+    for (int64_t j = 0; j < m; ++j) per_value[j] = b[j / s];
+    run<CLAMP, OUT>(dst, src, per_value.data(), n, m, m);
+    return;
+  }
   // Work is split into (group of 4 samples) x (column block); a block holds whole bound runs and
   // ~128 KB of neuron-wise bound, so it stays in L2 while the four samples stream past it.
   const int64_t rows_per_group = s == 1 ? 4 : 1;
