@@ -7,9 +7,9 @@ CUDA included, goes through the torch.compile'd kernel. The op computes exactly 
 expressions (tests compare them bit for bit), so which path ran never changes a result.
 
 Why not torch.compile here too: the generated loop reads a neuron-wise bound once per sample, and
-on a ResNet50 that made the activation cost ~1.6x relu_ (61.8 vs 37.9 ms per batch-128 pass over all
-49 sites, 2 threads); the C++ op lets four samples share each bound load (43.3 ms). Numbers and the
-end-to-end effect: docs/protections.md, "Overheads".
+on a ResNet50 that made the activation cost ~1.9x relu_ (65.5 vs 34.6 ms per batch-128 pass over all
+49 sites, 2 threads, benchmarks/activation_kernels.py); the C++ op lets four samples share each bound
+load (43.6 ms). The end-to-end effect: docs/protections.md, "Overheads".
 
 Building needs a C++ compiler with OpenMP and ninja (torch.utils.cpp_extension); it takes ~25 s once
 per machine and torch caches the library under ``TORCH_EXTENSIONS_DIR`` (default
@@ -43,6 +43,12 @@ def _ninja_on_path() -> None:
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
+def _register_fakes() -> None:
+    # shape-only versions, so that torch.compile of a whole protected model can trace through the op
+    torch.library.register_fake("fitact::bounded_relu")(lambda x, bound, clamp: torch.empty_like(x))
+    torch.library.register_fake("fitact::bounded_relu_")(lambda x, bound, clamp: None)
+
+
 def load() -> bool:
     """Build (first time on this machine) and load the op; False, with the reason logged, if it
     cannot be built."""
@@ -54,6 +60,7 @@ def load() -> bool:
             log.info("building the CPU bounded-activation kernel (once per machine, ~25 s)")
             load_extension(EXTENSION_NAME, sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
                            extra_ldflags=["-fopenmp"], is_python_module=False)
+            _register_fakes()
             _loaded["ok"] = True
         except Exception as exc:  # no compiler, no ninja, no OpenMP: the compiled kernel still works
             log.warning("CPU bounded-activation kernel unavailable (%s: %s); using the torch.compile'd "
@@ -91,5 +98,7 @@ def bounded_relu(x: torch.Tensor, bound: torch.Tensor, clamp: bool, inplace: boo
     if not load():
         raise RuntimeError("the CPU bounded-activation kernel could not be built (see the log); "
                            "check cpu_kernel.usable() before calling bounded_relu")
-    op = torch.ops.fitact.bounded_relu_ if inplace else torch.ops.fitact.bounded_relu
-    return op(x, bound, clamp)
+    if inplace:
+        torch.ops.fitact.bounded_relu_(x, bound, clamp)
+        return x
+    return torch.ops.fitact.bounded_relu(x, bound, clamp)

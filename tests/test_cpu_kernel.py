@@ -83,6 +83,19 @@ def test_fused_modules_match_eager(shape, granularity, threads):
         torch.set_num_threads(before)
 
 
+def test_a_compiled_protected_model_traces_through_the_op():
+    # users may torch.compile a whole protected model: the op has a shape-only (fake) version
+    torch.manual_seed(4)
+    b = torch.rand(4, 6, 6) * 2
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1),
+                              make_activation("fitact", b, "neuron", hard=True, fused=True, inplace=True))
+    x = torch.randn(5, 3, 6, 6) * 3
+    with torch.inference_mode():
+        want = net(x)
+        got = torch.compile(net, backend="aot_eager", fullgraph=True)(x)
+    _same(got, want)
+
+
 @pytest.mark.parametrize("sample,bound,runs", [
     ((3, 7, 9), (3, 7, 9), True), ((3, 7, 9), (3, 1, 1), True), ((3, 7, 9), (), True),
     ((3, 7, 9), (1,), True), ((11,), (11,), True), ((3, 7, 1), (3, 7, 1), True),

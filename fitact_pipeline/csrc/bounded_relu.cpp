@@ -2,8 +2,8 @@
 //
 // clip  (Clip-Act, GB-ReLU, FitReLU-Naive): x if 0 < x <= b and x < inf, else 0
 // clamp (Ranger):                          min(max(0, x), b), non-finite x counted as 0
-// Both are the exact expressions of activations._clip_eager / _clamp_eager, so NaN and +-inf
-// inputs give 0 and a NaN bound behaves as in eager mode.
+// Both are the exact expressions of activations._clip_eager / _clamp_eager: NaN and +-inf inputs
+// give 0 under any valid bound, and faulty (negative, NaN, inf) bounds behave as in eager mode.
 //
 // Why a hand-written kernel: a neuron-wise bound is a second stream as large as one sample's
 // activation map. Read once per sample (what torch.compile generates), it cost ~2x relu_ on a
@@ -126,10 +126,11 @@ void dispatch(float* dst, const float* src, const at::Tensor& x, const at::Tenso
   else run<false, OUT>(dst, src, b, n, m, bound.numel());
 }
 
-at::Tensor bounded_relu_(at::Tensor x, const at::Tensor& bound, bool clamp) {
+// Returns nothing (the caller keeps x): torch.compile cannot functionalise a custom op whose
+// output aliases an input.
+void bounded_relu_(at::Tensor x, const at::Tensor& bound, bool clamp) {
   check(x, bound);
   dispatch<false>(x.data_ptr<float>(), nullptr, x, bound, clamp);
-  return x;
 }
 
 at::Tensor bounded_relu(const at::Tensor& x, const at::Tensor& bound, bool clamp) {
@@ -142,7 +143,7 @@ at::Tensor bounded_relu(const at::Tensor& x, const at::Tensor& bound, bool clamp
 }  // namespace
 
 TORCH_LIBRARY(fitact, m) {
-  m.def("bounded_relu_(Tensor(a!) x, Tensor bound, bool clamp) -> Tensor(a!)");
+  m.def("bounded_relu_(Tensor(a!) x, Tensor bound, bool clamp) -> ()");
   m.def("bounded_relu(Tensor x, Tensor bound, bool clamp) -> Tensor");
 }
 
