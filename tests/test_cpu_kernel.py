@@ -1,6 +1,7 @@
 """The C++ CPU kernel of the hard bounded activations (fitact_pipeline/cpu_kernel.py): it must
 compute exactly what the eager forms compute, for every bound layout, thread count and in/out of
 place, and the pipeline must fall back cleanly when it cannot be built."""
+import copy
 import logging
 import math
 
@@ -9,6 +10,10 @@ import torch
 
 from fitact_pipeline import cpu_kernel
 from fitact_pipeline.activations import make_activation
+from fitact_pipeline.campaign import run_campaign
+from fitact_pipeline.faults import FaultInjector
+from fitact_pipeline.models import build_model
+from fitact_pipeline.protect import fold_batchnorm, profile_activations, protect_model
 
 NAN, INF = float("nan"), float("inf")
 X_POINTS = [-2.0, -0.0, 0.0, 0.5, 1.0, 3.0, 1e30, NAN, INF, -INF]
@@ -143,3 +148,24 @@ def test_a_failed_build_is_logged_once_and_reported(monkeypatch, caplog):
         assert cpu_kernel.load() is False
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "(OSError: no C++ compiler found);" in warnings[0]
+
+
+@pytest.mark.parametrize("fmt", ["fixed", "float32"])
+def test_a_fault_campaign_gives_the_same_trials_fused_and_eager(fmt):
+    # the pipeline's use: faults in weights and bounds (Q15.16 sign flips give negative bounds,
+    # float32 flips NaN/inf ones), in-place sites, inference mode; fused must change no trial
+    torch.manual_seed(5)
+    base = fold_batchnorm(build_model("small_cnn", num_classes=10, in_channels=1, width=0.5).eval())
+    images = torch.randn(64, 1, 8, 8)
+    with torch.no_grad():
+        labels = base(images).argmax(1)  # clean accuracy 1: every fault that matters shows
+    profile = profile_activations(base, images[:32])
+    for protection, granularity in (("fitact", "neuron"), ("ranger", "neuron"), ("ranger", "layer"),
+                                    ("clipact", "channel")):
+        trials = {}
+        for fused in (False, True):
+            model = protect_model(copy.deepcopy(base), protection, granularity, profile, fused=fused)
+            result = run_campaign(model, FaultInjector(model, fmt=fmt), images, labels,
+                                  rates=(1e-4, 1e-3, 1e-2), trials=6, seed=7, progress=False)
+            trials[fused] = [(t["rate"], t["trial"], t["accuracy"], t["flips"]) for t in result.trials]
+        assert trials[True] == trials[False], (protection, fmt)
