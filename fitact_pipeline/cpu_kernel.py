@@ -57,7 +57,7 @@ def load() -> bool:
             from torch.utils.cpp_extension import load as load_extension
 
             _ninja_on_path()
-            log.info("building the CPU bounded-activation kernel (once per machine, ~25 s)")
+            log.info("loading the CPU bounded-activation kernel (built on first use on a machine, ~25 s)")
             load_extension(EXTENSION_NAME, sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
                            extra_ldflags=["-fopenmp"], is_python_module=False)
             _register_fakes()
