@@ -28,10 +28,7 @@ import argparse
 import copy
 import ctypes
 import json
-import random
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -39,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fitact_pipeline.models import build_model  # noqa: E402
-from fitact_pipeline.overhead import model_bytes, paired_ratios, timed_pass  # noqa: E402
+from fitact_pipeline.overhead import compare_inference, paired_ratios  # noqa: E402
 from fitact_pipeline.stats import bootstrap_median_ci  # noqa: E402
 from fitact_pipeline.protect import fold_batchnorm, profile_activations, protect_model  # noqa: E402
 
@@ -62,11 +59,6 @@ FUSED = [
     ("fitact/neuron/hard+fused", "fitact", "neuron", True, True),
     ("fitact/channel/hard+fused", "fitact", "channel", True, True),
 ]
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def use_heap_allocator() -> bool:
@@ -100,36 +92,13 @@ def bench_model(name: str, args, device) -> dict:
     for label, prot, gran, hard, fused in variants:
         m = base if prot == "none" else protect_model(copy.deepcopy(base), prot, gran, profile, hard=hard, fused=fused)
         models[label] = m.eval().to(device)
-    times = {k: [] for k in models}
-    peak = {}
-    # inference mode, as fitact_pipeline.overhead (the in-job Table I) and paired_ratios: a compiled
-    # kernel is guarded on the grad mode, so a mode switch would recompile inside a timed pass
-    with torch.inference_mode():
-        for label, m in models.items():  # warm-up (and compile the fused kernel once)
-            t0 = time.perf_counter()
-            m(x)
-            sync(device)
-            if args.verbose:
-                print(f"  warm-up {name} {label}: {time.perf_counter() - t0:.2f}s", file=sys.stderr, flush=True)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-                base_alloc = torch.cuda.memory_allocated()
-                m(x)
-                sync(device)
-                peak[label] = torch.cuda.max_memory_allocated() - base_alloc
-        for r in range(args.repeats):
-            # a seeded random order per round: the pass right after the smooth variants (which
-            # allocate activation-sized temporaries) ran 7-10 % slower, and in a fixed order that
-            # hit the same variant (clipact/layer+fused on ResNet50) in every round
-            for label in random.Random(r).sample(list(models), len(models)):
-                times[label].append(timed_pass(models[label], x))
-    ref_t = statistics.median(times["relu"])
-    ref_b = model_bytes(models["relu"])
-    rows = {}
-    for label, m in models.items():
-        t, b = statistics.median(times[label]), model_bytes(m)
-        rows[label] = {"time_s": t, "runtime_overhead": t / ref_t - 1, "bytes": b, "memory_overhead": b / ref_b - 1,
-                       "peak_bytes": peak.get(label)}
+    # warm-up compiles the fallback kernel / builds the C++ op once; interleaved rounds in a seeded
+    # random order (fitact_pipeline.overhead.compare_inference, as the in-job Table I)
+    measured = compare_inference(models, x, repeats=args.repeats, warmup=1)
+    ref = measured["relu"]
+    rows = {label: {"time_s": r["ms"] / 1000, "runtime_overhead": r["ms"] / ref["ms"] - 1, "bytes": r["bytes"],
+                    "memory_overhead": r["bytes"] / ref["bytes"] - 1, "peak_bytes": r["peak_cuda_bytes"]}
+            for label, r in measured.items()}
     headline = HEADLINE if HEADLINE in models else "fitact/neuron/hard"
     if headline in models and args.pairs > 0:
         rows[headline]["paired"] = paired_ratios(models["relu"], models[headline], x, args.pairs)
@@ -150,7 +119,6 @@ def main(argv=None):
                    help="back-to-back ReLU/FitAct pass pairs behind the JSON runtime figure (0: table only)")
     p.add_argument("--allocator", choices=("heap", "system"), default="heap",
                    help="heap: no mmap per tensor (glibc; see use_heap_allocator); system: the default")
-    p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     allocator = "heap" if args.allocator == "heap" and use_heap_allocator() else "system"
     if args.threads:

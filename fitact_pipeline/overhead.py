@@ -1,10 +1,12 @@
 """Inference runtime and memory of a protected model against its ReLU original (paper Table I).
 
-Runtimes are medians of passes interleaved side by side (A, B, A, B, ...) in one process, so a
-noisy machine slows both alike; the ratio is what is reported.
+Runtimes are medians of passes interleaved side by side (one pass of every model per round, in a
+seeded random order per round) in one process, so a noisy machine slows all alike; the ratio is
+what is reported.
 """
 from __future__ import annotations
 
+import random
 import statistics
 import time
 
@@ -28,26 +30,33 @@ def timed_pass(model: nn.Module, batch: torch.Tensor) -> float:
 
 
 def _peak_cuda_bytes(model: nn.Module, batch: torch.Tensor) -> int | None:
+    """Peak memory a pass allocates on top of what is resident (every compared model is): the
+    activations and workspaces of this model's pass."""
     if not batch.is_cuda:
         return None
+    torch.cuda.synchronize(batch.device)
+    resident = torch.cuda.memory_allocated(batch.device)
     torch.cuda.reset_peak_memory_stats(batch.device)
     model(batch)
     torch.cuda.synchronize(batch.device)
-    return int(torch.cuda.max_memory_allocated(batch.device))
+    return int(torch.cuda.max_memory_allocated(batch.device) - resident)
 
 
 @torch.inference_mode()
 def compare_inference(models: dict[str, nn.Module], batch: torch.Tensor, repeats: int = 10,
                       warmup: int = 2) -> dict[str, dict[str, float | int | None]]:
-    """Median inference time (ms) and memory of each model on the same batch, interleaved."""
+    """Median inference time (ms) and memory of each model on the same batch, interleaved. Each
+    round runs the models in a seeded random order: in a fixed order the pass right after a model
+    that allocates large temporaries (the smooth FitReLU) ran 7-10 % slower, and always hit the
+    same model (docs/protections.md, "Overheads")."""
     for model in models.values():
         model.eval()
         for _ in range(warmup):
             model(batch)
     times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(repeats):
-        for name, model in models.items():
-            times[name].append(timed_pass(model, batch))
+    for r in range(repeats):
+        for name in random.Random(r).sample(list(models), len(models)):
+            times[name].append(timed_pass(models[name], batch))
     return {name: {"ms": 1000 * statistics.median(times[name]), "bytes": model_bytes(model),
                    "peak_cuda_bytes": _peak_cuda_bytes(model, batch)}
             for name, model in models.items()}
