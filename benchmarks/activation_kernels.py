@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fitact_pipeline import cpu_kernel  # noqa: E402
-from fitact_pipeline.activations import _clip_eager, _fused  # noqa: E402
+from fitact_pipeline.protect import cpu_kernel  # noqa: E402
+from fitact_pipeline.protect.kernels import clip_expr, compiled  # noqa: E402
 from fitact_pipeline.models import build_model  # noqa: E402
 
 KERNELS = ("relu_", "compiled/neuron", "op/neuron", "op/channel", "op/layer")
@@ -49,9 +49,9 @@ def time_site(shape, repeats: int) -> dict[str, float]:
     neuron = torch.rand(shape[1:], generator=gen) * 2
     channel = neuron.amax(dim=tuple(range(1, neuron.dim())), keepdim=True) if neuron.dim() > 1 else neuron
     layer = neuron.amax()
-    compiled = _fused(_clip_eager, inplace=True)
+    fused = compiled(clamp=False, inplace=True)
     x = saved.clone()
-    run = {"relu_": lambda: torch.relu_(x), "compiled/neuron": lambda: compiled(x, neuron),
+    run = {"relu_": lambda: torch.relu_(x), "compiled/neuron": lambda: fused(x, neuron),
            "op/neuron": lambda: cpu_kernel.bounded_relu(x, neuron, clamp=False, inplace=True),
            "op/channel": lambda: cpu_kernel.bounded_relu(x, channel, clamp=False, inplace=True),
            "op/layer": lambda: cpu_kernel.bounded_relu(x, layer, clamp=False, inplace=True)}

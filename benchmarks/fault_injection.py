@@ -31,7 +31,8 @@ from torch import nn
 # The project is run from its checkout, not installed: make `fitact_pipeline` importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fitact_pipeline.faults import FaultInjector, evaluate_accuracy  # noqa: E402
+from fitact_pipeline.evaluate import evaluate_accuracy
+from fitact_pipeline.faults import FaultInjector  # noqa: E402
 from fitact_pipeline.models import build_model  # noqa: E402
 
 

@@ -30,8 +30,8 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from fitact_pipeline import pipeline  # noqa: E402
-from fitact_pipeline.posttrain import posttrain_bounds  # noqa: E402
+from fitact_pipeline import pipeline, stages  # noqa: E402
+from fitact_pipeline.protect.posttrain import posttrain_bounds  # noqa: E402
 
 
 def load_config(experiment: str, model: str, overrides: list[str]):
@@ -56,7 +56,7 @@ def main() -> None:
     pipeline.configure_runtime(cfg)
     datamodule = instantiate(cfg.dataset)
     datamodule.setup()
-    prepared = pipeline.prepare_protected(cfg, datamodule)
+    prepared = stages.prepare_protected(cfg, datamodule)
     clean, protected = prepared.clean_val_acc, prepared.protected
     train_s = float(prepared.train_info["train_time_s"])
 

@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fitact_pipeline.report import Experiment, rate_stats  # noqa: E402
-from fitact_pipeline.tables import read_csv  # noqa: E402
+from fitact_pipeline.report.tables import read_csv  # noqa: E402
 
 ORDER = ["none", "ranger", "clipact", "fitact"]
 

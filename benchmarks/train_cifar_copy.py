@@ -17,7 +17,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from fitact_pipeline.data import ImageFolderDataModule  # noqa: E402
 from fitact_pipeline.models import build_model  # noqa: E402
-from fitact_pipeline.training import accuracy, train_baseline  # noqa: E402
+from fitact_pipeline.evaluate import accuracy
+from fitact_pipeline.training import train_baseline  # noqa: E402
 
 
 def main():

@@ -47,7 +47,7 @@ class MLflowSweepCallback(Callback):
         parent = marker.read_text().strip()
         HydraConfig.instance().set_config(config)
         from mlflow.tracking import MlflowClient
-        from .report import sweep_resilience_figure
+        from .report.sweep import sweep_resilience_figure
 
         tracking.ensure_store(config.tracking)
         client = MlflowClient()

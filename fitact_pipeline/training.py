@@ -21,6 +21,8 @@ import lightning as L
 import torch
 from torch import nn
 
+from .evaluate import accuracy
+
 DEFAULTS = {
     "epochs": 30,
     "lr": 0.01,
@@ -164,40 +166,3 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
     """Plain state_dict: loads with ``torch.load(path, weights_only=True)``."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
-
-
-def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
-    return model
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, loader_or_tensors, batch_size: int = 512, device=None) -> float:
-    """Top-1 accuracy over a DataLoader of (x, y) or an ``(images, labels)`` tensor pair.
-
-    A sample whose logits are not all finite counts as wrong (DESIGN.md §2.1). The model's
-    train/eval mode is restored afterwards.
-    """
-    if device is None:
-        device = next(model.parameters()).device
-    if isinstance(loader_or_tensors, (tuple, list)) and len(loader_or_tensors) == 2 \
-            and isinstance(loader_or_tensors[0], torch.Tensor):
-        images, labels = loader_or_tensors
-        batches = ((images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(labels), batch_size))
-    else:
-        batches = loader_or_tensors
-    was_training = model.training
-    model.eval()
-    correct = total = 0
-    try:
-        for x, y in batches:
-            logits = model(x.to(device))
-            y = y.to(device)
-            ok = (logits.argmax(1) == y) & torch.isfinite(logits).all(1)
-            correct += int(ok.sum())
-            total += len(y)
-    finally:
-        model.train(was_training)
-    if total == 0:
-        raise ValueError("accuracy() got no samples")
-    return correct / total

@@ -12,18 +12,12 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
+from .registry import ConfigError
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-PROTECTIONS = ("none", "ranger", "clipact", "gbrelu", "fitact")
-GRANULARITIES = ("layer", "channel", "neuron")
-FORMATS = ("fixed", "float32", "float16", "bfloat16", "int8")
-TARGETS = ("weight", "bias", "bound", "batchnorm", "scale")
 # Flags that belong to Hydra itself, not to overrides.
 _HYDRA_FLAGS_WITH_VALUE = {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir",
                            "--info", "-i", "--experimental-rerun", "--cfg", "-c", "--package", "-p"}
-
-
-class ConfigError(ValueError):
-    """A bad config value; its message is one line."""
 
 
 def as_rate_list(rates: Any) -> list[float]:
@@ -66,13 +60,7 @@ def check_config(cfg: DictConfig) -> None:
         if cfg.campaign.adaptive.min_trials > cfg.campaign.adaptive.max_trials:
             _fail("campaign.adaptive.min_trials", cfg.campaign.adaptive.min_trials,
                   f"must be <= campaign.adaptive.max_trials={cfg.campaign.adaptive.max_trials}")
-    protection = cfg.protection
-    if protection.name not in PROTECTIONS:
-        _fail("protection.name", protection.name, f"choose one of: {', '.join(PROTECTIONS)}")
-    if protection.get("granularity", "layer") not in GRANULARITIES:
-        _fail("protection.granularity", protection.granularity, f"choose one of: {', '.join(GRANULARITIES)}")
-    if protection.name == "gbrelu" and not (protection.bound and protection.bound > 0):
-        _fail("protection.bound", protection.bound, "GBReLU needs a positive global bound")
+    _check_protection(cfg.protection)
     drop = cfg.posttrain.max_accuracy_drop
     if not isinstance(drop, (int, float)) or not 0.0 <= drop <= 1.0:
         _fail("posttrain.max_accuracy_drop", drop, "expected a fraction of accuracy in [0, 1]")
@@ -87,20 +75,25 @@ def check_config(cfg: DictConfig) -> None:
     _check_faults(cfg.faults)
 
 
+def _check_protection(protection: DictConfig) -> None:
+    """The protection's own registry entry checks its values (protect/protections/<name>.py)."""
+    from .protect import GRANULARITIES, PROTECTIONS
+
+    entry = PROTECTIONS.check("protection.name", protection.name)
+    granularity = protection.get("granularity", entry.default_granularity)
+    if granularity not in GRANULARITIES:
+        _fail("protection.granularity", granularity, f"choose one of: {', '.join(GRANULARITIES)}")
+    entry.check(protection)
+
+
 def _check_faults(faults: DictConfig) -> None:
-    if faults.fmt not in FORMATS:
-        _fail("faults.fmt", faults.fmt, f"choose one of: {', '.join(FORMATS)}")
-    if faults.fmt == "fixed":
-        if not 2 <= faults.word_bits <= 32:
-            _fail("faults.word_bits", faults.word_bits, "fixed point needs 2 <= word_bits <= 32")
-        if not 0 <= faults.frac_bits < faults.word_bits:
-            _fail("faults.frac_bits", faults.frac_bits,
-                  f"fixed point needs 0 <= frac_bits < word_bits={faults.word_bits}")
-    for target in faults.targets:
-        if target not in TARGETS:
-            _fail("faults.targets", target, f"choose from: {', '.join(TARGETS)}")
-    if not faults.targets:
-        _fail("faults.targets", [], f"the fault space needs at least one of: {', '.join(TARGETS)}")
+    """Formats, target kinds and fault models are checked against their registries (faults/)."""
+    from .faults import FAULT_MODELS, FORMATS
+    from .faults.space import check_targets
+
+    FAULT_MODELS.check("faults.model", faults.get("model"))
+    FORMATS.check("faults.fmt", faults.fmt).check(faults.word_bits, faults.frac_bits)
+    check_targets(list(faults.targets), faults.fmt)
     if "batchnorm" in faults.targets and faults.fold_batchnorm:
         _fail("faults.targets", "batchnorm", "BatchNorm is folded (faults.fold_batchnorm=true): "
               "set faults.fold_batchnorm=false to put BatchNorm in the fault space")

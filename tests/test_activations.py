@@ -4,9 +4,12 @@ import math
 import pytest
 import torch
 
-from fitact_pipeline import cpu_kernel
-from fitact_pipeline.activations import (ClipActReLU, FitReLU, GBReLU, RangerReLU, make_activation,
-                                         reduce_profile, set_fitrelu_hard)
+from fitact_pipeline.protect import cpu_kernel
+from fitact_pipeline.protect import make_activation, reduce_profile
+from fitact_pipeline.protect.protections.clipact import ClipActReLU
+from fitact_pipeline.protect.protections.fitact import FitReLU, set_fitrelu_hard
+from fitact_pipeline.protect.protections.gbrelu import GBReLU
+from fitact_pipeline.protect.protections.ranger import RangerReLU
 
 NAN, INF = float("nan"), float("inf")
 X = torch.tensor([NAN, INF, -INF, -3.0, 0.0, 0.5, 2.0, 2.5, 1e30])
@@ -52,7 +55,7 @@ def test_only_fitact_bound_trains_and_named_bound():
 def test_neuron_and_channel_bounds_broadcast(name):
     # a (C,H,W) neuron bound: each neuron is cut at its own value
     bound = torch.tensor([[[1.0, 2.0]], [[3.0, 4.0]]])  # (2,1,2)
-    m = make_activation(name, bound, "neuron", hard=True)
+    m = make_activation(name, bound, "neuron")
     x = torch.full((3, 2, 1, 2), 2.5)
     y = m(x)
     above = torch.tensor([[[True, True]], [[False, False]]]).expand(3, 2, 1, 2)
@@ -68,8 +71,8 @@ def test_fused_kernel_matches_eager(inplace):
     x[0, 0, 0, 0], x[1, 1, 1, 1], x[2, 2, 2, 2] = NAN, INF, -INF
     b = torch.rand(3, 5, 5) * 2
     for name in ("clipact", "ranger", "fitact"):
-        eager = make_activation(name, b, "neuron", hard=True, inplace=inplace)
-        fused = make_activation(name, b, "neuron", hard=True, fused=True, inplace=inplace)
+        eager = make_activation(name, b, "neuron", inplace=inplace)
+        fused = make_activation(name, b, "neuron", fused=True, inplace=inplace)
         with torch.no_grad():
             fused_in = x.clone()
             out = fused(fused_in)
@@ -94,8 +97,8 @@ def test_compiled_kernel_matches_eager_at_any_thread_count(threads, monkeypatch)
     torch.set_num_threads(threads)
     try:
         for name in ("clipact", "ranger", "fitact"):
-            eager = make_activation(name, b, "neuron", hard=True, inplace=True)
-            fused = make_activation(name, b, "neuron", hard=True, fused=True, inplace=True)
+            eager = make_activation(name, b, "neuron", inplace=True)
+            fused = make_activation(name, b, "neuron", fused=True, inplace=True)
             with torch.no_grad():
                 assert torch.equal(eager(x.clone()), fused(x.clone())), (name, threads)
     finally:
@@ -124,5 +127,5 @@ def test_set_fitrelu_hard_roundtrip():
 def test_bad_names():
     with pytest.raises(ValueError, match="unknown granularity 'pixel'"):
         ClipActReLU(1.0, "pixel")
-    with pytest.raises(ValueError, match="unknown bounded activation 'relu6'"):
+    with pytest.raises(ValueError, match="unknown protection 'relu6'"):
         make_activation("relu6", 1.0)

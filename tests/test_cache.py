@@ -95,7 +95,7 @@ def _composed(overrides):
 
 
 def test_bounds_key_depends_on_what_the_bounds_depend_on():
-    from fitact_pipeline.pipeline import bounds_key
+    from fitact_pipeline.stages import bounds_key
 
     search = ["protection=clipact_ft", "protection.search.rates=[1e-5,1e-4]"]
     key = bounds_key(_composed(search + ["campaign.rates=[1e-6]"]))

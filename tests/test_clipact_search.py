@@ -1,29 +1,22 @@
 """FT-ClipAct search on a small real task (digits): thresholds in range, score no worse than max."""
 import copy
-import logging
 
 import pytest
 import torch
 
-from fitact_pipeline.clipact_search import _score, clipact_search
-from fitact_pipeline.data import DigitsDataModule
-from fitact_pipeline.faults import FaultInjector, evaluate_accuracy
+from fitact_pipeline.evaluate import evaluate_accuracy
+from fitact_pipeline.faults import FaultInjector
+from fitact_pipeline.protect.clipact_search import _score, clipact_search
 from fitact_pipeline.models import build_model
 from fitact_pipeline.protect import bound_parameters, fold_batchnorm, profile_activations, protect_model
-from fitact_pipeline.training import train_baseline
 
 RATES, TRIALS, SEED = (1e-4, 1e-3), 1, 3
 FAULTS = {"fmt": "fixed", "word_bits": 32, "frac_bits": 16}
 
 
 @pytest.fixture(scope="module")
-def digits_clipact():
-    logging.getLogger("lightning").setLevel(logging.ERROR)
-    dm = DigitsDataModule(batch_size=64, seed=0)
-    dm.setup("fit")
-    model = build_model("small_cnn", 10, 1, 0.5)
-    train_baseline(model, dm, {"epochs": 6, "lr": 0.05, "progress_bar": False}, seed=0)
-    model.eval()
+def digits_clipact(trained_digits):
+    dm, model = trained_digits()
     fold_batchnorm(model)
     prof = profile_activations(model, dm.profile_dataloader(500), 500)
     images, labels = dm.eval_tensors("val", 150, seed=0)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fitact_pipeline.codecs import FORMATS, FixedCodec, Float32Codec, Int8Codec, make_codec
+from fitact_pipeline.faults.formats import FORMATS, FixedCodec, Float32Codec, Int8Codec, make_codec
 
 
 def flip(codec, value: float, bit: int) -> float:

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from fitact_pipeline import cpu_kernel
-from fitact_pipeline.activations import make_activation
-from fitact_pipeline.campaign import run_campaign
+from fitact_pipeline.protect import cpu_kernel
+from fitact_pipeline.protect import make_activation
+from fitact_pipeline.faults import run_campaign
 from fitact_pipeline.faults import FaultInjector
 from fitact_pipeline.models import build_model
 from fitact_pipeline.protect import fold_batchnorm, profile_activations, protect_model
@@ -80,8 +80,8 @@ def test_fused_modules_match_eager(shape, granularity, threads):
     try:
         for name in ("ranger", "clipact", "fitact"):
             for inplace in (False, True):
-                eager = make_activation(name, b, granularity, hard=True, inplace=inplace)
-                fused = make_activation(name, b, granularity, hard=True, fused=True, inplace=inplace)
+                eager = make_activation(name, b, granularity, inplace=inplace)
+                fused = make_activation(name, b, granularity, fused=True, inplace=inplace)
                 with torch.inference_mode():
                     _same(fused(x.clone()), eager(x.clone()))
     finally:
@@ -93,7 +93,7 @@ def test_a_compiled_protected_model_traces_through_the_op():
     torch.manual_seed(4)
     b = torch.rand(4, 6, 6) * 2
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1),
-                              make_activation("fitact", b, "neuron", hard=True, fused=True, inplace=True))
+                              make_activation("fitact", b, "neuron", fused=True, inplace=True))
     x = torch.randn(5, 3, 6, 6) * 3
     with torch.inference_mode():
         want = net(x)
@@ -127,8 +127,8 @@ def test_fused_modules_fall_back_to_the_compiled_kernel(monkeypatch):
     b[0, 0, 1], b[1, 2, 2] = -1.0, NAN
     assert not cpu_kernel.usable(x, b)
     for name in ("ranger", "clipact"):
-        eager = make_activation(name, b, "neuron", hard=True, inplace=True)
-        fused = make_activation(name, b, "neuron", hard=True, fused=True, inplace=True)
+        eager = make_activation(name, b, "neuron", inplace=True)
+        fused = make_activation(name, b, "neuron", fused=True, inplace=True)
         with torch.inference_mode():
             _same(fused(x.clone()), eager(x.clone()))
     with pytest.raises(RuntimeError, match="could not be built"):
@@ -143,7 +143,7 @@ def test_a_failed_build_is_logged_once_and_reported(monkeypatch, caplog):
 
     monkeypatch.setattr(cpu_kernel, "_loaded", {})
     monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
-    with caplog.at_level(logging.WARNING, logger="fitact_pipeline.cpu_kernel"):
+    with caplog.at_level(logging.WARNING, logger="fitact_pipeline.protect.cpu_kernel"):
         assert cpu_kernel.load() is False
         assert cpu_kernel.load() is False
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

@@ -8,17 +8,9 @@ import torch
 from scipy import stats
 from torch import nn
 
-from fitact_pipeline.faults import (
-    _GAMMA,
-    FaultInjector,
-    SAMPLER,
-    FaultMap,
-    _bernoulli_positions,
-    _field_keys,
-    _mix64,
-    count_correct,
-    evaluate_accuracy,
-)
+from fitact_pipeline.evaluate import count_correct, evaluate_accuracy
+from fitact_pipeline.faults import SAMPLER, FaultInjector, FaultMap
+from fitact_pipeline.faults.sampler import _GAMMA, bernoulli_positions, field_keys, mix64
 
 
 class Bounded(nn.Module):
@@ -82,7 +74,7 @@ def test_tensor_by_tensor_path_flips_like_the_one_buffer_path(fmt):
     the faulty values and the restore must be those of the one-buffer path."""
     one, per = tiny_model(bounded=True), tiny_model(bounded=True)
     inj_one, inj_per = FaultInjector(one, fmt=fmt), FaultInjector(per, fmt=fmt)
-    inj_per._flat_store = None  # what construction leaves when the tensors are on several devices
+    inj_per.space.store = None  # what construction leaves when the tensors are on several devices
     clean = bits_of(per)
     for trial in range(5):
         with inj_one.inject(3e-3, seed=2, trial=trial) as a, inj_per.inject(3e-3, seed=2, trial=trial) as b:
@@ -97,7 +89,7 @@ def test_one_buffer_store_keeps_values_outputs_and_tensor_identity(fmt):
     same model quantised tensor by tensor computes, and keep its Parameter objects."""
     import copy
 
-    from fitact_pipeline.codecs import make_codec
+    from fitact_pipeline.faults.formats import make_codec
     from fitact_pipeline.models import build_model
 
     torch.manual_seed(0)
@@ -109,7 +101,7 @@ def test_one_buffer_store_keeps_values_outputs_and_tensor_identity(fmt):
             p.copy_(codec.quantize(p.view(-1)).view(p.shape))
     params = {n: p for n, p in model.named_parameters()}
     injector = FaultInjector(model, fmt=fmt, targets=("weight", "bias"))
-    assert injector._flat_store is not None
+    assert injector.space.store is not None
     assert all(p is params[n] for n, p in model.named_parameters())
     assert all(p.data_ptr() % 64 == 0 for p in model.parameters())
     x = torch.randn(16, 3, 32, 32)
@@ -186,7 +178,7 @@ def reference_positions(key: int, n_bits: int, rate: float) -> list[int]:
     while True:
         j += 1
         state = np.array([(key + j * int(_GAMMA)) % 2**64], dtype=np.uint64)
-        u = ((int(_mix64(state)[0]) >> 11) + 0.5) * 2.0**-53
+        u = ((int(mix64(state)[0]) >> 11) + 0.5) * 2.0**-53
         pos += math.floor(min(float(np.log(np.array([u]))[0]) / log_keep, n_bits)) + 1
         if pos >= n_bits:
             return positions
@@ -199,10 +191,10 @@ def test_vectorised_draw_equals_the_one_draw_at_a_time_definition(rate, batch_sc
     """Every field's positions are the definition's, whatever the batching and the other fields:
     so maps never depend on how the draws were vectorised."""
     inj = FaultInjector(tiny_model())
-    n_bits = inj._field_n_bits
+    n_bits = inj.space.field_n_bits
     for trial in range(3 if rate < 0.3 else 1):
-        keys = _field_keys(inj._field_name_hash, 5, trial)
-        fid, pos = _bernoulli_positions(keys, n_bits, rate, batch_scale)
+        keys = field_keys(inj.space.field_name_hash, 5, trial)
+        fid, pos = bernoulli_positions(keys, n_bits, rate, batch_scale)
         for t in range(n_bits.size):
             expected = reference_positions(int(keys[t]), int(n_bits[t]), rate)
             assert pos[fid == t].tolist() == expected

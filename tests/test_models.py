@@ -11,14 +11,7 @@ from fitact_pipeline.models import MODELS, build_model
 SMALL_WIDTH = {"small_cnn": 0.5, "alexnet": 0.125, "vgg16": 0.125, "resnet50": 0.125}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small tensors on a shared, oversubscribed CPU: OpenMP threads spin-waiting on each other make
-    # these tests several times slower than one thread. Restored for other test modules.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_registry_has_the_paper_models():

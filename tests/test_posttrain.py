@@ -1,26 +1,19 @@
 """FitAct bound-only post-training on a small real task (digits)."""
 import copy
-import logging
 
 import pytest
 import torch
 
-from fitact_pipeline.activations import FitReLU
-from fitact_pipeline.data import DigitsDataModule
+from fitact_pipeline.evaluate import accuracy
 from fitact_pipeline.models import build_model
-from fitact_pipeline.posttrain import BoundPostTraining, posttrain_bounds
 from fitact_pipeline.protect import profile_activations, protect_model
-from fitact_pipeline.training import accuracy, train_baseline
+from fitact_pipeline.protect.posttrain import BoundPostTraining, posttrain_bounds
+from fitact_pipeline.protect.protections.fitact import FitReLU
 
 
 @pytest.fixture(scope="module")
-def digits_fitact():
-    logging.getLogger("lightning").setLevel(logging.ERROR)
-    dm = DigitsDataModule(batch_size=64, seed=0)
-    dm.setup("fit")
-    model = build_model("small_cnn", 10, 1, 0.5)
-    train_baseline(model, dm, {"epochs": 6, "lr": 0.05, "progress_bar": False}, seed=0)
-    model.eval()
+def digits_fitact(trained_digits):
+    dm, model = trained_digits()
     clean = accuracy(model, dm.val_dataloader())
     # BatchNorm deliberately NOT folded: its running statistics must survive post-training untouched
     prof = profile_activations(model, dm.profile_dataloader(500), 500)
@@ -94,7 +87,7 @@ def test_config_defaults_are_the_code_defaults():
 
     from omegaconf import OmegaConf
 
-    from fitact_pipeline.posttrain import DEFAULTS
+    from fitact_pipeline.protect.posttrain import DEFAULTS
 
     conf = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "posttrain" / "default.yaml")
     shipped = {k: v for k, v in OmegaConf.to_container(conf, resolve=False).items() if k != "progress_bar"}

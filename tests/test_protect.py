@@ -4,7 +4,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fitact_pipeline.activations import BoundedReLU, ClipActReLU, FitReLU, RangerReLU
+from fitact_pipeline.protect import BoundedReLU
+from fitact_pipeline.protect.protections.clipact import ClipActReLU
+from fitact_pipeline.protect.protections.fitact import FitReLU
+from fitact_pipeline.protect.protections.ranger import RangerReLU
 from fitact_pipeline.models import MODELS, build_model
 from fitact_pipeline.protect import (activation_sites, bound_parameters, fold_batchnorm, profile_activations,
                                      protect_model, split_activation_sites)
@@ -186,7 +189,7 @@ def test_bound_shapes_and_values(granularity, shapes):
 
 def test_protection_kinds_and_gbrelu():
     model = build_model("small_cnn", 10, 1, 0.25)
-    out = protect_model(model, "gbrelu", "neuron", gbrelu_bound=1.5)
+    out = protect_model(model, "gbrelu", "neuron", bounds=1.5)
     assert all(b.shape == () and b.item() == 1.5 for b in bound_parameters(out).values())
     prof = profile_activations(build_model("small_cnn", 10, 1, 0.25), torch.randn(2, 1, 8, 8))
     assert isinstance(protect_model(build_model("small_cnn", 10, 1, 0.25), "ranger", "layer", prof)[0][2],
@@ -207,18 +210,18 @@ def test_bad_protection_inputs():
         protect_model(model, "fitact", "layer", None)
     with pytest.raises(ValueError, match="no entry for activation sites: 0.2, 0.5, 0.9$"):
         protect_model(model, "fitact", "layer", {})
-    with pytest.raises(ValueError, match="needs gbrelu_bound"):
+    with pytest.raises(ValueError, match="needs bounds"):
         protect_model(model, "gbrelu", "layer")
 
 
 def test_gbrelu_at_chosen_sites_only_leaves_other_sites_relu():
-    from fitact_pipeline.activations import GBReLU
+    from fitact_pipeline.protect.protections.gbrelu import GBReLU
     from fitact_pipeline.models import build_model
     from fitact_pipeline.protect import activation_sites, protect_model
 
     model = build_model("small_cnn", num_classes=10, in_channels=1).eval()
     sites = activation_sites(model)
-    protected = protect_model(model, "gbrelu", gbrelu_bound={sites[1]: 2.0})
+    protected = protect_model(model, "gbrelu", bounds={sites[1]: 2.0})
     kinds = {name: type(protected.get_submodule(name)) for name in sites}
     assert kinds[sites[1]] is GBReLU and float(protected.get_submodule(sites[1]).bound) == 2.0
     assert all(kind is torch.nn.ReLU for name, kind in kinds.items() if name != sites[1])

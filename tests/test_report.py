@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from fitact_pipeline import stats
 from fitact_pipeline.report import build_report, variant_of
-from fitact_pipeline.tables import read_csv
+from fitact_pipeline.report.tables import read_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 EXP = "report_test"
@@ -230,7 +230,7 @@ def test_unknown_experiment_is_a_one_line_error(sweep):
 
 
 def test_a_rerun_slot_keeps_only_the_newest_run():
-    from fitact_pipeline.report import JobRun, _merge_curves, latest_per_slot
+    from fitact_pipeline.report import JobRun, latest_per_slot, merge_curves
 
     def job(run_id, start, curve, variant="fitact"):
         return JobRun(run_id, "vgg16", "cifar10", variant, variant, ("vgg16", "cifar10"), {}, {},
@@ -243,7 +243,7 @@ def test_a_rerun_slot_keeps_only_the_newest_run():
     kept, superseded = latest_per_slot([new, clipact, old, other_rates])
     assert [j.run_id for j in superseded] == ["old"]
     assert [j.run_id for j in kept] == ["one_rate", "new", "clipact"]
-    curves = _merge_curves(kept)
+    curves = merge_curves(kept)
     assert {r: s["mean"] for r, s in curves[(("vgg16", "cifar10"), "fitact")].items()} == {
         1e-4: 0.1, 1e-6: 0.6, 1e-5: 0.4}
 

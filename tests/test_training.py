@@ -9,16 +9,10 @@ from torch import nn
 
 from fitact_pipeline.data import DigitsDataModule
 from fitact_pipeline.models import build_model
-from fitact_pipeline.training import ClassifierModule, accuracy, train_baseline, warmup_cosine
+from fitact_pipeline.evaluate import accuracy
+from fitact_pipeline.training import ClassifierModule, train_baseline, warmup_cosine
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models on a shared, oversubscribed CPU: two OpenMP threads spin-wait on each other and run
-    # ~3x slower than one. Restored afterwards so other test modules keep their setting.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 FAST = {"epochs": 4, "lr": 0.1, "warmup_epochs": 1, "batch_size": 64, "progress_bar": False}

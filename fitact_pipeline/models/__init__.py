@@ -16,18 +16,17 @@ from typing import Callable
 
 from torch import nn
 
+from ..registry import Registry
+
 Builder = Callable[[int, int, float], nn.Module]
-MODELS: dict[str, Builder] = {}
+MODELS: Registry[Builder] = Registry("model")
 
 
 def register_model(name: str) -> Callable[[Builder], Builder]:
     """Decorator that adds a builder to MODELS under ``name``."""
 
     def decorator(builder: Builder) -> Builder:
-        if name in MODELS:
-            raise ValueError(f"model '{name}' is already registered")
-        MODELS[name] = builder
-        return builder
+        return MODELS.register(name, builder)
 
     return decorator
 
@@ -49,11 +48,10 @@ def _check_width(width) -> float:
 
 def build_model(name: str, num_classes: int, in_channels: int = 3, width: float = 1.0) -> nn.Module:
     """Build a registered model for ``in_channels``-channel images and ``num_classes`` classes."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(sorted(MODELS))}")
+    builder = MODELS[name]
     if int(num_classes) < 1 or int(in_channels) < 1:
         raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes} and {in_channels}")
-    return MODELS[name](int(num_classes), int(in_channels), _check_width(width))
+    return builder(int(num_classes), int(in_channels), _check_width(width))
 
 
 # Importing the family modules registers their builders.

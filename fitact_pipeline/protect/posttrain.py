@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import FitReLU, set_fitrelu_hard
+from ..evaluate import count_correct
+from .protections.fitact import FitReLU, set_fitrelu_hard
 
 # Evidence for these defaults: docs/protections.md ("Post-training defaults").
 DEFAULTS = {"epochs": 2, "lr": 0.005, "zeta": 0.1, "max_accuracy_drop": 0.01,
@@ -96,9 +97,7 @@ class BoundPostTraining(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        logits = self.model(x)
-        ok = torch.isfinite(logits).all(1) & (logits.argmax(1) == y)
-        self._correct += int(ok.sum())
+        self._correct += count_correct(self.model(x), y)
         self._seen += int(y.numel())
 
     def val_accuracy(self) -> float:

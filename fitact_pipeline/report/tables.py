@@ -55,15 +55,20 @@ def _cells(columns, rows, formats: dict[str, Formatter]) -> list[list[str]]:
     return [[formats.get(c, fmt_number)(row.get(c)) for c in columns] for row in rows]
 
 
-def write_markdown(path: Path, title: str, columns: Sequence[str], headers: Sequence[str],
-                   rows: Sequence[Row], formats: dict[str, Formatter], note: str = "") -> Path:
+def markdown(title: str, headers: Sequence[str], columns: Sequence[str], rows: Sequence[Row],
+             formats: dict[str, Formatter], note: str = "") -> str:
     lines = [f"## {title}", ""]
     if note:
         lines += [note, ""]
     lines.append("| " + " | ".join(headers) + " |")
     lines.append("|" + "|".join("---" for _ in headers) + "|")
     lines += ["| " + " | ".join(cells) + " |" for cells in _cells(columns, rows, formats)]
-    path.write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(path: Path, title: str, columns: Sequence[str], headers: Sequence[str],
+                   rows: Sequence[Row], formats: dict[str, Formatter], note: str = "") -> Path:
+    path.write_text(markdown(title, headers, columns, rows, formats, note))
     return path
 
 

@@ -1,4 +1,4 @@
-"""The paper's figures, drawn from data already read out of MLflow (report.py does the reading).
+"""The paper's figures, drawn from data already read out of MLflow (runs.py does the reading).
 
 Every function takes plain data, draws, and returns exactly the numbers it drew, so tests can
 compare a figure with the runs it came from without reading pixels.
@@ -18,22 +18,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib import cbook  # noqa: E402
 
-PROTECTION_ORDER = ("none", "ranger", "clipact", "gbrelu", "fitact")
-PROTECTION_STYLE = {"none": ("tab:gray", "o"), "ranger": ("tab:orange", "s"),
-                    "clipact": ("tab:blue", "^"), "gbrelu": ("tab:purple", "v"), "fitact": ("tab:green", "D")}
+from .select import variant_sort_key  # noqa: E402
+
 RATE_AXIS = "fault rate (bit error rate, flips per stored bit)"
 ACC_AXIS = "accuracy (%)"
-
-
-def variant_sort_key(variant: str) -> tuple:
-    """Variants are a protection name, optionally followed by a qualifier (`gbrelu b=0.5`); GBReLU
-    bounds sort by value, not as text (b=2 before b=16)."""
-    base = variant.split(" ")[0]
-    bound = re.search(r" b=([0-9.e+-]+)", variant)
-    return (PROTECTION_ORDER.index(base) if base in PROTECTION_ORDER else 99,
-            float(bound.group(1)) if bound else -math.inf, variant)
-
-
+# (colour, marker) of the protections in the registry's order: none, ranger, clipact, gbrelu,
+# fitact, then any further ones; a plain protection keeps its style in every figure
+_STYLES = (("tab:gray", "o"), ("tab:orange", "s"), ("tab:blue", "^"), ("tab:purple", "v"), ("tab:green", "D"),
+           ("tab:red", "P"), ("tab:brown", "X"), ("tab:pink", "*"))
 # Colours for qualified variants (GBReLU bounds, restricted fault spaces): none of the protections'
 # own colours, so a GBReLU bound never looks like FitAct.
 _EXTRA_COLORS = ("tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "gold", "navy", "teal",
@@ -42,10 +34,13 @@ _EXTRA_COLORS = ("tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "g
 
 def palette(variants: Iterable[str]) -> dict[str, tuple[str, str]]:
     """{variant: (colour, marker)}: a plain protection keeps its fixed colour in every figure."""
+    from ..protect import PROTECTIONS
+
     out, extra = {}, 0
     for variant in sorted(variants, key=variant_sort_key):
         base = variant.split(" ")[0]
-        color, marker = PROTECTION_STYLE.get(base, (None, "x"))
+        index = PROTECTIONS.index(base)
+        color, marker = _STYLES[index] if base in PROTECTIONS and index < len(_STYLES) else (None, "x")
         if variant != base or color is None:
             color, extra = _EXTRA_COLORS[extra % len(_EXTRA_COLORS)], extra + 1
         out[variant] = (color, marker)
@@ -133,7 +128,8 @@ def fig3_activations(global_bound: float = 2.0, neuron_bound: float = 1.0, k: fl
                      x_range: tuple[float, float] = (-1.0, 3.0)):
     """ReLU, GBReLU (layer bound), FitReLU-Naive and FitReLU (neuron bound, slope k), evaluated by
     the modules the pipeline runs, so the figure shows the implemented functions."""
-    from .activations import FitReLU, GBReLU
+    from ..protect.protections.fitact import FitReLU
+    from ..protect.protections.gbrelu import GBReLU
 
     x = torch.linspace(*x_range, 801)
     with torch.no_grad():
@@ -261,7 +257,3 @@ def fig6_grid(curves: dict[tuple[str, str], dict[str, dict[float, dict[str, floa
     fig.tight_layout()
     _legend_below(fig, axes)
     return fig, drawn
-
-
-def finite(values: Iterable[float]) -> list[float]:
-    return [v for v in values if v is not None and not math.isnan(v)]

@@ -14,10 +14,13 @@ See docs/faults.md for the format definitions.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 import torch
 
-FORMATS = ("fixed", "float32", "float16", "bfloat16", "int8")
+from ..registry import ConfigError, Registry
 
 
 _MAGIC = 1.5 * 2.0 ** 52
@@ -214,16 +217,45 @@ class Int8Codec(Codec):
         return stored.reshape(values.shape), scales
 
 
+@dataclass(frozen=True)
+class NumberFormat:
+    """A stored number format: its codec and its family.
+
+    ``family`` picks how the injector quantises and flips (flip.py): ``word`` formats store one
+    word per value and flip it through ``Codec.flip``; ``scaled`` (int8) stores words plus a
+    float32 scale per output channel. ``sized`` formats take ``word_bits``/``frac_bits`` from the
+    config; the others have fixed widths.
+    """
+
+    name: str
+    codec: Callable[[int, int], Codec]
+    family: str = "word"
+    sized: bool = False
+
+    def label(self, word_bits: int, frac_bits: int) -> str:
+        """How tags and tables name the format: Q15.16 for fixed point, else its name."""
+        return f"Q{word_bits - frac_bits - 1}.{frac_bits}" if self.sized else self.name
+
+    def check(self, word_bits, frac_bits) -> None:
+        if not self.sized:
+            return
+        if isinstance(word_bits, bool) or not isinstance(word_bits, int) or not 2 <= word_bits <= 32:
+            raise ConfigError(f"faults.word_bits={word_bits!r} is not allowed; fixed point needs an integer "
+                              "2 <= word_bits <= 32")
+        if isinstance(frac_bits, bool) or not isinstance(frac_bits, int) or not 0 <= frac_bits < word_bits:
+            raise ConfigError(f"faults.frac_bits={frac_bits!r} is not allowed; fixed point needs an integer "
+                              f"0 <= frac_bits < word_bits={word_bits}")
+
+
+FORMATS: Registry[NumberFormat] = Registry("fault format")
+for _format in (NumberFormat("fixed", FixedCodec, sized=True),
+                NumberFormat("float32", lambda w, f: Float32Codec()),
+                NumberFormat("float16", lambda w, f: Float16Codec()),
+                NumberFormat("bfloat16", lambda w, f: BFloat16Codec()),
+                NumberFormat("int8", lambda w, f: Int8Codec(), family="scaled")):
+    FORMATS.register(_format.name, _format)
+
+
 def make_codec(fmt: str, word_bits: int = 32, frac_bits: int = 16) -> Codec:
     """Build the codec of a format name; ``word_bits``/``frac_bits`` only apply to ``fixed``."""
-    if fmt == "fixed":
-        return FixedCodec(word_bits, frac_bits)
-    if fmt == "float32":
-        return Float32Codec()
-    if fmt == "float16":
-        return Float16Codec()
-    if fmt == "bfloat16":
-        return BFloat16Codec()
-    if fmt == "int8":
-        return Int8Codec()
-    raise ValueError(f"unknown fault format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    return FORMATS[fmt].codec(word_bits, frac_bits)

@@ -1,6 +1,6 @@
 """Fault campaigns: trials of random bit flips over a sweep of fault rates, with statistics.
 
-A trial is one fault map (faults.FaultInjector.inject), kept for one evaluation pass over the
+A trial is one fault map (FaultInjector.inject), kept for one evaluation pass over the
 evaluation images, then removed. Trial i at a rate uses the map of (seed, i): the same trial index
 hits the same weight bits in every protected variant of a model, so protections are compared on
 paired samples (DESIGN.md §2.1).
@@ -14,8 +14,9 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import stats
-from .faults import FaultInjector, evaluate_accuracy
+from .. import stats
+from ..evaluate import evaluate_accuracy
+from .injector import FaultInjector
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +27,6 @@ class CampaignResult:
     rates: list[float]
     per_rate: dict[float, dict[str, float]]
     trials: list[dict[str, Any]] = field(default_factory=list)
-
-    def accuracies(self, rate: float) -> list[float]:
-        return [t["accuracy"] for t in self.trials if t["rate"] == rate]
 
 
 def trial_record(rate: float, trial: int, accuracy: float, fault_map) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from .activations import ClipActReLU
+from .protections.clipact import ClipActReLU
 
 
 def _score(model, images, labels, rates, trials, seed, fault_kwargs, batch_size, injector_factory, evaluate):
@@ -39,6 +39,51 @@ def _score(model, images, labels, rates, trials, seed, fault_kwargs, batch_size,
     return area / (xs[-1] - xs[0])
 
 
+def _search_site(act: ClipActReLU, score, candidates: int, iterations: int, tol: float, site: str, log) -> float:
+    """Search one site's threshold; leaves the best in its bound and returns it."""
+    top = float(act.bound.detach())
+    best_t, best_s = top, score()  # the profiled max is the reference
+    if log:
+        log(site, 0, top, best_s)
+    lo, hi = 0.0, top
+    for it in range(1, iterations + 1):
+        prev = best_s
+        step = (hi - lo) / (candidates - 1)
+        for i in range(candidates):
+            t = lo + i * step
+            if abs(t - best_t) < 1e-12:
+                continue  # already scored
+            with torch.no_grad():
+                act.bound.fill_(t)
+            s = score()
+            if log:
+                log(site, it, t, s)
+            if s > best_s:
+                best_t, best_s = t, s
+        # narrow to one spacing around the best, inside [0, profiled max]
+        lo, hi = max(0.0, best_t - step), min(top, best_t + step)
+        if best_s - prev <= tol and it > 1:
+            break  # scores stopped improving
+    with torch.no_grad():
+        act.bound.fill_(best_t)
+    return best_t
+
+
+def _searched_sites(model: nn.Module, sites) -> dict[str, ClipActReLU]:
+    acts = {n: m for n, m in model.named_modules() if isinstance(m, ClipActReLU)}
+    if not acts:
+        raise ValueError("clipact_search needs a model protected with 'clipact' (no ClipActReLU found)")
+    wide = [n for n, m in acts.items() if m.bound.dim() != 0]
+    if wide:
+        raise ValueError(f"clipact_search tunes one threshold per layer; these sites are not layer-wise: {', '.join(wide)}")
+    if sites is not None:
+        unknown = sorted(set(sites) - set(acts))
+        if unknown:
+            raise ValueError(f"unknown Clip-Act sites: {', '.join(unknown)}")
+        acts = {n: acts[n] for n in sites}
+    return acts  # named_modules order = registration order ~ forward order
+
+
 def clipact_search(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, fault_kwargs: dict | None = None,
                    rates=(1e-6, 1e-5, 1e-4), candidates: int = 5, iterations: int = 3, trials: int = 3,
                    seed: int = 0, batch_size: int = 256, tol: float = 1e-4, sites=None,
@@ -53,7 +98,8 @@ def clipact_search(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     is called for every scored candidate.
     """
     if injector_factory is None or evaluate is None:
-        from .faults import FaultInjector, evaluate_accuracy
+        from ..evaluate import evaluate_accuracy
+        from ..faults import FaultInjector
         injector_factory = injector_factory or FaultInjector
         evaluate = evaluate or evaluate_accuracy
     rates = sorted(float(r) for r in rates)
@@ -61,17 +107,7 @@ def clipact_search(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         raise ValueError(f"rates must be positive fault rates, got {rates!r}")
     if candidates < 2 or iterations < 1 or trials < 1:
         raise ValueError(f"need candidates >= 2, iterations >= 1, trials >= 1; got {candidates}, {iterations}, {trials}")
-    acts = {n: m for n, m in model.named_modules() if isinstance(m, ClipActReLU)}
-    if not acts:
-        raise ValueError("clipact_search needs a model protected with 'clipact' (no ClipActReLU found)")
-    wide = [n for n, m in acts.items() if m.bound.dim() != 0]
-    if wide:
-        raise ValueError(f"clipact_search tunes one threshold per layer; these sites are not layer-wise: {', '.join(wide)}")
-    if sites is not None:
-        unknown = sorted(set(sites) - set(acts))
-        if unknown:
-            raise ValueError(f"unknown Clip-Act sites: {', '.join(unknown)}")
-        acts = {n: acts[n] for n in sites}
+    acts = _searched_sites(model, sites)
     fault_kwargs = dict(fault_kwargs or {})
     was_training = model.training
     model.eval()
@@ -79,33 +115,6 @@ def clipact_search(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     def score() -> float:
         return _score(model, images, labels, rates, trials, seed, fault_kwargs, batch_size, injector_factory, evaluate)
 
-    chosen = {}
-    for site, act in acts.items():  # named_modules order = registration order ~ forward order
-        top = float(act.bound.detach())
-        best_t, best_s = top, score()  # the profiled max is the reference
-        if log:
-            log(site, 0, top, best_s)
-        lo, hi = 0.0, top
-        for it in range(1, iterations + 1):
-            prev = best_s
-            step = (hi - lo) / (candidates - 1)
-            for i in range(candidates):
-                t = lo + i * step
-                if abs(t - best_t) < 1e-12:
-                    continue  # already scored
-                with torch.no_grad():
-                    act.bound.fill_(t)
-                s = score()
-                if log:
-                    log(site, it, t, s)
-                if s > best_s:
-                    best_t, best_s = t, s
-            # narrow to one spacing around the best, inside [0, profiled max]
-            lo, hi = max(0.0, best_t - step), min(top, best_t + step)
-            if best_s - prev <= tol and it > 1:
-                break  # scores stopped improving
-        with torch.no_grad():
-            act.bound.fill_(best_t)
-        chosen[site] = best_t
+    chosen = {site: _search_site(act, score, candidates, iterations, tol, site, log) for site, act in acts.items()}
     model.train(was_training)
     return chosen

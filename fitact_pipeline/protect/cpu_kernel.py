@@ -1,7 +1,7 @@
 """CPU inference kernel of the hard bounded activations, built from ``csrc/bounded_relu.cpp`` on
 first use.
 
-``fused=True`` activations (activations.py) call :func:`bounded_relu` when :func:`usable` says the
+``fused=True`` activations (kernels.py) call :func:`bounded_relu` when :func:`usable` says the
 inputs fit it (CPU, float32, contiguous, a layer-, channel- or neuron-wise bound); anything else,
 CUDA included, goes through the torch.compile'd kernel. The op computes exactly the eager
 expressions (tests compare them bit for bit), so which path ran never changes a result.

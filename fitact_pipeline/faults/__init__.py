@@ -1,0 +1,13 @@
+"""Faults: number formats, the fault space, fault models, the sampler, the injector, fault maps, and
+campaigns over a sweep of fault rates."""
+from .campaign import CampaignResult, run_campaign, trial_record
+from .fault_models import FAULT_MODELS, FaultModel, injector_kwargs
+from .faultmap import FaultMap
+from .formats import FORMATS, NumberFormat, make_codec
+from .injector import FaultInjector
+from .sampler import SAMPLER
+from .space import TARGET_KINDS, FaultSpace
+
+__all__ = ["FAULT_MODELS", "FORMATS", "SAMPLER", "TARGET_KINDS", "CampaignResult", "FaultInjector", "FaultMap",
+           "FaultModel", "FaultSpace", "NumberFormat", "injector_kwargs", "make_codec", "run_campaign",
+           "trial_record"]

@@ -1,0 +1,150 @@
+"""Bit-flip fault injection into the stored parameters of a model (DESIGN.md §2.1): the ``memory``
+fault model.
+
+    injector = FaultInjector(model, fmt="fixed", word_bits=32, frac_bits=16)   # stores (quantises)
+    with injector.inject(rate=1e-5, seed=0, trial=3) as fmap:                    # flips in place
+        acc = evaluate_accuracy(model, images, labels, batch_size=250)
+    # here the model is bit for bit the clean (quantised) model again
+
+The parts, one job each: space.py selects and quantises the fault space (layout.py lays it out in
+one buffer), sampler.py draws the flipped bits, flip.py flips and restores per format family, and
+faultmap.py records a map. The injector ties them together for one trial at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .faultmap import FaultMap
+from .flip import FAMILIES, restore
+from .sampler import check_int, check_rate, sample_positions
+from .space import FaultSpace
+
+
+@contextlib.contextmanager
+def _single_thread() -> Iterator[None]:
+    """Run the few small torch ops of flipping / restoring on one thread (sampling is numpy).
+
+    Their work is tiny (tens of thousands of elements), but several CPU kernels (repeat_interleave,
+    round, advanced indexing, ...) still enter a parallel region, and on a busy machine waking
+    the thread pool costs milliseconds per op: measured 16 ms vs 1.3 ms per sample with 2 threads
+    vs 1 on a shared 2-core box. The setting is restored before user code (the evaluation inside
+    ``inject``) runs, so evaluation keeps its threads.
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class FaultInjector:
+    """Injects bit flips into the fault space of ``model`` stored in ``fmt``.
+
+    Construction builds the fault space, which rounds its tensors in place to the format, so the
+    clean model is the stored model: build the injector after the model's values are final.
+    ``word_bits``/``frac_bits`` only apply to ``fixed``; the other formats have fixed widths
+    (float32 32, float16/bfloat16 16, int8 8, its scales 32).
+    """
+
+    def __init__(self, model: nn.Module, fmt: str = "fixed", word_bits: int = 32, frac_bits: int = 16,
+                 targets: Sequence[str] = ("weight", "bias", "bound"), include: Sequence[str] = (),
+                 exclude: Sequence[str] = ()):
+        self.space = FaultSpace.build(model, fmt, word_bits, frac_bits, targets, include, exclude)
+        self.model = model
+        self._active = False
+
+    @property
+    def codec(self):
+        return self.space.codec
+
+    @property
+    def num_bits(self) -> int:
+        return self.space.num_bits
+
+    @property
+    def fault_space(self) -> dict:
+        """JSON-able description of the fault space, for logging with every run."""
+        return self.space.describe()
+
+    def sample(self, rate: float, seed: int, trial: int = 0) -> FaultMap:
+        """The fault map of (rate, seed, trial) without applying it."""
+        rate, seed, trial = check_rate(rate), check_int(seed, "seed"), check_int(trial, "trial")
+        space = self.space
+        field_idx, pos = sample_positions(space.field_name_hash, space.field_n_bits, rate, seed, trial)
+        if space.word_shift is not None:  # one power-of-two word width: shift, not divide
+            elements, bits = pos >> space.word_shift, pos & ((1 << space.word_shift) - 1)
+        else:
+            elements, bits = np.divmod(pos, space.field_bits.numpy()[field_idx])
+        as_t = torch.from_numpy
+        return FaultMap._from_tensors([f.name for f in space.fields], [f.bits for f in space.fields],
+                                      as_t(field_idx), as_t(elements), as_t(bits), space.num_bits,
+                                      rate, seed, trial, self.codec.describe())
+
+    @contextlib.contextmanager
+    def inject(self, rate: float, seed: int, trial: int = 0) -> Iterator[FaultMap]:
+        """Flip the bits of trial ``trial`` in place; restore bit-exactly on exit (also on error)."""
+        fmap = self.sample(rate, seed, trial)
+        with self._applied(fmap.field_idx, fmap.elements, fmap.bits):
+            yield fmap
+
+    @contextlib.contextmanager
+    def apply(self, fault_map: FaultMap) -> Iterator[FaultMap]:
+        """Replay a fault map (e.g. one loaded from disk) exactly; restore on exit."""
+        field_idx, elements, bits = self._validated(fault_map)
+        with self._applied(field_idx, elements, bits):
+            yield fault_map
+
+    def _validated(self, fmap: FaultMap) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if fmap.fmt is not None and fmap.fmt != self.codec.describe():
+            raise ValueError(f"fault map format {fmap.fmt} does not match the injector's {self.codec.describe()}")
+        missing = [n for n in fmap.names if n not in self.space.field_id]
+        if missing:
+            raise ValueError(f"fault map names tensors not in this fault space: {missing[:5]}")
+        if len(fmap) == 0:
+            return (torch.empty(0, dtype=torch.int64),) * 3
+        lut = torch.tensor([self.space.field_id[n] for n in fmap.names], dtype=torch.int64)
+        fid = lut.index_select(0, fmap.field_idx)
+        el, bt = fmap.elements, fmap.bits
+        fbits = self.space.field_bits.index_select(0, fid)
+        if bool((el < 0).any() | (el >= self.space.field_numel.index_select(0, fid)).any()):
+            raise ValueError("fault map has a flat index outside its tensor")
+        if bool((bt < 0).any() | (bt >= fbits).any()):
+            raise ValueError("fault map has a bit position outside its word")
+        # Sort by (field, element, bit) and reject repeats: a repeated bit would cancel itself
+        # under XOR but add a carry under the summed masks used to combine bits.
+        bit_offset = self.space.field_bit_offset
+        key = bit_offset.index_select(0, fid) + el * fbits + bt
+        key, order = torch.sort(key)
+        if bool((key[1:] == key[:-1]).any()):
+            raise ValueError("fault map repeats a bit position")
+        return fid.index_select(0, order), el.index_select(0, order), bt.index_select(0, order)
+
+    @contextlib.contextmanager
+    def _applied(self, field_idx, elements, bits):
+        if self._active:
+            raise RuntimeError("a trial is already active on this injector; exit it first")
+        self._active = True
+        saved: list = []
+        try:
+            with torch.no_grad(), _single_thread():
+                if elements.numel():
+                    FAMILIES[self.space.family].flip(self.space, field_idx, elements, bits, saved)
+            yield
+        finally:
+            with torch.no_grad(), _single_thread():
+                restore(saved)
+            self._active = False
+
+    def __repr__(self) -> str:
+        return (f"FaultInjector(fmt={self.codec.describe()}, targets={self.space.selection['targets']}, "
+                f"tensors={len(self.space.fields)}, num_bits={self.num_bits})")

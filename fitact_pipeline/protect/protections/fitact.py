@@ -1,0 +1,74 @@
+"""FitAct (Mousavi et al., DATE 2022): a neuron-wise trainable bound, post-trained with every weight
+frozen (posttrain.py)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...registry import ConfigError
+from ..bounded import BoundedReLU
+from ..registry import Protection, register_protection
+
+
+class FitReLU(BoundedReLU):
+    """FitReLU (Eq. 6): f(x) = max(0, x) * sigmoid(k * (b - x)), trainable bound.
+
+    ``hard=True`` uses FitReLU-Naive (Eq. 5), x if 0 <= x <= b else 0, the inference form; the
+    smooth form gives the bound a gradient and is what post-training uses (it switches ``hard``
+    off while training and back for validation).
+    """
+
+    trainable = True
+
+    def __init__(self, bound, granularity: str = "neuron", k: float = 20.0, hard: bool = False,
+                 inplace: bool = False, fused: bool = False):
+        super().__init__(bound, granularity, inplace, fused)
+        self.k = float(k)
+        self.hard = bool(hard)
+
+    def forward(self, x):
+        if self.hard:
+            return self._clip(x)
+        # sanitise first: inf * sigmoid(-inf) = inf * 0 = NaN, and a NaN in the unselected branch of
+        # a torch.where would still poison the bound's gradient
+        x = torch.where(torch.isfinite(x), x, 0.0)
+        y = F.relu(x)
+        return y * torch.sigmoid(self.k * (self.bound - y))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", k={self.k}, hard={self.hard}"
+
+
+def set_fitrelu_hard(model: nn.Module, hard) -> dict[str, bool]:
+    """Set ``hard`` on every FitReLU (bool, or a dict name -> bool); return the previous flags."""
+    old = {}
+    for name, m in model.named_modules():
+        if isinstance(m, FitReLU):
+            old[name] = m.hard
+            m.hard = hard[name] if isinstance(hard, dict) else bool(hard)
+    return old
+
+
+def _options(cfg, sites) -> dict:
+    return {"fused": bool(cfg.get("fused", False)), "k": cfg["k"], "hard": cfg["hard"]}
+
+
+def _check(cfg) -> None:
+    k = cfg.get("k")
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or not k > 0:
+        raise ConfigError(f"protection.k={k!r} is not allowed; FitReLU's slope must be a positive number")
+    if not isinstance(cfg.get("hard"), bool):
+        raise ConfigError(f"protection.hard={cfg.get('hard')!r} is not allowed; expected true (FitReLU-Naive at "
+                          "inference) or false (smooth)")
+
+
+def _smooth(params) -> bool:
+    return params.get("protection.hard") == "False"
+
+
+register_protection(Protection(
+    "fitact", FitReLU, config_keys=("granularity", "k", "hard", "fused"), bounds_stage="posttrain",
+    default_granularity="neuron", order=40, options=_options, check=_check, defaults={"hard": True},
+    label=lambda params: " smooth" if _smooth(params) else "",
+    inference_form=lambda params: "FitReLU (smooth)" if _smooth(params) else "FitReLU-Naive (hard)"))

@@ -1,0 +1,136 @@
+"""The report's outputs, one renderer each: select the data (select.py), draw or tabulate it
+(figures.py, tables.py), save it. Each takes the experiment, the report config and the Report that
+collects files, notes and what was drawn."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import figures, tables
+from .select import (PAIRED, SUMMARY, TABLE1, by_panel, fig1_groups, fig1_points, merge_curves, paired_rows,
+                     panels, pick_panel, summary_rows, table1_rows, trial_accuracies)
+
+if TYPE_CHECKING:
+    from .build import Report
+    from .runs import Experiment
+
+
+def fig1(exp: "Experiment", cfg: Any, out: "Report") -> None:
+    groups = fig1_groups(exp.jobs)
+    if not groups:
+        return out.skip("Fig. 1", "no finished gbrelu runs (run experiment=fig1_gbrelu)")
+    sel = cfg.fig1
+    picked = pick_panel(groups, sel.model, sel.dataset, lambda k: len({j.params["protection.bound"] for j in groups[k]}))
+    if picked is None:
+        return out.skip("Fig. 1", f"no gbrelu runs for model={sel.model} dataset={sel.dataset}")
+    if len(groups) > 1:
+        out.notes.append(f"Fig. 1: {len(groups)} gbrelu settings found; drew the one with most bounds.")
+    fig, out.drawn["fig1"] = figures.fig1_gbrelu(*fig1_points(groups[picked]))
+    out.save_figure(fig, "fig1_gbrelu_bound")
+
+
+def fig2(exp: "Experiment", cfg: Any, out: "Report") -> None:
+    sel = cfg.fig2
+    jobs = [j for j in exp.jobs if (sel.model is None or j.model == sel.model)
+            and (sel.dataset is None or j.dataset == sel.dataset)]
+    # the profile is taken on the unprotected baseline, so any run has it; prefer `none`
+    jobs.sort(key=lambda j: (j.protection != "none", j.model, j.dataset, j.run_id))
+    for job in jobs:
+        profile = exp.artifact(job.run_id, "profile_site.json")
+        if profile and profile.get("maxima"):
+            fig, drawn = figures.fig2_profile(profile["maxima"], profile["site"],
+                                              f"{job.model} on {job.dataset}: per-neuron maxima at site "
+                                              f"{profile['site']} (shape {profile['shape']})", int(sel.bins))
+            out.drawn["fig2"] = dict(drawn, run_id=job.run_id, site=profile["site"])
+            return out.save_figure(fig, "fig2_neuron_maxima")
+    out.skip("Fig. 2", "no run with profile_site.json" + (f" for {sel.model}/{sel.dataset}"
+                                                           if sel.model or sel.dataset else ""))
+
+
+def fig3(exp: "Experiment", cfg: Any, out: "Report") -> None:
+    c = cfg.fig3
+    fig, out.drawn["fig3"] = figures.fig3_activations(float(c.global_bound), float(c.neuron_bound), float(c.k))
+    out.save_figure(fig, "fig3_activations")
+
+
+def fig5(exp: "Experiment", cfg: Any, out: "Report") -> None:
+    per_panel = by_panel(exp.jobs)
+    sel = cfg.fig5
+    picked = pick_panel(per_panel, sel.model, sel.dataset, lambda k: len({j.variant for j in per_panel[k]}))
+    if picked is None:
+        return out.skip("Fig. 5", f"no job runs for model={sel.model} dataset={sel.dataset}")
+    trials = trial_accuracies(per_panel[picked], exp.trials)
+    if not trials:
+        return out.skip("Fig. 5", f"no trials.json in the runs of {picked[0]} on {picked[1]}")
+    fig, drawn = figures.fig5_boxes(panels(trials, out.notes)[picked], f"{picked[0]} on {picked[1]}: accuracy of every trial")
+    out.drawn["fig5"] = {"panel": picked, "boxes": drawn}
+    out.save_figure(fig, "fig5_boxplots")
+
+
+def fig6(exp: "Experiment", cfg: Any, out: "Report") -> None:
+    curves = merge_curves(exp.jobs)
+    if not curves:
+        return out.skip("Fig. 6", "no job run logged acc_mean/ber_<rate>")
+    fig, out.drawn["fig6"] = figures.fig6_grid(panels(curves, []))
+    out.save_figure(fig, "fig6_resilience_grid")
+
+
+def table1(exp: "Experiment", cfg: Any, out: "Report") -> None:
+    rows = table1_rows(exp.jobs)
+    if not rows:
+        return out.skip("Table I", "no run logged overhead metrics (run jobs with overhead.enabled=true)")
+    headers = ["model", "dataset", "protection", "inference form", "runs", "ReLU ms/batch", "protected ms/batch",
+               "runtime overhead", "ReLU bytes", "protected bytes", "memory overhead", "training s",
+               "post-training s", "post-training overhead"]
+    fmt = {c: tables.fmt_percent for c in ("runtime_overhead", "memory_overhead", "posttrain_overhead")}
+    fmt.update({c: (lambda v: tables.fmt_number(v, 6)) for c in ("model_bytes_reference", "model_bytes_protected")})
+    note = ("Inference time: median of interleaved passes over one batch of `overhead.batch_size` images "
+            "(median over the runs of one row). Memory: bytes of all parameters and buffers. "
+            "Post-training overhead = post-training time / baseline training time.")
+    stem = out.out_dir / "table1_overhead"
+    out.out_dir.mkdir(parents=True, exist_ok=True)
+    out.files += [tables.write_csv(stem.with_suffix(".csv"), TABLE1, rows),
+                  tables.write_markdown(stem.with_suffix(".md"), "Table I: overhead of bounded activations vs ReLU",
+                                        TABLE1, headers, rows, fmt, note),
+                  tables.write_latex(stem.with_suffix(".tex"), "Runtime and memory overhead of the protected "
+                                     "models vs ReLU, and post-training overhead.", "tab:overhead",
+                                     TABLE1, headers, rows, fmt)]
+    out.drawn["table1"] = rows
+
+
+_PP = lambda v: f"{100 * v:+.2f} pp"  # noqa: E731
+RESILIENCE_FORMATS = {"rate_min": tables.fmt_rate, "rate_max": tables.fmt_rate, "critical_rate": tables.fmt_rate,
+                      "rate": tables.fmt_rate, "mean_diff": _PP, "ci_low": _PP, "ci_high": _PP,
+                      "clean_accuracy": lambda v: f"{100 * v:.2f} %", "critical_level": lambda v: f"{100 * v:.1f} %"}
+
+
+def resilience(exp: "Experiment", cfg: Any, out: "Report") -> None:
+    curves = merge_curves(exp.jobs)
+    if not curves:
+        return out.skip("resilience summary", "no job run logged acc_mean/ber_<rate>")
+    level, relative = float(cfg.critical.level), bool(cfg.critical.relative)
+    rows = summary_rows(curves, exp.jobs, level, relative)
+    paired = paired_rows(exp.jobs, exp.trials, float(cfg.confidence))
+    out.out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out.out_dir / "resilience_summary"
+    level_text = f"{100 * level:g} % of the curve's clean accuracy" if relative else f"{100 * level:g} % accuracy"
+    out.files.append(tables.write_csv(stem.with_suffix(".csv"), SUMMARY, rows))
+    out.files.append(tables.write_csv(out.out_dir / "paired_differences.csv", PAIRED, paired))
+    md = tables.markdown("Resilience summary", ["model", "dataset", "protection", "clean accuracy", "rates",
+                         "lowest rate", "highest rate", "AUC", "critical level", "critical rate"], SUMMARY, rows,
+                         RESILIENCE_FORMATS,
+                         "AUC: area under mean accuracy vs log10(fault rate) over the curve's own rates, "
+                         "divided by the decades spanned (1 = no loss at 100 %). Critical rate: where mean "
+                         f"accuracy first falls below {level_text} (log-interpolated; 'never' = not within "
+                         "the rates run; equal to the lowest rate = already below there).")
+    md += "\n" + tables.markdown("Paired differences on the same fault maps", ["model", "dataset", "A", "B",
+                                 "fault rate", "pairs", "mean A - B", "95 % CI low", "95 % CI high", "Wilcoxon p"],
+                                 PAIRED, paired, RESILIENCE_FORMATS,
+                                 "Accuracy of A minus accuracy of B over trials with the same (rate, trial) index "
+                                 "(the same fault map in the shared tensors), same model, data, seeds and fault "
+                                 "space. CI: Student t of the mean difference; p: Wilcoxon signed-rank (two-sided).")
+    stem.with_suffix(".md").write_text(md)
+    out.files.append(stem.with_suffix(".md"))
+    out.drawn["resilience"] = {"summary": rows, "paired": paired}
+
+
+OUTPUTS = (fig1, fig2, fig3, fig5, fig6, table1, resilience)

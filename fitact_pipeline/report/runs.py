@@ -1,0 +1,146 @@
+"""Reading runs from MLflow: a finished job run reduced to what the report uses, the experiment's
+runs, and their JSON artifacts fetched on demand. Every number of the report comes from here (never
+from in-memory results), so anyone with the store can regenerate it."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+_RATE_METRIC = re.compile(r"^acc_(?P<stat>[a-z0-9_]+)/ber_(?P<rate>[0-9.e+-]+)$")
+# Params that decide which fault maps a trial gets and which model they hit: runs that agree on all
+# of them saw the same fault map at the same (rate, trial) in their shared tensors (DESIGN §2.1).
+_CONTEXT_PARAMS = ("seed", "model.width", "campaign.seed", "campaign.eval_split", "campaign.eval_images",
+                   "faults.fmt", "faults.word_bits", "faults.frac_bits", "faults.include", "faults.exclude",
+                   "faults.fold_batchnorm", "profile_images")
+_CONTEXT_PREFIXES = ("train.", "model.", "dataset.")
+_IGNORED = ("progress_bar", "num_workers", "cache_dir", "root")
+
+
+def rate_stats(metrics: dict[str, float]) -> dict[float, dict[str, float]]:
+    """{rate: {stat: value}} from one run's metrics."""
+    out: dict[float, dict[str, float]] = defaultdict(dict)
+    for name, value in metrics.items():
+        match = _RATE_METRIC.match(name)
+        if match:
+            out[float(match["rate"])][match["stat"]] = value
+    return dict(out)
+
+
+def patterns(param: str) -> str:
+    """A list param as MLflow stores it ("['0.0.*', '0.3.*']") written short: 0.0.*,0.3.*"""
+    return re.sub(r"[\[\]' ]", "", param)
+
+
+def variant_of(tags: dict[str, str], params: dict[str, str]) -> str:
+    """The curve label of a run: its protection, plus what makes two runs of one protection
+    different curves (a granularity other than the protection's default, FitAct's smooth form, the
+    GBReLU bound, a restricted fault space). Runs that differ only in other settings share a label
+    (and a rerun supersedes the older run, see select.latest_per_slot)."""
+    from ..protect import PROTECTIONS
+
+    protection = tags.get("protection", "?")
+    label = protection
+    granularity = tags.get("granularity")
+    default = PROTECTIONS[protection].default_granularity if protection in PROTECTIONS else "layer"
+    if granularity and granularity != default:
+        label += f" {granularity}"
+    if protection in PROTECTIONS:
+        label += PROTECTIONS[protection].label(params)
+    include = params.get("faults.include", "[]")
+    if include not in ("[]", "", "None"):
+        label += " faults in " + patterns(include)
+    return label
+
+
+def context_of(tags: dict[str, str], params: dict[str, str]) -> tuple:
+    keys = [k for k in params if k.startswith(_CONTEXT_PREFIXES) or k in _CONTEXT_PARAMS]
+    keys = [k for k in keys if not any(word in k for word in _IGNORED)]
+    return (tags.get("model"), tags.get("dataset")) + tuple(sorted((k, params[k]) for k in keys))
+
+
+@dataclass
+class JobRun:
+    """One finished job run, reduced to what the report uses."""
+    run_id: str
+    model: str
+    dataset: str
+    protection: str
+    variant: str
+    context: tuple
+    params: dict[str, str]
+    metrics: dict[str, float]
+    curve: dict[float, dict[str, float]] = field(default_factory=dict)
+    start_time: int = 0  # ms since the epoch, as MLflow stores it
+
+    @classmethod
+    def from_run(cls, run) -> "JobRun":
+        tags, params = run.data.tags, run.data.params
+        return cls(run.info.run_id, tags.get("model", "?"), tags.get("dataset", "?"), tags.get("protection", "?"),
+                   variant_of(tags, params), context_of(tags, params), dict(params), dict(run.data.metrics),
+                   rate_stats(run.data.metrics), int(run.info.start_time or 0))
+
+
+def finished_jobs(runs) -> list[JobRun]:
+    return [JobRun.from_run(r) for r in runs if r.info.status == "FINISHED" and r.data.tags.get("run_kind") == "job"]
+
+
+def search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+class Experiment:
+    """The finished job runs of one experiment (newest per slot), and their artifacts on demand."""
+
+    def __init__(self, client: MlflowClient, experiment_id: str, workdir: Path):
+        from .select import latest_per_slot
+
+        self.client, self.experiment_id, self.workdir = client, experiment_id, workdir
+        self.jobs, self.superseded = latest_per_slot(
+            finished_jobs(search_all(client, experiment_id, "tags.run_kind = 'job'")))
+        self._artifacts: dict[tuple[str, str], Any] = {}
+
+    def artifact(self, run_id: str, path: str) -> Any | None:
+        """A JSON artifact of a run, or None when the run has none (older or failed stages)."""
+        key = (run_id, path)
+        if key not in self._artifacts:
+            names = {a.path for a in self.client.list_artifacts(run_id)}
+            if path not in names:
+                self._artifacts[key] = None
+            else:
+                local = self.client.download_artifacts(run_id, path, str(self.workdir))
+                self._artifacts[key] = json.loads(Path(local).read_text())
+                Path(local).unlink()  # the next run's file of the same name lands here too
+        return self._artifacts[key]
+
+    def trials(self, job: JobRun) -> dict[tuple[float, int], float]:
+        """{(rate, trial): accuracy} from a run's trials.json (an MLflow table)."""
+        table = self.artifact(job.run_id, "trials.json")
+        if not table:
+            return {}
+        col = {c: i for i, c in enumerate(table["columns"])}
+        return {(float(row[col["rate"]]), int(row[col["trial"]])): float(row[col["accuracy"]])
+                for row in table["data"]}
+
+
+def open_store(cfg: Any) -> MlflowClient:
+    # one progress bar per downloaded JSON would drown the notes in the log
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if cfg.get("tracking_uri"):
+        return MlflowClient(cfg.tracking_uri)
+    db = Path(cfg.tracking_root) / "mlflow.db"
+    if not db.exists():  # MlflowClient would silently create an empty store
+        raise FileNotFoundError(f"no MLflow store at {db} (set tracking_root=... or tracking_uri=...)")
+    return MlflowClient(f"sqlite:///{db.resolve()}")

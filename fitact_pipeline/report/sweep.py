@@ -1,0 +1,22 @@
+"""The sweep's resilience figure: the children of one sweep's parent run, drawn as the report's
+Fig. 6 (the same curve merging, so runs of another seed or setting stay separate curves)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from . import figures
+from .runs import finished_jobs
+from .select import latest_per_slot, merge_curves, panels
+
+
+def sweep_resilience_figure(client: MlflowClient, parent_run_id: str, out_dir: Path) -> Path | None:
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10000)
+    curves = merge_curves(latest_per_slot(finished_jobs(runs))[0])
+    if not curves:
+        return None
+    fig, _ = figures.fig6_grid(panels(curves, []))
+    return figures.save(fig, Path(out_dir), "resilience", ["png"], 120)[0]
