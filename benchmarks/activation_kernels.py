@@ -6,7 +6,7 @@
 For each ReLU site of the full-width model (batch 128, 32x32) it builds a map of that site's shape
 and times, interleaved on the same map: ``relu_`` (what the ReLU model runs), the torch.compile'd
 kernel with a neuron-wise bound (the CPU fallback, and the CUDA path), and the C++ op of
-fitact_pipeline/cpu_kernel.py with a neuron-, channel- and layer-wise bound, all in place. Each entry
+fitact_pipeline/protect/cpu_kernel.py with a neuron-, channel- and layer-wise bound, all in place. Each entry
 is the median of ``--repeats`` runs; the total sums over sites (a site shape used k times counts k
 times). The map is refreshed from a saved copy before every timed call, so it starts in cache for
 every kernel alike. benchmarks/overhead.py measures what this means for a whole pass.
@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fitact_pipeline.protect import cpu_kernel  # noqa: E402
-from fitact_pipeline.protect.kernels import clip_expr, compiled  # noqa: E402
+from fitact_pipeline.protect.kernels import compiled  # noqa: E402
 from fitact_pipeline.models import build_model  # noqa: E402
 
 KERNELS = ("relu_", "compiled/neuron", "op/neuron", "op/channel", "op/layer")

@@ -31,47 +31,17 @@ from torch import nn
 # The project is run from its checkout, not installed: make `fitact_pipeline` importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fitact_pipeline.evaluate import evaluate_accuracy
+from fitact_pipeline.evaluate import evaluate_accuracy  # noqa: E402
 from fitact_pipeline.faults import FaultInjector  # noqa: E402
 from fitact_pipeline.models import build_model  # noqa: E402
 
 
 def protected_vgg16(images: torch.Tensor) -> nn.Module:
+    from fitact_pipeline.protect import fold_batchnorm, profile_activations, protect_model
+
     model = build_model("vgg16", num_classes=10).eval()
-    try:
-        from fitact_pipeline.protect import fold_batchnorm, profile_activations, protect_model
-
-        fold_batchnorm(model)
-        profile = profile_activations(model, images)
-        return protect_model(model, "fitact", "neuron", profile, hard=True).eval()
-    except ImportError:
-        # Fallback while protect.py is unavailable: a ReLU with a neuron-wise `bound` parameter
-        # (C*H*W of its activation map) gives the same fault space as FitAct neuron bounds.
-        return _add_bounds_by_hand(model, images)
-
-
-class _NeuronBound(nn.Module):
-    def __init__(self, shape):
-        super().__init__()
-        self.bound = nn.Parameter(torch.full(shape, 6.0), requires_grad=False)
-
-    def forward(self, x):
-        y = torch.relu(x)
-        return y.masked_fill(y > self.bound, 0.0)
-
-
-def _add_bounds_by_hand(model: nn.Module, images: torch.Tensor) -> nn.Module:
-    shapes = {}
-    hooks = [m.register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, o.shape[1:]))
-             for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
-    with torch.no_grad():
-        model(images[:2])
-    for h in hooks:
-        h.remove()
-    for name, shape in shapes.items():
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr, _NeuronBound(shape))
-    return model
+    fold_batchnorm(model)
+    return protect_model(model, "fitact", "neuron", profile_activations(model, images)).eval()
 
 
 def naive_trial(model: nn.Module, records, word_bits: int = 32, frac_bits: int = 16) -> nn.Module:

@@ -10,7 +10,7 @@ the activation modules differ. Runtime is the median of ``--repeats`` passes, me
 load drifts hit every variant alike and no variant always runs after the same one.
 Memory is the bytes of parameters and buffers (what a deployed model stores); on CUDA also the peak
 allocated memory of a pass. Variants with ``+fused`` run the hard bound check through one
-torch.compile'd kernel (activations.py); the ReLU reference and the convolutions stay eager.
+torch.compile'd kernel (fitact_pipeline/protect/kernels.py); the ReLU reference and the convolutions stay eager.
 
 The last line is JSON: fitact_runtime_overhead / fitact_memory_overhead per model for neuron-wise
 hard FitReLU in its inference form, the fused kernel (the eager form with --no-fused; the

@@ -1,10 +1,10 @@
 """LightningDataModules: digits, cifar10, cifar100 and any ImageFolder tree.
 
 Every module keeps its images in memory as uint8 tensors (N, C, H, W) and does augmentation and
-normalisation batch-wise on tensors: CIFAR training is 150 MB of uint8, and per-image PIL transforms
-would cost more CPU than the small models we train on it. Loaders are ordinary ``DataLoader``s over
-an ``ImageTensorDataset`` whose ``__getitems__`` returns a whole batch at once, so the collate
-function sees one uint8 batch and augments it in a few vectorised tensor ops.
+normalisation batch-wise on tensors: per-image PIL transforms would cost more CPU than the small
+models we train on it. Loaders are ordinary ``DataLoader``s over an ``ImageTensorDataset`` whose
+``__getitems__`` returns a whole batch at once, so the collate function sees one uint8 batch and
+augments it in a few vectorised tensor ops.
 
 Splits (DESIGN.md §2.5): ``val`` is a seeded, class-stratified sample carved from the training split;
 ``test`` is only for reporting. Every subset (quick-run sizes, profiling and evaluation sets) is a
@@ -138,8 +138,8 @@ def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 images in [0, 1] units.
 
-    Computed from a 256-bin histogram per channel: exact, and ~30x faster than converting the
-    150 MB CIFAR training set to float.
+    Computed from a 256-bin histogram per channel: exact, and far cheaper than converting the
+    whole training set to float.
     """
     levels = torch.arange(256, dtype=torch.float64) / 255.0
     means, stds = [], []

@@ -16,7 +16,8 @@ class ConfigError(ValueError):
 
 
 class Registry(Generic[T]):
-    """An ordered ``name -> entry`` map. Registration order is the order reports and docs use."""
+    """An ordered ``name -> entry`` map; ``names()`` is the order reports and docs use (registration
+    order unless a registry sorts its entries)."""
 
     def __init__(self, kind: str):
         self.kind = kind
@@ -47,7 +48,7 @@ class Registry(Generic[T]):
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
+        return iter(self.names())
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -55,10 +56,11 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return list(self._entries)
 
-    def items(self):
-        return self._entries.items()
+    def items(self) -> list[tuple[str, T]]:
+        """(name, entry) in the order of names()."""
+        return [(n, self._entries[n]) for n in self.names()]
 
     def index(self, name: str) -> int:
-        """Position in registration order (unknown names sort last)."""
-        names = list(self._entries)
+        """Position in the order of names() (unknown names sort last)."""
+        names = self.names()
         return names.index(name) if name in names else len(names)

@@ -1,4 +1,4 @@
-"""The C++ CPU kernel of the hard bounded activations (fitact_pipeline/cpu_kernel.py): it must
+"""The C++ CPU kernel of the hard bounded activations (fitact_pipeline/protect/cpu_kernel.py): it must
 compute exactly what the eager forms compute, for every bound layout, thread count and in/out of
 place, and the pipeline must fall back cleanly when it cannot be built."""
 import copy

@@ -256,3 +256,22 @@ def test_variant_labels_keep_granularities_and_forms_apart():
     assert variant_of({"protection": "ranger", "granularity": "layer"}, {}) == "ranger"
     assert variant_of({"protection": "clipact", "granularity": "neuron"}, {}) == "clipact neuron"
     assert variant_of({"protection": "gbrelu", "granularity": "layer"}, {"protection.bound": "2.0"}) == "gbrelu b=2"
+
+
+def test_a_sweep_over_two_seeds_draws_two_curves(tmp_path):
+    """The sweep figure merges curves like the report: runs of another seed are another curve,
+    never drawn over the first."""
+    from fitact_pipeline.report.sweep import sweep_panels
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.create_experiment("two_seeds", artifact_location=(tmp_path / "art").as_uri())
+    parent = client.create_run(exp, tags={"run_kind": "sweep"}).info.run_id
+    for seed, acc in ((0, 0.8), (1, 0.6)):
+        run = client.create_run(exp, tags={"run_kind": "job", "mlflow.parentRunId": parent, "model": "small_cnn",
+                                           "dataset": "digits", "protection": "fitact", "granularity": "neuron"})
+        client.log_param(run.info.run_id, "seed", seed)
+        client.log_metric(run.info.run_id, "acc_mean/ber_1e-05", acc)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    panel = sweep_panels(client, parent)[("small_cnn", "digits")]
+    assert sorted(panel) == ["fitact", "fitact (setting #2)"]
+    assert sorted(curve[1e-5]["mean"] for curve in panel.values()) == [0.6, 0.8]

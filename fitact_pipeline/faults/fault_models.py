@@ -27,7 +27,7 @@ def injector_kwargs(faults: Mapping) -> dict[str, Any]:
 class FaultModel:
     name: str
     build: Callable[[nn.Module, Mapping], Any]  # (model, faults config) -> injector
-    description: str
+    summary: str
     persistent: bool = True  # a trial's faults stay for every pass of its evaluation (memory faults)
 
 

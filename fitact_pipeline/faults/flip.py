@@ -3,8 +3,9 @@
 A trial flips bits in place and restores by writing back the saved float32 values of the touched
 elements only: no model copy, cost proportional to the number of flips. Flips are vectorised:
 gather the touched elements, encode them to words in one batch, XOR one combined mask per element
-(several bits of one word flip together), decode, scatter back. The index work is numpy: a few µs
-per op against ~10 µs of torch dispatch, and the cost of a trial is these few ops, not the flips.
+(several bits of one word flip together), decode, scatter back. The index work is numpy, whose
+per-call cost is below torch's dispatch: the cost of a trial is these few ops, not the flips
+(docs/faults.md, "Cost").
 
 ``flip`` appends ``(storage, index, original values)`` to ``saved``; ``restore`` writes them back.
 """

@@ -229,6 +229,7 @@ class NumberFormat:
 
     name: str
     codec: Callable[[int, int], Codec]
+    summary: str = ""
     family: str = "word"
     sized: bool = False
 
@@ -248,11 +249,20 @@ class NumberFormat:
 
 
 FORMATS: Registry[NumberFormat] = Registry("fault format")
-for _format in (NumberFormat("fixed", FixedCodec, sized=True),
-                NumberFormat("float32", lambda w, f: Float32Codec()),
-                NumberFormat("float16", lambda w, f: Float16Codec()),
-                NumberFormat("bfloat16", lambda w, f: BFloat16Codec()),
-                NumberFormat("int8", lambda w, f: Int8Codec(), family="scaled")):
+_DEFINITIONS = (
+    NumberFormat("fixed", FixedCodec, "word_bits (default 32), two's complement, frac_bits fraction bits (default "
+                 "Q15.16: range [-32768, 32768), step 2^-16); round to nearest, ties to even, saturate. Q15.16: bit 0 "
+                 "= ±2^-16, bit 16 = ±1, bit 30 = ±16384, bit 31 = ∓32768", sized=True),
+    NumberFormat("float32", lambda w, f: Float32Codec(), "32 bits: the IEEE-754 bit pattern itself"),
+    NumberFormat("float16", lambda w, f: Float16Codec(), "16 bits: values exactly representable in IEEE binary16 "
+                 "(saturated to its largest finite value); flips hit the 16-bit pattern"),
+    NumberFormat("bfloat16", lambda w, f: BFloat16Codec(), "16 bits: as float16, in bfloat16 (8 exponent bits)"),
+    NumberFormat("int8", lambda w, f: Int8Codec(), "8 bits (+32 per scale): symmetric, scale = max|v|/127 per output "
+                 "channel (dim 0) for tensors with >= 2 dims, one scale per tensor for biases and 0/1-dim bounds; "
+                 "q = round(v/scale) in [-127, 127]; stored value = scale·q (float32). A flip may give q = -128. "
+                 "An all-zero channel borrows its tensor's largest scale", family="scaled"),
+)
+for _format in _DEFINITIONS:
     FORMATS.register(_format.name, _format)
 
 

@@ -30,11 +30,9 @@ from .space import FaultSpace
 def _single_thread() -> Iterator[None]:
     """Run the few small torch ops of flipping / restoring on one thread (sampling is numpy).
 
-    Their work is tiny (tens of thousands of elements), but several CPU kernels (repeat_interleave,
-    round, advanced indexing, ...) still enter a parallel region, and on a busy machine waking
-    the thread pool costs milliseconds per op: measured 16 ms vs 1.3 ms per sample with 2 threads
-    vs 1 on a shared 2-core box. The setting is restored before user code (the evaluation inside
-    ``inject``) runs, so evaluation keeps its threads.
+    Their work is tiny, but several CPU kernels still enter a parallel region, and on a busy machine
+    waking the thread pool costs more than the whole trial (docs/faults.md, "Cost"). The setting is
+    restored before user code (the evaluation inside ``inject``) runs, so evaluation keeps its threads.
     """
     threads = torch.get_num_threads()
     if threads == 1:

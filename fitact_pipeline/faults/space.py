@@ -32,16 +32,22 @@ class TargetKind:
     a number format's storage (int8 scales), the ``format`` that provides it."""
 
     name: str
+    summary: str
     selects: Callable[[nn.Module, str, bool], bool] | None = None
     format: str | None = None
 
 
 TARGET_KINDS: Registry[TargetKind] = Registry("target kind")
-for _kind in (TargetKind("weight", lambda m, a, p: p and a == "weight" and isinstance(m, CONV_LINEAR)),
-              TargetKind("bias", lambda m, a, p: p and a == "bias" and isinstance(m, CONV_LINEAR)),
-              TargetKind("bound", lambda m, a, p: p and a == "bound"),
-              TargetKind("batchnorm", lambda m, a, p: a in _BN_ATTRS and isinstance(m, nn.modules.batchnorm._BatchNorm)),
-              TargetKind("scale", format="int8")):
+for _kind in (TargetKind("weight", "parameter `weight` of `nn.Conv1d/2d/3d` and `nn.Linear`",
+                         lambda m, a, p: p and a == "weight" and isinstance(m, CONV_LINEAR)),
+              TargetKind("bias", "parameter `bias` of `nn.Conv1d/2d/3d` and `nn.Linear`",
+                         lambda m, a, p: p and a == "bias" and isinstance(m, CONV_LINEAR)),
+              TargetKind("bound", "every parameter named `bound` (the bounded activations)",
+                         lambda m, a, p: p and a == "bound"),
+              TargetKind("batchnorm", "BatchNorm `weight`, `bias`, `running_mean`, `running_var` (when not folded)",
+                         lambda m, a, p: a in _BN_ATTRS and isinstance(m, nn.modules.batchnorm._BatchNorm)),
+              TargetKind("scale", "the float32 per-channel scales of the selected tensors, named `<tensor>:scale`",
+                         format="int8")):
     TARGET_KINDS.register(_kind.name, _kind)
 
 

@@ -5,7 +5,7 @@ activation-site convention of docs/architecture.md: each ReLU call site is its o
 (never ``F.relu``, never a module called twice), so protection can replace sites one by one while
 every other tensor keeps its name. The ReLUs are in place, as in torchvision: no activation input is
 needed after its ReLU, and on CPU an out-of-place activation is a fresh allocation whose pages fault
-in on first write (~9x the cost of the in-place pass on a 32 MB map). The bounded activations that
+in on first write (docs/protections.md, "Overheads"). The bounded activations that
 replace them inherit the flag, so protected and unprotected models are timed on equal terms.
 """
 

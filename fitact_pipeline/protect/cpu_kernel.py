@@ -6,12 +6,12 @@ inputs fit it (CPU, float32, contiguous, a layer-, channel- or neuron-wise bound
 CUDA included, goes through the torch.compile'd kernel. The op computes exactly the eager
 expressions (tests compare them bit for bit), so which path ran never changes a result.
 
-Why not torch.compile here too: the generated loop reads a neuron-wise bound once per sample, and
-on a ResNet50 that made the activation cost ~1.9x relu_ (65.5 vs 34.6 ms per batch-128 pass over all
-49 sites, 2 threads, benchmarks/activation_kernels.py); the C++ op lets four samples share each bound
-load (43.6 ms). The end-to-end effect: docs/protections.md, "Overheads".
+Why not torch.compile here too: the generated loop reads a neuron-wise bound once per sample, a
+second stream as large as the activation map; the C++ op lets four samples share each bound load.
+The measurements (benchmarks/activation_kernels.py, benchmarks/overhead.py): docs/protections.md,
+"Overheads".
 
-Building needs a C++ compiler with OpenMP and ninja (torch.utils.cpp_extension); it takes ~25 s once
+Building needs a C++ compiler with OpenMP and ninja (torch.utils.cpp_extension); it happens once
 per machine and torch caches the library under ``TORCH_EXTENSIONS_DIR`` (default
 ``~/.cache/torch_extensions``), rebuilding when the source changes. If the build fails the reason is
 logged once and the compiled kernel is used instead.

@@ -50,6 +50,7 @@ class Protection:
 
     name: str
     activation: type[nn.Module] | None  # None: the sites stay nn.ReLU
+    summary: str = ""  # f(x) at one neuron with bound b, for the docs' table
     config_keys: tuple[str, ...] = ("granularity",)
     bounds_stage: str = "none"
     default_granularity: str = "layer"
@@ -76,13 +77,6 @@ class Protection:
 class _ProtectionRegistry(Registry[Protection]):
     def names(self) -> list[str]:
         return sorted(super().names(), key=lambda n: (self[n].order, n))
-
-    def __iter__(self):
-        return iter(self.names())
-
-    def index(self, name: str) -> int:
-        names = self.names()
-        return names.index(name) if name in names else len(names)
 
 
 PROTECTIONS: Registry[Protection] = _ProtectionRegistry("protection")

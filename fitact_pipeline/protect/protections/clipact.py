@@ -24,6 +24,7 @@ def _check(cfg) -> None:
                           "search; it tunes one threshold per layer (granularity=layer)")
 
 
-register_protection(Protection("clipact", ClipActReLU, config_keys=("granularity", "fused", "search"),
+register_protection(Protection("clipact", ClipActReLU, "x if 0 <= x <= b else 0; b = profiled maximum or FT-ClipAct search",
+                               config_keys=("granularity", "fused", "search"),
                                bounds_stage="search", order=20, options=options,
                                stage_enabled=_searches, check=_check))

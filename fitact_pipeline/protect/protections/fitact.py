@@ -68,7 +68,8 @@ def _smooth(params) -> bool:
 
 
 register_protection(Protection(
-    "fitact", FitReLU, config_keys=("granularity", "k", "hard", "fused"), bounds_stage="posttrain",
+    "fitact", FitReLU, "smooth max(0, x) * sigmoid(k (b - x)) to train b; hard (inference) as clipact",
+    config_keys=("granularity", "k", "hard", "fused"), bounds_stage="posttrain",
     default_granularity="neuron", order=40, options=_options, check=_check, defaults={"hard": True},
     label=lambda params: " smooth" if _smooth(params) else "",
     inference_form=lambda params: "FitReLU (smooth)" if _smooth(params) else "FitReLU-Naive (hard)"))

@@ -26,5 +26,6 @@ def _label(params) -> str:
     return f" b={float(params['protection.bound']):g}" if "protection.bound" in params else ""
 
 
-register_protection(Protection("gbrelu", GBReLU, config_keys=("granularity", "bound", "sites", "fused"),
+register_protection(Protection("gbrelu", GBReLU, "as clipact, one given b per layer at chosen sites (Fig. 1)",
+                               config_keys=("granularity", "bound", "sites", "fused"),
                                order=30, given_bounds=True, options=_options, check=_check, label=_label))

@@ -25,5 +25,5 @@ def options(cfg, sites) -> dict:
     return {"fused": bool(cfg.get("fused", False))}
 
 
-register_protection(Protection("ranger", RangerReLU, config_keys=("granularity", "fused"), order=10,
-                               options=options))
+register_protection(Protection("ranger", RangerReLU, "min(max(0, x), b): clamp at the profiled maximum",
+                               config_keys=("granularity", "fused"), order=10, options=options))

@@ -1,0 +1,73 @@
+"""Regenerate the docs' lists of protections, number formats, fault-space target kinds and fault
+models from the registries, so the docs never keep a second list of the same names.
+
+    python docs/tools/registry_tables.py           # rewrite the blocks in docs/*.md
+    python docs/tools/registry_tables.py --check   # exit 1 if a block is out of date (tests run this)
+
+A block is the text between `<!-- registry: NAME -->` and `<!-- /registry -->` in a docs file.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+BLOCK = re.compile(r"(<!-- registry: (?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /registry -->)", re.S)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    cells = [[c.replace("|", "\\|") for c in r] for r in rows]  # a | inside a cell would split it
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells]) + "\n"
+
+
+def tables() -> dict[str, str]:
+    from fitact_pipeline.faults import FAULT_MODELS, FORMATS, TARGET_KINDS
+    from fitact_pipeline.protect import PROTECTIONS
+
+    return {
+        "protections": _table(
+            ["protection", "module", "f(x) at one neuron, bound b", "config keys", "default granularity",
+             "bounds stage"],
+            [[f"`{n}`", f"`{p.activation.__name__}`" if p.activation else "`nn.ReLU`", p.summary,
+              ", ".join(f"`{k}`" for k in p.config_keys), p.default_granularity, p.bounds_stage]
+             for n, p in PROTECTIONS.items()]),
+        "formats": _table(["`faults.fmt`", "format", "family"],
+                          [[f"`{n}`", f.summary, f.family] for n, f in FORMATS.items()]),
+        "targets": _table(["`faults.targets` kind", "tensors"],
+                          [[f"`{n}`", k.summary + (f" ({k.format} only)" if k.format else "")]
+                           for n, k in TARGET_KINDS.items()]),
+        "fault_models": _table(["`faults.model`", "faults"], [[f"`{n}`", m.summary] for n, m in FAULT_MODELS.items()]),
+    }
+
+
+def update(check: bool) -> list[str]:
+    """Rewrite (or, with check, only compare) every block; returns the blocks that were out of date."""
+    generated, stale = tables(), []
+    for path in sorted((ROOT / "docs").glob("*.md")):
+        text = path.read_text()
+
+        def fill(m: re.Match) -> str:
+            if m["name"] not in generated:
+                raise SystemExit(f"{path}: unknown registry block {m['name']!r}; known: {', '.join(generated)}")
+            if m["body"] != generated[m["name"]]:
+                stale.append(f"{path.relative_to(ROOT)}: {m['name']}")
+            return m.group(1) + generated[m["name"]] + m.group(4)
+
+        new = BLOCK.sub(fill, text)
+        if new != text and not check:
+            path.write_text(new)
+    return stale
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true")
+    stale = update(ap.parse_args().check)
+    for line in stale:
+        print(("out of date: " if "--check" in sys.argv else "updated: ") + line)
+    sys.exit(1 if stale and "--check" in sys.argv else 0)
