@@ -47,9 +47,12 @@ def job_key(cfg: DictConfig) -> str:
             return [strip(v) for v in node]
         return node
 
+    from .protect import PROTECTIONS
+
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    if resolved.get("protection", {}).get("name") != "fitact":
-        resolved.pop("posttrain", None)  # only FitAct's numbers depend on post-training
+    name = resolved.get("protection", {}).get("name")
+    if name not in PROTECTIONS or PROTECTIONS[name].bounds_stage != "posttrain":
+        resolved.pop("posttrain", None)  # only post-trained bounds depend on post-training
     # The sampler is code, not config, but it decides the fault maps and so the numbers.
     blob = json.dumps({"config": strip(resolved), "fault_sampler": SAMPLER}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -74,9 +74,12 @@ def pick_panel(available, model: str | None, dataset: str | None, size) -> tuple
 
 def fig1_groups(jobs: list[JobRun]) -> dict[tuple, list[JobRun]]:
     """GBReLU bound sweeps, one group per setting (context and the sites that carry the bound)."""
+    from ..protect import PROTECTIONS
+
     groups: dict[tuple, list[JobRun]] = defaultdict(list)
     for job in jobs:
-        if job.protection == "gbrelu" and "protection.bound" in job.params:
+        given = job.protection in PROTECTIONS and PROTECTIONS[job.protection].given_bounds
+        if given and "protection.bound" in job.params:
             groups[job.context + (("protection.sites", job.params.get("protection.sites")),)].append(job)
     return dict(groups)
 
