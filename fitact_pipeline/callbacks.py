@@ -25,7 +25,8 @@ def sweep_key(config: DictConfig) -> str:
     """Same command line (overrides and sweeper parameters) = same sweep, so a re-launch after a
     crash reuses the parent run instead of starting a second one."""
     hydra = config.hydra
-    params = OmegaConf.to_container(hydra.sweeper.get("params") or {}, resolve=True)
+    params = hydra.sweeper.get("params")
+    params = OmegaConf.to_container(params, resolve=True) if params else {}
     blob = json.dumps({"experiment": config.tracking.experiment,
                        "overrides": sorted(hydra.overrides.task), "params": params}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -37,7 +38,7 @@ class MLflowSweepCallback(Callback):
         HydraConfig.instance().set_config(config)
         key = sweep_key(config)
         name = "sweep " + " ".join(config.hydra.overrides.task) if config.hydra.overrides.task else "sweep"
-        run_id = tracking.open_parent_run(config.tracking, key, config.hydra.sweep.dir, name[:250])
+        run_id = tracking.open_parent_run(config.tracking, config.cache_dir, key, config.hydra.sweep.dir, name[:250])
         log.info("MLflow parent run %s (experiment %s)", run_id, config.tracking.experiment)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

@@ -13,6 +13,16 @@ import time
 import torch
 from torch import nn
 
+from .checks import check_keys, expect_bool, expect_int
+
+
+def check_overhead_config(cfg) -> None:
+    """A one-line ConfigError for a bad ``overhead`` value, before any work."""
+    check_keys(cfg, "overhead", ("enabled", "batch_size", "repeats"))
+    expect_bool(cfg.get("enabled", False), "overhead.enabled")
+    expect_int(cfg.get("batch_size", 1), "overhead.batch_size", 1)
+    expect_int(cfg.get("repeats", 1), "overhead.repeats", 1)
+
 
 def model_bytes(model: nn.Module) -> int:
     """Bytes of every parameter and buffer: what the deployed model stores."""

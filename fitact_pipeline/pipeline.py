@@ -17,10 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import tracking
 from .evaluate import evaluate_accuracy
-from .faults import FAULT_MODELS, FORMATS, run_campaign
+from .device import resolve_device
+from .faults import FAULT_MODELS, FORMATS, as_rate_list, run_campaign
+from .keys import job_key, plain
 from .protect.sites import select_sites
-from .stages import plain, prepare_protected, stage_bounds
-from .validate import as_rate_list, check_config
+from .stages import prepare_protected, stage_bounds
+from .validate import check_config
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +37,7 @@ def configure_runtime(cfg: DictConfig) -> torch.device:
     # Faulted fixed-point values reach ±32768: TF32 would change what a fault does.
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
+    return resolve_device(cfg.device)
 
 
 def _parallel_share() -> int | None:
@@ -73,21 +73,26 @@ def job_tags(cfg: DictConfig, dataset: str, key: str, rates: list[float]) -> dic
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:
-    """Run one job end to end and log it as one MLflow run. Returns a summary (also for skips)."""
+    """Run one job end to end and log it as one MLflow run. Returns a summary (also for skips).
+    The job claims its key first, so the same job started by a second launcher waits, then skips."""
     check_config(cfg)
     device = configure_runtime(cfg)
-    rates = as_rate_list(cfg.campaign.rates)
-    key = tracking.job_key(cfg)
-    exp_id = tracking.ensure_store(cfg.tracking)
-    client = MlflowClient(mlflow.get_tracking_uri())
-    if cfg.tracking.resume:
-        done = tracking.finished_run(client, exp_id, key)
-        if done is not None:
-            log.info("job %s already finished as run %s: skipped", key, done.info.run_id)
-            return {"skipped": True, "run_id": done.info.run_id, "job_key": key}
-        tracking.retire_unfinished(client, exp_id, key)
-
     datamodule = instantiate(cfg.dataset)
+    key = job_key(cfg, datamodule, device)
+    exp_id = tracking.ensure_store(cfg.tracking)
+    with tracking.claim(cfg.tracking, cfg.cache_dir, key):
+        client = MlflowClient(mlflow.get_tracking_uri())
+        if cfg.tracking.resume:
+            done = tracking.finished_run(client, exp_id, key)
+            if done is not None:
+                log.info("job %s already finished as run %s: skipped", key, done.info.run_id)
+                return {"skipped": True, "run_id": done.info.run_id, "job_key": key}
+            tracking.retire_unfinished(client, exp_id, key)
+        return _run_logged(cfg, datamodule, device, key)
+
+
+def _run_logged(cfg: DictConfig, datamodule, device: torch.device, key: str) -> dict[str, Any]:
+    rates = as_rate_list(cfg.campaign.rates)
     datamodule.setup()
     tags = job_tags(cfg, datamodule.name, key, rates)
     run_name = f"{cfg.model.name}-{datamodule.name}-{cfg.protection.name}-{tags['fault_rates']}"
@@ -100,14 +105,14 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _run_stages(cfg: DictConfig, datamodule, device: torch.device, rates: list[float]) -> dict[str, Any]:
-    prepared = prepare_protected(cfg, datamodule)
+    prepared = prepare_protected(cfg, datamodule, device)
     _log_profile_site(prepared.profile, cfg.profile_site)
-    bounds_info = stage_bounds(cfg, prepared.protected, datamodule, prepared.clean_val_acc)
-    protected = prepared.protected.to(device).eval()
+    bounds_info = stage_bounds(cfg, prepared.protected, datamodule, device, prepared.clean_val_acc)
+    protected = prepared.protected.eval()
     images, labels = datamodule.eval_tensors(cfg.campaign.eval_split, cfg.campaign.eval_images, cfg.campaign.seed)
     images, labels = images.to(device), labels.to(device)
     if cfg.overhead.enabled:
-        _log_overhead(prepared.reference.to(device), protected, images, cfg.overhead)
+        _log_overhead(prepared.reference, protected, images, cfg.overhead)
     float_acc = evaluate_accuracy(protected, images, labels, cfg.campaign.batch_size)
     injector = FAULT_MODELS[cfg.faults.model].build(protected, cfg.faults)
     adaptive = plain(cfg.campaign.adaptive) if cfg.campaign.adaptive.enabled else None

@@ -9,29 +9,17 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from .cache import cached_stage, config_hash
+from .cache import cached_stage
 from .evaluate import evaluate_accuracy
-from .faults import SAMPLER, injector_kwargs
+from .faults import as_rate_list, injector_kwargs
+from .keys import baseline_key, bounds_key, profile_key
 from .models import build_model
 from .protect import PROTECTIONS, fold_batchnorm, profile_activations, protect_model
 from .training import train_baseline
-from .validate import as_rate_list
-
-
-def plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
-def baseline_key(cfg: DictConfig) -> str:
-    dataset = {k: v for k, v in plain(cfg.dataset).items()
-               if k not in ("num_workers", "eval_batch_size", "cache_dir")}
-    train = {k: v for k, v in plain(cfg.train).items() if k != "progress_bar"}
-    return config_hash({"model": plain(cfg.model), "dataset": dataset, "train": train, "seed": cfg.seed})
 
 
 def _save_pair(names: tuple[str, str]):
@@ -41,29 +29,29 @@ def _save_pair(names: tuple[str, str]):
     return save
 
 
-def stage_baseline(cfg: DictConfig, datamodule) -> tuple[torch.nn.Module, dict]:
-    """Train (or load) the baseline: once per model x dataset x training config x seed."""
+def stage_baseline(cfg: DictConfig, datamodule, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """Train (or load) the baseline: once per model x data x training config x seed x device type.
+    Returned on the CPU (the cache holds CPU tensors)."""
     model = build_model(cfg.model.name, num_classes=datamodule.num_classes,
                         in_channels=datamodule.in_channels, width=cfg.model.width)
 
     def compute() -> tuple[dict, dict]:
-        info = train_baseline(model, datamodule, cfg.train, seed=cfg.seed)
-        return model.state_dict(), dict(info)
+        info = train_baseline(model, datamodule, cfg.train, seed=cfg.seed, device=device)
+        return {k: v.cpu() for k, v in model.state_dict().items()}, dict(info)
 
     def load(path: Path):
         return (torch.load(path / "model.pt", weights_only=True), torch.load(path / "info.pt", weights_only=True))
 
-    state, info = cached_stage(cfg.cache_dir, "baseline", baseline_key(cfg), compute,
+    state, info = cached_stage(cfg.cache_dir, "baseline", baseline_key(cfg, datamodule, device), compute,
                                _save_pair(("model.pt", "info.pt")), load)
     model.load_state_dict(state)
     return model.eval(), info
 
 
-def stage_profile(cfg: DictConfig, model: torch.nn.Module, datamodule) -> dict[str, torch.Tensor]:
-    key = config_hash({"baseline": baseline_key(cfg), "fold": cfg.faults.fold_batchnorm,
-                       "images": cfg.profile_images})
+def stage_profile(cfg: DictConfig, model: torch.nn.Module, datamodule, device: torch.device) -> dict[str, torch.Tensor]:
+    """Per-neuron maxima of every site (on ``device``; ``model`` must be there), cached on the CPU."""
     return cached_stage(
-        cfg.cache_dir, "profile", key,
+        cfg.cache_dir, "profile", profile_key(cfg, datamodule, device),
         lambda: profile_activations(model, datamodule.profile_dataloader(cfg.profile_images), cfg.profile_images),
         lambda path, prof: torch.save(prof, path / "profile.pt"),
         lambda path: torch.load(path / "profile.pt", weights_only=True))
@@ -78,16 +66,6 @@ def search_rates(cfg: DictConfig) -> list[float]:
     """The search's own rate list when it has one, else the campaign's rates."""
     rates = cfg.protection.search.rates
     return as_rate_list(rates) if rates else as_rate_list(cfg.campaign.rates)
-
-
-def bounds_key(cfg: DictConfig) -> str:
-    """Cache key of the post-trained (FitAct) or searched (Clip-Act) bounds: what they depend on."""
-    stage = bounds_stage(cfg)
-    return config_hash({"baseline": baseline_key(cfg), "protection": plain(cfg.protection),
-                        "posttrain": plain(cfg.posttrain) if stage == "posttrain" else None,
-                        "faults": plain(cfg.faults), "profile_images": cfg.profile_images,
-                        "rates": search_rates(cfg) if stage == "search" else None,
-                        "sampler": SAMPLER if stage == "search" else None})  # the search injects faults
 
 
 def _posttrain(cfg: DictConfig, protected: torch.nn.Module, datamodule, clean_val_acc: float) -> dict:
@@ -111,22 +89,24 @@ def _search(cfg: DictConfig, protected: torch.nn.Module, datamodule, clean_val_a
 BOUNDS_STAGES = {"posttrain": _posttrain, "search": _search}
 
 
-def stage_bounds(cfg: DictConfig, protected: torch.nn.Module, datamodule, clean_val_acc: float) -> dict:
-    """The protection's bounds stage. It only changes `.bound` tensors, which are cached so that
-    every fault-rate job of one protection reuses them."""
+def stage_bounds(cfg: DictConfig, protected: torch.nn.Module, datamodule, device: torch.device,
+                 clean_val_acc: float) -> dict:
+    """The protection's bounds stage, on ``device`` (``protected`` must be there). It only changes
+    `.bound` tensors, which are cached (on the CPU) so that every fault-rate job of one protection
+    reuses them."""
     stage = bounds_stage(cfg)
     if stage == "none":
         return {}
 
     def compute():
         info = BOUNDS_STAGES[stage](cfg, protected, datamodule, clean_val_acc)
-        bounds = {k: v.detach().clone() for k, v in protected.state_dict().items() if k.endswith(".bound")}
+        bounds = {k: v.detach().cpu().clone() for k, v in protected.state_dict().items() if k.endswith(".bound")}
         return bounds, info
 
     def load(path: Path):
         return (torch.load(path / "bounds.pt", weights_only=True), torch.load(path / "info.pt", weights_only=False))
 
-    bounds, info = cached_stage(cfg.cache_dir, f"bounds_{cfg.protection.name}", bounds_key(cfg), compute,
+    bounds, info = cached_stage(cfg.cache_dir, f"bounds_{cfg.protection.name}", bounds_key(cfg, datamodule, device), compute,
                                 _save_pair(("bounds.pt", "info.pt")), load)
     protected.load_state_dict(bounds, strict=False)
     return info
@@ -142,18 +122,19 @@ class Prepared:
     train_info: dict
 
 
-def prepare_protected(cfg: DictConfig, datamodule) -> Prepared:
+def prepare_protected(cfg: DictConfig, datamodule, device: torch.device) -> Prepared:
     """Baseline -> fold BN -> profile -> protect, as every job (and benchmarks/posttrain_settings.py)
-    runs them; the bounds stage comes next."""
-    baseline, train_info = stage_baseline(cfg, datamodule)
+    runs them, on ``device``; the bounds stage comes next."""
+    baseline, train_info = stage_baseline(cfg, datamodule, device)
     model = copy.deepcopy(baseline).eval()
     if cfg.faults.fold_batchnorm:
         fold_batchnorm(model)
-    profile = stage_profile(cfg, model, datamodule)
+    model = model.to(device)
+    profile = stage_profile(cfg, model, datamodule, device)
     val_images, val_labels = datamodule.eval_tensors("val", None, cfg.campaign.seed)  # the whole split
-    clean_val_acc = evaluate_accuracy(model, val_images, val_labels, cfg.campaign.batch_size)
+    clean_val_acc = evaluate_accuracy(model, val_images.to(device), val_labels.to(device), cfg.campaign.batch_size)
     reference = copy.deepcopy(model)
     entry = PROTECTIONS[cfg.protection.name]
     protected = protect_model(model, entry.name, cfg.protection.get("granularity"), profile,
                               **entry.options(cfg.protection, list(profile)))
-    return Prepared(reference, protected, profile, clean_val_acc, train_info)
+    return Prepared(reference, protected.to(device), profile, clean_val_acc, train_info)

@@ -8,26 +8,33 @@ Hydra callback before a multirun launches any job). Conventions: docs/tracking.m
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any, Iterator
 
 import mlflow
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from .faults import SAMPLER
+from .checks import check_keys, expect_bool, expect_str, fail
 
 log = logging.getLogger(__name__)
 
-# Config parts that never change a job's numbers: excluded from its key so that e.g. turning the
-# progress bar off does not re-run a finished job.
-_NON_RESULT_KEYS = {"tracking", "hydra", "progress_bar", "num_workers", "work_dir", "cache_dir"}
+def check_tracking_config(cfg) -> None:
+    """A one-line ConfigError for a bad ``tracking`` value, before any work."""
+    check_keys(cfg, "tracking", ("root", "experiment", "resume", "uri"))
+    expect_str(cfg.get("root"), "tracking.root")
+    expect_str(cfg.get("experiment"), "tracking.experiment")
+    expect_bool(cfg.get("resume", True), "tracking.resume")
+    uri = cfg.get("uri")
+    expect_str(uri, "tracking.uri", allow_none=True)
+    if uri is not None and not str(uri).startswith(("http://", "https://")):
+        fail("tracking.uri", uri, "expected a tracking server address http(s)://host:port, or null for the "
+             "local store under tracking.root")
 
 
 def rate_label(rate: float) -> str:
@@ -36,26 +43,6 @@ def rate_label(rate: float) -> str:
         return "0"
     mantissa, exponent = f"{rate:.6e}".split("e")
     return f"{mantissa.rstrip('0').rstrip('.')}e{exponent}"
-
-
-def job_key(cfg: DictConfig) -> str:
-    """Hash of the resolved config parts that determine a job's result."""
-    def strip(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: strip(v) for k, v in sorted(node.items()) if k not in _NON_RESULT_KEYS}
-        if isinstance(node, list):
-            return [strip(v) for v in node]
-        return node
-
-    from .protect import PROTECTIONS
-
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    name = resolved.get("protection", {}).get("name")
-    if name not in PROTECTIONS or PROTECTIONS[name].bounds_stage != "posttrain":
-        resolved.pop("posttrain", None)  # only post-trained bounds depend on post-training
-    # The sampler is code, not config, but it decides the fault maps and so the numbers.
-    blob = json.dumps({"config": strip(resolved), "fault_sampler": SAMPLER}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def store_paths(tracking_cfg: DictConfig) -> tuple[str, Path]:
@@ -79,12 +66,67 @@ def ensure_store(tracking_cfg: DictConfig) -> str:
     root.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     with FileLock(str(root / ".store.lock")):
+        relocate_artifacts(root)
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(tracking_cfg.experiment)
         if exp is not None:
             return exp.experiment_id
         return client.create_experiment(tracking_cfg.experiment,
                                         artifact_location=(artifacts / tracking_cfg.experiment).as_uri())
+
+
+def relocate_artifacts(root: Path) -> int:
+    """Point the artifact locations of a moved (or copied) store at its new place.
+
+    MLflow keeps every experiment's and run's artifact location as an absolute file URI; after the
+    checkout moves they would name the old folder, so new runs would write there and the report
+    could not read the old ones. Rewrites the prefix of every location that ends in the expected
+    ``artifacts/<experiment>``; returns how many experiments moved."""
+    db = root / "mlflow.db"
+    if not db.exists():
+        return 0
+    artifacts_uri = (root / "artifacts").as_uri()
+    moved = 0
+    with contextlib.closing(sqlite3.connect(db, timeout=60)) as con, con:
+        for exp_id, name, location in con.execute("SELECT experiment_id, name, artifact_location FROM experiments"):
+            expected = (root / "artifacts" / name).as_uri()
+            suffix = expected[len(artifacts_uri):]
+            if not location or location == expected or not location.endswith(suffix):
+                continue
+            old = location[: len(location) - len(suffix)]
+            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (expected, exp_id))
+            con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                        "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+                        (artifacts_uri, len(old) + 1, exp_id, len(old), old))
+            moved += 1
+    if moved:
+        log.warning("MLflow store %s was moved: artifact locations of %d experiment(s) now point here", root, moved)
+    return moved
+
+
+def claims_dir(tracking_cfg: DictConfig, cache_dir: str) -> Path:
+    """Where job claims live: beside the local store, or (tracking server) in the stage cache, which
+    every machine of a cluster sweep shares anyway."""
+    folder = Path(cache_dir) / "claims" if tracking_cfg.get("uri") else Path(tracking_cfg.root) / ".claims"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@contextlib.contextmanager
+def claim(tracking_cfg: DictConfig, cache_dir: str, key: str) -> Iterator[None]:
+    """Hold a job's key while the job runs. A second launcher of the same job waits here, then
+    finds the finished run and skips it (or runs it, if the first failed). The claim is an OS file
+    lock, released when its process ends however it ends: a killed launcher's claim expires."""
+    lock = FileLock(str(claims_dir(tracking_cfg, cache_dir) / f"{key}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("job %s is running in another launcher: waiting for it", key)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def find_runs(client: MlflowClient, experiment_id: str, **tags: str) -> list:
@@ -110,19 +152,18 @@ def parent_run_file(sweep_dir: str | os.PathLike) -> Path:
     return Path(sweep_dir) / "mlflow_parent_run_id"
 
 
-def open_parent_run(tracking_cfg: DictConfig, sweep_key: str, sweep_dir: str | os.PathLike,
+def open_parent_run(tracking_cfg: DictConfig, cache_dir: str, sweep_key: str, sweep_dir: str | os.PathLike,
                     name: str) -> str:
-    """Create (or reuse, when the same sweep is re-launched) the sweep's parent run."""
+    """Create (or reuse, when the same sweep is re-launched, also concurrently) the sweep's parent run."""
     exp_id = ensure_store(tracking_cfg)
     client = MlflowClient(mlflow.get_tracking_uri())
-    existing = [r for r in find_runs(client, exp_id, sweep_key=sweep_key, run_kind="sweep")]
-    if existing:
-        run_id = existing[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
-    else:
-        run = client.create_run(exp_id, run_name=name,
-                                tags={"sweep_key": sweep_key, "run_kind": "sweep"})
-        run_id = run.info.run_id
+    with claim(tracking_cfg, cache_dir, f"sweep-{sweep_key}"):
+        existing = find_runs(client, exp_id, sweep_key=sweep_key, run_kind="sweep")
+        if existing:
+            run_id = existing[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+        else:
+            run_id = client.create_run(exp_id, run_name=name, tags={"sweep_key": sweep_key, "run_kind": "sweep"}).info.run_id
     Path(sweep_dir).mkdir(parents=True, exist_ok=True)
     parent_run_file(sweep_dir).write_text(run_id)
     return run_id

@@ -21,6 +21,8 @@ import lightning as L
 import torch
 from torch import nn
 
+from .checks import check_keys, expect_bool, expect_int, expect_number
+from .device import lightning_accelerator
 from .evaluate import accuracy
 
 DEFAULTS = {
@@ -35,6 +37,25 @@ DEFAULTS = {
     "progress_bar": True,
     "init_from_seed": True,
 }
+
+
+#: training settings that change the trained weights (the baseline's cache key reads these)
+RESULT_KEYS = tuple(k for k in DEFAULTS if k != "progress_bar")
+
+
+def check_train_config(cfg: Mapping) -> None:
+    """A one-line ConfigError for a bad ``train`` value, before any work."""
+    check_keys(cfg, "train", DEFAULTS)
+    expect_int(cfg.get("epochs", 1), "train.epochs", 0)
+    expect_number(cfg.get("lr", 0.01), "train.lr", 0, low_open=True)
+    expect_number(cfg.get("momentum", 0.9), "train.momentum", 0, 1, high_open=True)
+    expect_number(cfg.get("weight_decay", 0.0), "train.weight_decay", 0)
+    expect_number(cfg.get("warmup_epochs", 0), "train.warmup_epochs", 0)
+    expect_int(cfg.get("batch_size", 1), "train.batch_size", 1)
+    expect_number(cfg.get("max_time_s"), "train.max_time_s", 0, low_open=True, allow_none=True)
+    for key in ("nesterov", "progress_bar", "init_from_seed"):
+        if key in cfg:
+            expect_bool(cfg[key], f"train.{key}")
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -124,14 +145,15 @@ def _quiet_lightning(progress_bar: bool) -> None:
 
 
 def train_baseline(model: nn.Module, datamodule, train_cfg=None, seed: int = 0,
-                   output_dir: str | Path | None = None) -> dict:
+                   output_dir: str | Path | None = None, device: torch.device | str | None = None) -> dict:
     """Train ``model`` in place; return ``{"train_time_s", "val_acc", "epochs"}``.
 
     ``train_cfg`` keys (all optional, see DEFAULTS): epochs, lr, momentum, nesterov, weight_decay,
     warmup_epochs, batch_size (overrides the data module's), max_time_s (stop after this much
     wall time), progress_bar, init_from_seed. With ``output_dir``, per-epoch metrics go to
     ``output_dir/metrics.csv`` (Lightning CSVLogger) and the weights to ``output_dir/model.pt`` as a
-    plain state_dict; nothing is logged to MLflow here (the caller owns the MLflow run).
+    plain state_dict; nothing is logged to MLflow here (the caller owns the MLflow run). ``device``
+    is where training runs (None: a GPU when there is one); the model ends on the CPU.
     """
     cfg = _plain_cfg(train_cfg)
     if cfg["init_from_seed"]:
@@ -147,7 +169,8 @@ def train_baseline(model: nn.Module, datamodule, train_cfg=None, seed: int = 0,
     if output_dir is not None:
         logger = L.pytorch.loggers.CSVLogger(str(output_dir), name="", version="")
     max_time = {"seconds": float(cfg["max_time_s"])} if cfg["max_time_s"] else None
-    trainer = L.Trainer(max_epochs=int(cfg["epochs"]), max_time=max_time, accelerator="auto", devices=1,
+    accelerator, devices = lightning_accelerator(torch.device(device)) if device is not None else ("auto", 1)
+    trainer = L.Trainer(max_epochs=int(cfg["epochs"]), max_time=max_time, accelerator=accelerator, devices=devices,
                         logger=logger, enable_checkpointing=False, enable_progress_bar=cfg["progress_bar"],
                         enable_model_summary=False, num_sanity_val_steps=0, precision="32-true",
                         log_every_n_steps=10)

@@ -1,102 +1,101 @@
 """Catch bad input before any job starts, with one-line errors that name the value and what is allowed.
 
 Two layers: `preflight(argv)` checks command-line overrides against the config tree (unknown groups,
-options and keys; every value of every sweep parameter) and `check_config(cfg)` checks the meaning of
-one composed job config. Both raise ConfigError; `__main__` prints it on one line and exits 2.
+options and keys) and composes every job a sweep would launch (the command line's sweeps and the
+experiment's `hydra.sweeper.params`); `check_config(cfg)` checks one composed job config. The
+checks belong to the components that own the values (data modules, models, training, protections,
+formats, fault models, campaign, tracking): this module only calls them, then builds the model's
+skeleton once to check what depends on its structure (fault-space patterns, sites). Both raise
+ConfigError; `__main__` prints it on one line and exits 2.
 """
 from __future__ import annotations
 
-import math
+import itertools
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
+from .checks import expect_bool, expect_int, expect_str, fail, is_int
 from .registry import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+TOP_KEYS = ("seed", "device", "threads", "progress_bar", "profile_images", "profile_site", "overhead",
+            "cache_dir", "figures_dir")
 # Flags that belong to Hydra itself, not to overrides.
 _HYDRA_FLAGS_WITH_VALUE = {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir",
                            "--info", "-i", "--experimental-rerun", "--cfg", "-c", "--package", "-p"}
 
 
-def as_rate_list(rates: Any) -> list[float]:
-    """`campaign.rates` may be one rate (a sweep of one rate per job) or a list of rates."""
-    if OmegaConf.is_list(rates) or isinstance(rates, (list, tuple)):
-        return [float(r) for r in rates]
-    return [float(rates)]
+def check_config(cfg: DictConfig, structure: bool = True) -> None:
+    """Every value of one job's config, each by the component that owns it; then, unless
+    ``structure=False``, what depends on the model's structure."""
+    from .faults import check_campaign_config, check_faults_config
+    from .models import check_model_config
+    from .overhead import check_overhead_config
+    from .protect.posttrain import check_posttrain_config
+    from .tracking import check_tracking_config
+    from .training import check_train_config
 
-
-def _fail(what: str, value: Any, allowed: str) -> None:
-    raise ConfigError(f"{what}={value!r} is not allowed; {allowed}")
-
-
-def _check_int(cfg: DictConfig, path: str, minimum: int) -> None:
-    value = OmegaConf.select(cfg, path)
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        _fail(path, value, f"expected an integer >= {minimum}")
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Semantic checks of one job's config (types and ranges; contradictions between settings)."""
-    try:
-        rates = as_rate_list(cfg.campaign.rates)
-    except (TypeError, ValueError):
-        _fail("campaign.rates", OmegaConf.to_container(cfg.campaign, resolve=False).get("rates"),
-              "expected a fault rate or a list of fault rates in [0, 1]")
-    if not rates:
-        _fail("campaign.rates", [], "expected at least one fault rate in [0, 1]")
-    for rate in rates:
-        if math.isnan(rate) or not 0.0 <= rate <= 1.0:
-            _fail("campaign.rates", rate, "a fault rate (bit error rate) must be in [0, 1]")
-    _check_int(cfg, "campaign.trials", 1)
-    _check_int(cfg, "campaign.eval_images", 1)
-    _check_int(cfg, "campaign.batch_size", 1)
-    if cfg.campaign.get("adaptive") and cfg.campaign.adaptive.enabled:
-        _check_int(cfg, "campaign.adaptive.min_trials", 2)
-        _check_int(cfg, "campaign.adaptive.max_trials", 2)
-        if cfg.campaign.adaptive.min_trials > cfg.campaign.adaptive.max_trials:
-            _fail("campaign.adaptive.min_trials", cfg.campaign.adaptive.min_trials,
-                  f"must be <= campaign.adaptive.max_trials={cfg.campaign.adaptive.max_trials}")
+    _check_top(cfg)
+    check_model_config(cfg.model)
+    _dataset_class(cfg.dataset).check_config(cfg.dataset)
+    check_train_config(cfg.train)
+    check_posttrain_config(cfg.posttrain)
+    check_campaign_config(cfg.campaign)
     _check_protection(cfg.protection)
-    drop = cfg.posttrain.max_accuracy_drop
-    if not isinstance(drop, (int, float)) or not 0.0 <= drop <= 1.0:
-        _fail("posttrain.max_accuracy_drop", drop, "expected a fraction of accuracy in [0, 1]")
-    _check_int(cfg, "posttrain.epochs", 0)
-    _check_int(cfg, "train.epochs", 0)
-    for path in ("posttrain.lr", "train.lr"):
-        value = OmegaConf.select(cfg, path)
-        if not isinstance(value, (int, float)) or value <= 0:
-            _fail(path, value, "expected a positive learning rate")
-    if not cfg.model.width or cfg.model.width <= 0:
-        _fail("model.width", cfg.model.width, "expected a positive width multiplier")
-    _check_faults(cfg.faults)
+    check_faults_config(cfg.faults)
+    check_overhead_config(cfg.overhead)
+    check_tracking_config(cfg.tracking)
+    if structure:
+        from .structure import check_structure
+        check_structure(cfg)
+
+
+def _check_top(cfg: DictConfig) -> None:
+    from .device import resolve_device
+
+    expect_int(cfg.get("seed"), "seed")
+    resolve_device(cfg.get("device", "auto"))
+    expect_int(cfg.get("threads"), "threads", 1, allow_none=True)
+    expect_bool(cfg.get("progress_bar", True), "progress_bar")
+    expect_int(cfg.get("profile_images"), "profile_images", 1, allow_none=True)
+    site = cfg.get("profile_site")
+    if site is not None and not is_int(site) and not isinstance(site, str):
+        fail("profile_site", site, "expected a site index, a site name or null")
+    for key in ("cache_dir", "figures_dir"):
+        expect_str(cfg.get(key), key)
+
+
+def _dataset_class(dataset: DictConfig):
+    from hydra.utils import get_class
+
+    from .data import TensorDataModule
+
+    target = dataset.get("_target_")
+    try:
+        cls = get_class(str(target))
+    except Exception:  # noqa: BLE001 - Hydra's message is several lines
+        cls = None
+    if cls is None or not (isinstance(cls, type) and issubclass(cls, TensorDataModule)):
+        fail("dataset._target_", target, "expected a data module class of fitact_pipeline.data")
+    return cls
 
 
 def _check_protection(protection: DictConfig) -> None:
     """The protection's own registry entry checks its values (protect/protections/<name>.py)."""
+    from .checks import check_keys
     from .protect import GRANULARITIES, PROTECTIONS
 
-    entry = PROTECTIONS.check("protection.name", protection.name)
+    entry = PROTECTIONS.check("protection.name", protection.get("name"))
+    # an experiment may set one protection's keys for a sweep over several (repro_cpu's search)
+    check_keys(protection, "protection", {"name"}.union(*(p.config_keys for _, p in PROTECTIONS.items())))
     granularity = protection.get("granularity", entry.default_granularity)
     if granularity not in GRANULARITIES:
-        _fail("protection.granularity", granularity, f"choose one of: {', '.join(GRANULARITIES)}")
+        fail("protection.granularity", granularity, f"choose one of: {', '.join(GRANULARITIES)}")
+    if "fused" in protection:
+        expect_bool(protection.fused, "protection.fused")
     entry.check(protection)
-
-
-def _check_faults(faults: DictConfig) -> None:
-    """Formats, target kinds and fault models are checked against their registries (faults/)."""
-    from .faults import FAULT_MODELS, FORMATS
-    from .faults.space import check_targets
-
-    FAULT_MODELS.check("faults.model", faults.get("model"))
-    FORMATS.check("faults.fmt", faults.fmt).check(faults.word_bits, faults.frac_bits)
-    check_targets(list(faults.targets), faults.fmt)
-    if "batchnorm" in faults.targets and faults.fold_batchnorm:
-        _fail("faults.targets", "batchnorm", "BatchNorm is folded (faults.fold_batchnorm=true): "
-              "set faults.fold_batchnorm=false to put BatchNorm in the fault space")
 
 
 # --------------------------------------------------------------------------- command-line preflight
@@ -123,37 +122,55 @@ def _override_args(argv: Iterable[str]) -> list[str]:
     return args
 
 
+def _parse(texts: list[str]) -> list[tuple[str, list[str]]]:
+    """(key, values) of each override; a sweep has several values."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        overrides = OverridesParser.create().parse_overrides(texts)
+    except Exception as exc:  # Hydra's grammar errors are several lines long
+        raise ConfigError(f"cannot parse the command line: {str(exc).splitlines()[0]}") from None
+    return [(o.key_or_group, list(o.sweep_string_iterator()) if o.is_sweep_override()
+             else [o.get_value_element_as_str()]) for o in overrides
+            if not (o.key_or_group.startswith("hydra") or o.is_add() or o.is_delete())]
+
+
 def preflight(argv: list[str]) -> None:
     """Validate every override on the command line and every job a sweep would launch."""
     from hydra import compose, initialize_config_dir
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parser = OverridesParser.create()
-    try:
-        overrides = parser.parse_overrides(_override_args(argv))
-    except Exception as exc:  # Hydra's grammar errors are several lines long
-        raise ConfigError(f"cannot parse the command line: {str(exc).splitlines()[0]}") from None
     groups = config_groups()
-    fixed, sweeps = [], []
-    for o in overrides:
-        key = o.key_or_group
-        if key.startswith("hydra") or o.is_add() or o.is_delete():
-            continue
-        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+    given = _parse(_override_args(argv))
+    for key, values in given:
         if key in groups:
             for value in values:
                 if value not in groups[key] and value != "null":
                     raise ConfigError(f"unknown {key} '{value}'; choose one of: {', '.join(groups[key])}")
-        (sweeps if len(values) > 1 else fixed).append((key, values))
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        base = [f"{k}={v[0]}" for k, v in fixed + sweeps]
-        jobs = [base] + [[f"{k}={v}" if k == key else f"{k}={vs[0]}" for k, vs in fixed + sweeps]
-                         for key, values in sweeps for v in values[1:]]
-        for job in jobs:
-            check_config(_compose(compose, job, groups))
+        base = _compose(compose, [f"{k}={v[0]}" for k, v in given], groups)
+        dims = list(given)
+        if "-m" in argv or "--multirun" in argv:  # the experiment's own sweep, unless overridden
+            params = OmegaConf.to_container(base.hydra.sweeper.get("params") or OmegaConf.create({}))
+            dims += [kv for kv in _parse([f"{k}={v}" for k, v in params.items()]) if kv[0] not in dict(given)]
+        checked: set = set()
+        for combo in itertools.product(*[[f"{k}={v}" for v in values] for k, values in dims]):
+            cfg = _compose(compose, list(combo), groups)
+            check_config(cfg, structure=False)
+            _check_structure_once(cfg, checked)
+
+
+def _check_structure_once(cfg: DictConfig, checked: set) -> None:
+    from .structure import check_structure, structure_key
+
+    key = structure_key(cfg)
+    if key not in checked:
+        check_structure(cfg)
+        checked.add(key)
 
 
 def _compose(compose, overrides: list[str], groups: dict[str, list[str]]) -> DictConfig:
+    from hydra.core.hydra_config import HydraConfig
+
     group_overrides = [o for o in overrides if o.split("=", 1)[0] in groups]
     cfg = compose("config", overrides=group_overrides)
     for o in overrides:
@@ -162,11 +179,28 @@ def _compose(compose, overrides: list[str], groups: dict[str, list[str]]) -> Dic
             continue
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
-        if not isinstance(node, DictConfig) or leaf not in node:
+        # keys(), not `in`: a key whose value is ??? (dataset.root of imagefolder) counts as absent for `in`
+        if not isinstance(node, DictConfig) or leaf not in list(node.keys()):
             where = f"under '{parent}'" if parent else "at the top level"
             allowed = ", ".join(sorted(node.keys())) if isinstance(node, DictConfig) else "none"
             raise ConfigError(f"unknown config option '{key}'; keys allowed {where}: {allowed}")
     try:
-        return compose("config", overrides=overrides)
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
     except Exception as exc:
         raise ConfigError(str(exc).splitlines()[0]) from None
+    HydraConfig.instance().set_config(cfg)  # ${hydra:runtime.cwd} in paths resolves as in a job
+    missing = [k for k in _missing_keys(cfg) if not k.startswith("hydra")]
+    if missing:
+        raise ConfigError(f"{missing[0]} has no value (???); set it on the command line, e.g. {missing[0]}=...")
+    return cfg
+
+
+def _missing_keys(node, prefix: str = "") -> list[str]:
+    out = []
+    for key in node.keys():
+        path = f"{prefix}{key}"
+        if OmegaConf.is_missing(node, key):
+            out.append(path)
+        elif isinstance(node.get(key), DictConfig) and not path.startswith("hydra"):
+            out += _missing_keys(node[key], path + ".")
+    return out

@@ -79,35 +79,3 @@ def test_two_processes_compute_once(tmp_path):
     assert [p.returncode for p in procs] == [0, 0]
     assert len(log.read_text().splitlines()) == 1
     assert outputs[0] == outputs[1] and outputs[0].startswith("made by")
-
-
-def _composed(overrides):
-    from pathlib import Path
-
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base=None):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)  # the paths interpolate hydra:runtime.cwd
-    return cfg
-
-
-def test_bounds_key_depends_on_what_the_bounds_depend_on():
-    from fitact_pipeline.stages import bounds_key
-
-    search = ["protection=clipact_ft", "protection.search.rates=[1e-5,1e-4]"]
-    key = bounds_key(_composed(search + ["campaign.rates=[1e-6]"]))
-    # an explicit search rate list decides the search: the campaign's rates do not
-    assert bounds_key(_composed(search + ["campaign.rates=[1e-6,1e-5]"])) == key
-    assert bounds_key(_composed(["protection=clipact_ft", "protection.search.rates=[1e-4]",
-                                 "campaign.rates=[1e-6]"])) != key
-    # without one, the search runs on the campaign's rates
-    no_list = ["protection=clipact_ft", "protection.search.rates=null"]
-    assert (bounds_key(_composed(no_list + ["campaign.rates=[1e-6]"]))
-            != bounds_key(_composed(no_list + ["campaign.rates=[1e-5]"])))
-    # FitAct's bounds depend on the post-training settings, never on rates
-    fitact = bounds_key(_composed(["protection=fitact", "campaign.rates=[1e-6]"]))
-    assert bounds_key(_composed(["protection=fitact", "campaign.rates=[1e-5]"])) == fitact
-    assert bounds_key(_composed(["protection=fitact", "posttrain.lr=0.02"])) != fitact

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torchvision.datasets as tvd
 
-from fitact_pipeline import data as data_mod
+from fitact_pipeline.data import imagefolder as data_mod
 from fitact_pipeline.data import (BatchTransform, CIFAR10DataModule, CIFAR100DataModule, DatasetNotFoundError,
                                   DigitsDataModule, ImageFolderDataModule, split_off, stratified_subset)
 

@@ -398,16 +398,3 @@ def test_bad_rate(rate):
         with inj.inject(rate, seed=0):
             pass
     assert same_bits(bits_of(inj.model), clean)
-
-
-def test_job_key_changes_with_the_sampler(monkeypatch):
-    """A finished run drawn by another sampler must not be resumed as this one's result."""
-    from omegaconf import OmegaConf
-
-    from fitact_pipeline import tracking
-
-    cfg = OmegaConf.create({"model": {"name": "vgg16"}, "campaign": {"rates": [1e-5]}, "seed": 0})
-    key = tracking.job_key(cfg)
-    assert tracking.job_key(cfg) == key
-    monkeypatch.setattr(tracking, "SAMPLER", SAMPLER + "-other")
-    assert tracking.job_key(cfg) != key

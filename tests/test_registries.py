@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from fitact_pipeline.faults import FAULT_MODELS, FORMATS, TARGET_KINDS, FaultInjector, run_campaign
@@ -46,10 +48,10 @@ def test_a_protection_registered_from_a_test_runs_a_campaign_and_passes_validati
                           progress=False)
     assert [t["trial"] for t in result.trials] == [0, 1, 2] and result.per_rate[1e-3]["trials"] == 3
     # validation and the report's order read the registry: the toy sorts where its entry says
-    cfg = OmegaConf.load(CONF_DIR / "config.yaml")
-    for group, option in (("protection", "none"), ("faults", "q15_16"), ("campaign", "default"),
-                          ("posttrain", "default"), ("train", "default"), ("model", "small_cnn")):
-        cfg[group] = OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    OmegaConf.set_struct(cfg, False)
     cfg.protection = {"name": "halving", "granularity": "channel"}
     check_config(cfg)
     assert sorted(["fitact", "halving", "clipact"], key=variant_sort_key) == ["clipact", "halving", "fitact"]

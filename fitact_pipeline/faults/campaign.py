@@ -9,16 +9,56 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from .. import stats
+from ..checks import (check_keys, expect_bool, expect_choice, expect_int, expect_list, expect_number, fail,
+                      is_number)
 from ..evaluate import evaluate_accuracy
 from .injector import FaultInjector
 
 log = logging.getLogger(__name__)
+
+
+EVAL_SPLITS = ("val", "test")
+CAMPAIGN_KEYS = ("rates", "trials", "seed", "eval_split", "eval_images", "batch_size", "confidence", "adaptive")
+
+
+def as_rate_list(rates: Any) -> list[float]:
+    """`campaign.rates` may be one rate (a sweep of one rate per job) or a list of rates."""
+    return [float(r) for r in expect_list(rates, "campaign.rates", _check_rate, allow_scalar=True)]
+
+
+def _check_rate(rate: Any, path: str) -> None:
+    if not (is_number(rate) and 0.0 <= rate <= 1.0):
+        fail(path, rate, "a fault rate (bit error rate) must be in [0, 1]")
+
+
+def check_campaign_config(cfg: Mapping) -> None:
+    """A one-line ConfigError for a bad ``campaign`` value, before any work."""
+    check_keys(cfg, "campaign", CAMPAIGN_KEYS)
+    if not as_rate_list(cfg.get("rates")):
+        fail("campaign.rates", [], "expected at least one fault rate in [0, 1]")
+    expect_int(cfg.get("trials", 1), "campaign.trials", 1)
+    expect_int(cfg.get("seed", 0), "campaign.seed")
+    expect_choice(cfg.get("eval_split", "test"), "campaign.eval_split", EVAL_SPLITS)
+    expect_int(cfg.get("eval_images"), "campaign.eval_images", 1, allow_none=True)
+    expect_int(cfg.get("batch_size", 1), "campaign.batch_size", 1)
+    expect_number(cfg.get("confidence", 0.95), "campaign.confidence", 0, 1, low_open=True, high_open=True)
+    adaptive = cfg.get("adaptive") or {}
+    check_keys(adaptive, "campaign.adaptive", ("enabled", "target_halfwidth", "min_trials", "max_trials"))
+    expect_bool(adaptive.get("enabled", False), "campaign.adaptive.enabled")
+    if adaptive.get("enabled"):
+        expect_number(adaptive.get("target_halfwidth"), "campaign.adaptive.target_halfwidth", 0, low_open=True,
+                      allow_none=True)
+        expect_int(adaptive.get("min_trials"), "campaign.adaptive.min_trials", 2)
+        expect_int(adaptive.get("max_trials"), "campaign.adaptive.max_trials", 2)
+        if adaptive["min_trials"] > adaptive["max_trials"]:
+            fail("campaign.adaptive.min_trials", adaptive["min_trials"],
+                 f"must be <= campaign.adaptive.max_trials={adaptive['max_trials']}")
 
 
 @dataclass

@@ -12,8 +12,11 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
+from ..checks import check_keys, expect_bool, expect_list, expect_str_item, fail
 from ..registry import Registry
+from .formats import FORMATS
 from .injector import FaultInjector
+from .space import check_targets
 
 
 def injector_kwargs(faults: Mapping) -> dict[str, Any]:
@@ -21,6 +24,25 @@ def injector_kwargs(faults: Mapping) -> dict[str, Any]:
     return {"fmt": faults["fmt"], "word_bits": faults["word_bits"], "frac_bits": faults["frac_bits"],
             "targets": tuple(faults["targets"]), "include": tuple(faults["include"]),
             "exclude": tuple(faults["exclude"])}
+
+
+FAULTS_KEYS = ("model", "fmt", "word_bits", "frac_bits", "targets", "include", "exclude", "fold_batchnorm")
+
+
+def check_faults_config(faults: Mapping) -> None:
+    """A one-line ConfigError for a bad ``faults`` value, before any work: the fault model, the
+    format and the target kinds are checked by their registries."""
+    check_keys(faults, "faults", FAULTS_KEYS)
+    FAULT_MODELS.check("faults.model", faults.get("model"))
+    FORMATS.check("faults.fmt", faults.get("fmt")).check(faults.get("word_bits"), faults.get("frac_bits"))
+    targets = expect_list(faults.get("targets"), "faults.targets", expect_str_item)
+    check_targets(targets, faults["fmt"])
+    for key in ("include", "exclude"):
+        expect_list(faults.get(key, []), f"faults.{key}", expect_str_item)
+    expect_bool(faults.get("fold_batchnorm", True), "faults.fold_batchnorm")
+    if "batchnorm" in targets and faults.get("fold_batchnorm", True):
+        fail("faults.targets", "batchnorm", "BatchNorm is folded (faults.fold_batchnorm=true): "
+             "set faults.fold_batchnorm=false to put BatchNorm in the fault space")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Callable
 
 from torch import nn
 
+from ..checks import expect_number
 from ..registry import Registry
 
 Builder = Callable[[int, int, float], nn.Module]
@@ -46,6 +47,12 @@ def _check_width(width) -> float:
     return value
 
 
+def check_model_config(cfg) -> None:
+    """A one-line ConfigError for a bad ``model`` value, before any work."""
+    MODELS.check("model.name", cfg.get("name"))
+    expect_number(cfg.get("width", 1.0), "model.width", 0, low_open=True)
+
+
 def build_model(name: str, num_classes: int, in_channels: int = 3, width: float = 1.0) -> nn.Module:
     """Build a registered model for ``in_channels``-channel images and ``num_classes`` classes."""
     builder = MODELS[name]
@@ -57,4 +64,4 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, width: float 
 # Importing the family modules registers their builders.
 from . import alexnet, resnet, small_cnn, vgg  # noqa: E402,F401
 
-__all__ = ["MODELS", "register_model", "build_model", "scaled"]
+__all__ = ["MODELS", "register_model", "build_model", "check_model_config", "scaled"]

@@ -18,18 +18,23 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Mapping
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_keys, expect_bool, expect_int, expect_number
+from ..device import lightning_accelerator
 from ..evaluate import count_correct
 from .protections.fitact import FitReLU, set_fitrelu_hard
 
 # Evidence for these defaults: docs/protections.md ("Post-training defaults").
 DEFAULTS = {"epochs": 2, "lr": 0.005, "zeta": 0.1, "max_accuracy_drop": 0.01,
             "max_batches_per_epoch": 40, "progress_bar": False}
+#: settings that change the post-trained bounds (the bounds' cache key reads these)
+RESULT_KEYS = tuple(k for k in DEFAULTS if k != "progress_bar")
 
 
 def _fitrelus(model: nn.Module) -> dict[str, FitReLU]:
@@ -132,6 +137,17 @@ class _Selector(L.Callback):
         self.consider(module, trainer.current_epoch + 1, loss)
 
 
+def check_posttrain_config(cfg: Mapping) -> None:
+    """A one-line ConfigError for a bad ``posttrain`` value, before any work."""
+    check_keys(cfg, "posttrain", DEFAULTS)
+    expect_int(cfg.get("epochs", 1), "posttrain.epochs", 0)
+    expect_number(cfg.get("lr", 0.01), "posttrain.lr", 0, low_open=True)
+    expect_number(cfg.get("zeta", 0.1), "posttrain.zeta", 0)
+    expect_number(cfg.get("max_accuracy_drop", 0.0), "posttrain.max_accuracy_drop", 0, 1)
+    expect_int(cfg.get("max_batches_per_epoch"), "posttrain.max_batches_per_epoch", 1, allow_none=True)
+    expect_bool(cfg.get("progress_bar", False), "posttrain.progress_bar")
+
+
 def _cfg(cfg) -> dict:
     out = dict(DEFAULTS)
     if cfg is not None:
@@ -172,10 +188,11 @@ def posttrain_bounds(model: nn.Module, datamodule, cfg=None, clean_val_acc: floa
     if selector.best is None:  # even the profiled bounds miss the floor: keep them anyway
         selector.best = (1.0, 0, {n: b.clone() for n, b in module.initial.items()})
 
+    accelerator, devices = lightning_accelerator(device)
     trainer = L.Trainer(
         max_epochs=int(c["epochs"]), logger=False, enable_checkpointing=False,
         enable_progress_bar=bool(c["progress_bar"]), enable_model_summary=False,
-        num_sanity_val_steps=0, callbacks=[selector], accelerator=device.type, devices=1,
+        num_sanity_val_steps=0, callbacks=[selector], accelerator=accelerator, devices=devices,
         limit_train_batches=c["max_batches_per_epoch"] or 1.0, deterministic=False,
         default_root_dir=None,
     )

@@ -1,0 +1,86 @@
+"""Stage keys: the hash of exactly the settings that determine a stage's result (docs/tracking.md).
+
+Each key is built from a whitelist, never from the whole config minus a few keys, so settings that
+do not change results (paths, progress bars, worker counts, the fused kernel choice, overhead
+timing, which site's profile is logged) never re-run a finished stage, and cloning or moving the
+checkout keeps every key. Each key contains the one before it:
+
+    baseline (model, data identity, training, seed, device type)
+      -> profile (+ BatchNorm folding, profiling images)
+        -> bounds (+ protection; post-training settings or the search and its fault settings)
+          -> job (+ campaign, fault model and format, fault space, sampler)
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .cache import config_hash
+
+#: protection settings that choose a kernel, not a result (the fused form equals the eager one)
+NON_RESULT_PROTECTION_KEYS = ("fused",)
+CAMPAIGN_RESULT_KEYS = ("rates", "trials", "seed", "eval_split", "eval_images", "batch_size", "confidence")
+FAULT_RESULT_KEYS = ("model", "fmt", "word_bits", "frac_bits", "targets", "include", "exclude", "fold_batchnorm")
+
+
+def plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def _pick(node: DictConfig, keys) -> dict:
+    return {k: plain(node.get(k)) for k in keys if k in node}
+
+
+def data_parts(cfg: DictConfig, datamodule) -> dict:
+    """The data by content (the module's identity), and the data settings that change results."""
+    return {**datamodule.identity(), **_pick(cfg.dataset, type(datamodule).RESULT_KEYS)}
+
+
+def baseline_key(cfg: DictConfig, datamodule, device: torch.device) -> str:
+    from .training import RESULT_KEYS as TRAIN_KEYS
+
+    return config_hash({"model": plain(cfg.model), "data": data_parts(cfg, datamodule),
+                        "train": _pick(cfg.train, TRAIN_KEYS), "seed": cfg.seed, "device": device.type})
+
+
+def profile_key(cfg: DictConfig, datamodule, device: torch.device) -> str:
+    return config_hash({"baseline": baseline_key(cfg, datamodule, device), "fold": cfg.faults.fold_batchnorm,
+                        "images": cfg.profile_images})
+
+
+def _faults(cfg: DictConfig) -> dict:
+    return _pick(cfg.faults, FAULT_RESULT_KEYS)
+
+
+def bounds_key(cfg: DictConfig, datamodule, device: torch.device) -> str:
+    """Key of the bounds after the protection's bounds stage: post-trained bounds depend on the
+    post-training settings, searched thresholds on the search and the faults it injects."""
+    from .faults import SAMPLER
+    from .protect import PROTECTIONS
+    from .protect.posttrain import RESULT_KEYS as POSTTRAIN_KEYS
+    from .stages import bounds_stage, search_rates
+
+    stage = bounds_stage(cfg)
+    entry = PROTECTIONS[cfg.protection.name]
+    own = [k for k in entry.config_keys if k not in NON_RESULT_PROTECTION_KEYS]  # not another protection's
+    parts = {"profile": profile_key(cfg, datamodule, device), "protection": {"name": entry.name, **_pick(cfg.protection, own)},
+             "default_granularity": entry.default_granularity, "stage": stage}
+    if stage == "posttrain":
+        parts["posttrain"] = _pick(cfg.posttrain, POSTTRAIN_KEYS)
+    if stage == "search":
+        parts["search"] = {"faults": _faults(cfg), "rates": search_rates(cfg), "sampler": SAMPLER,
+                           "seed": cfg.campaign.seed, "batch_size": cfg.campaign.batch_size}
+    return config_hash(parts)
+
+
+def job_key(cfg: DictConfig, datamodule, device: torch.device) -> str:
+    """Key of a job's result: a finished run with this key makes the job a skip."""
+    from .faults import SAMPLER
+
+    campaign = _pick(cfg.campaign, CAMPAIGN_RESULT_KEYS)
+    if cfg.campaign.adaptive.enabled:
+        campaign["adaptive"] = plain(cfg.campaign.adaptive)
+    return config_hash({"bounds": bounds_key(cfg, datamodule, device), "campaign": campaign,
+                        "faults": _faults(cfg), "sampler": SAMPLER})

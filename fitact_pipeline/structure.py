@@ -1,0 +1,63 @@
+"""Config values that depend on the model's structure, checked on a skeleton before any work: the
+model is built (random weights), BatchNorm folded, sites profiled on two blank images and the
+protection applied, as the job will; then the fault-space patterns, the chosen sites and the
+profiled site are checked against the tensor and site names that job will have."""
+from __future__ import annotations
+
+import fnmatch
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .cache import config_hash
+from .checks import fail
+from .registry import ConfigError
+
+
+def structure_key(cfg: DictConfig) -> str:
+    """What the structure check depends on (sweep jobs that share it are checked once)."""
+    parts = {"model": cfg.model, "dataset": cfg.dataset.get("_target_"), "root": cfg.dataset.get("root"),
+             "grayscale": cfg.dataset.get("grayscale"), "protection": cfg.protection,
+             "faults": cfg.faults, "profile_site": cfg.get("profile_site")}
+    return config_hash(OmegaConf.to_container(OmegaConf.create(parts), resolve=True))
+
+
+def skeleton(cfg: DictConfig):
+    """(datamodule, protected model skeleton): random weights, the job's names and sites."""
+    from .models import build_model
+    from .protect import PROTECTIONS, fold_batchnorm, profile_activations, protect_model
+
+    datamodule = instantiate(cfg.dataset)  # reads no images
+    model = build_model(cfg.model.name, datamodule.num_classes, datamodule.in_channels, cfg.model.width).eval()
+    if cfg.faults.fold_batchnorm:
+        fold_batchnorm(model)
+    size = datamodule.image_size
+    profile = profile_activations(model, torch.zeros(2, datamodule.in_channels, size, size))
+    entry = PROTECTIONS[cfg.protection.name]
+    try:
+        options = entry.options(cfg.protection, list(profile))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return datamodule, protect_model(model, entry.name, cfg.protection.get("granularity"), profile, **options), profile
+
+
+def check_structure(cfg: DictConfig) -> None:
+    from .faults.space import select_tensors
+    from .protect.sites import select_sites
+
+    _, model, profile = skeleton(cfg)
+    if cfg.get("profile_site") is not None:
+        try:
+            select_sites(list(profile), [cfg.profile_site], "profile_site")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    faults = cfg.faults
+    kinds = {t for t in faults.targets if t != "scale"}
+    names = [name for name, *_ in select_tensors(model, kinds, (), ())]
+    for pattern in faults.include:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            fail("faults.include", pattern, f"the pattern matches no tensor of targets {list(faults.targets)}; "
+                 f"names look like: {', '.join(names[:4])}")
+    if not select_tensors(model, kinds, tuple(faults.include), tuple(faults.exclude)):
+        fail("faults.exclude", list(faults.exclude), "it leaves an empty fault space")
