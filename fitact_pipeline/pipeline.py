@@ -63,9 +63,9 @@ def _parent_run_id() -> str | None:
     return marker.read_text().strip() if marker.exists() else None
 
 
-def job_tags(cfg: DictConfig, dataset: str, key: str, rates: list[float]) -> dict[str, str]:
+def job_tags(cfg: DictConfig, dataset: str, key: str, rates: list[float], device: torch.device) -> dict[str, str]:
     faults = cfg.faults
-    return {"model": cfg.model.name, "dataset": dataset, "protection": cfg.protection.name,
+    return {"device": device.type, "model": cfg.model.name, "dataset": dataset, "protection": cfg.protection.name,
             "granularity": cfg.protection.get("granularity", "layer"),
             "fault_format": FORMATS[faults.fmt].label(faults.word_bits, faults.frac_bits),
             "fault_model": faults.model, "fault_rates": ",".join(tracking.rate_label(r) for r in rates),
@@ -94,7 +94,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
 def _run_logged(cfg: DictConfig, datamodule, device: torch.device, key: str) -> dict[str, Any]:
     rates = as_rate_list(cfg.campaign.rates)
     datamodule.setup()
-    tags = job_tags(cfg, datamodule.name, key, rates)
+    tags = job_tags(cfg, datamodule.name, key, rates, device)
     run_name = f"{cfg.model.name}-{datamodule.name}-{cfg.protection.name}-{tags['fault_rates']}"
     with tracking.job_run(cfg.tracking, run_name, tags, _parent_run_id()) as run:
         mlflow.log_dict(OmegaConf.to_container(cfg, resolve=True), "config.yaml")

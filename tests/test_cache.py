@@ -79,3 +79,34 @@ def test_two_processes_compute_once(tmp_path):
     assert [p.returncode for p in procs] == [0, 0]
     assert len(log.read_text().splitlines()) == 1
     assert outputs[0] == outputs[1] and outputs[0].startswith("made by")
+
+
+def test_a_truncated_artefact_is_recomputed_with_a_warning_naming_it(tmp_path, caplog):
+    """A half-written model.pt (a crash, a full disk, a copy cut short) behind a completion marker
+    must not crash every later run, nor load silently: it is recomputed, and the path is named."""
+    import torch
+
+    state = {"w": torch.arange(1000, dtype=torch.float32)}
+    calls = []
+
+    def stage():
+        return cached_stage(tmp_path, "baseline", "k", lambda: calls.append(1) or state,
+                            lambda p, s: torch.save(s, p / "model.pt"),
+                            lambda p: torch.load(p / "model.pt", weights_only=True))
+
+    stage()
+    model_pt = tmp_path / "baseline" / "k" / "model.pt"
+    model_pt.write_bytes(model_pt.read_bytes()[:700])  # truncated
+    with caplog.at_level("WARNING", logger="fitact_pipeline.cache"):
+        again = stage()
+    assert torch.equal(again["w"], state["w"]) and len(calls) == 2
+    assert str(tmp_path / "baseline" / "k") in caplog.text and "checksum mismatch of model.pt" in caplog.text
+    assert torch.equal(stage()["w"], state["w"]) and len(calls) == 2  # intact again: loaded
+
+
+def test_an_altered_artefact_that_still_loads_is_not_trusted(tmp_path):
+    calls = []
+    text_stage(tmp_path, calls)
+    (tmp_path / "baseline" / "k1" / "v.txt").write_text("tampered")
+    assert text_stage(tmp_path, calls) == "artefact" and len(calls) == 2
+    assert is_cached(tmp_path, "baseline", "k1")

@@ -159,3 +159,39 @@ def test_mlflow_server_lists_the_runs(quickstart):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_the_quick_start_report_has_table_1(quickstart):
+    tmp, _, _, _ = quickstart
+    proc = subprocess.run([sys.executable, "-m", "fitact_pipeline.report", "experiment=quickstart",
+                           f"tracking_root={tmp}/mlruns", f"figures_dir={tmp}/report", "log_to_mlflow=false"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = (tmp / "report" / "quickstart" / "table1_overhead.csv").read_text().splitlines()
+    assert [line.split(",")[2] for line in table[1:]] == ["fitact", "ranger", "clipact"]
+
+
+def test_a_moved_checkout_reruns_nothing_and_its_report_reads_the_old_runs(tmp_path):
+    """Cloning or moving the project keeps every job key: the relaunched quick start skips every
+    job, and the store's artifacts (logged under the old absolute path) are found at the new one."""
+    import shutil
+
+    old, new = tmp_path / "old" / "fitact", tmp_path / "new" / "place" / "fitact"
+    old.mkdir(parents=True)
+    for part in ("fitact_pipeline", "conf"):
+        shutil.copytree(ROOT / part, old / part, ignore=shutil.ignore_patterns("__pycache__"))
+    quick = [sys.executable, "-m", "fitact_pipeline", "-m", "experiment=quickstart", "train.epochs=3",
+             "posttrain.epochs=1", "campaign.trials=2", "campaign.rates=[1e-4,3e-4]", "progress_bar=false"]
+    first = subprocess.run(quick, cwd=old, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    shutil.move(str(old), str(new))
+    again = subprocess.run(quick, cwd=new, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = again.stdout + again.stderr
+    assert log.count("already finished") == 4 and "Training" not in log and "loading the CPU" not in log
+    report = subprocess.run([sys.executable, "-m", "fitact_pipeline.report", "experiment=quickstart",
+                             "log_to_mlflow=false"], cwd=new, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    notes = (new / "outputs" / "figures" / "quickstart" / "report_notes.md").read_text()
+    assert "failed" not in notes and (new / "outputs" / "figures" / "quickstart" / "fig5_boxplots.png").exists()
+    assert not (tmp_path / "old").exists() or not any((tmp_path / "old").iterdir())

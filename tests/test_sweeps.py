@@ -116,3 +116,94 @@ def test_every_experiment_config_composes_and_passes_preflight():
             cfg = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True)
         assert cfg.tracking.experiment == name
         assert cfg.hydra.sweeper.params, name  # every published setting is a sweep
+
+
+def test_two_identical_sweeps_launched_together_run_each_job_once(tmp_path):
+    """Each job claims its key before it starts: the second launcher waits for a job the first is
+    running, then finds its finished run and skips it. One finished run per job key, one parent."""
+    overrides = ("protection=none,ranger", "campaign.rates=1e-5,1e-4", "campaign.trials=20")
+    logs = [tmp_path / f"launcher{i}.log" for i in (1, 2)]
+    launchers = [subprocess.Popen(sweep_cmd(tmp_path, *overrides), cwd=ROOT, stdout=log.open("w"),
+                                  stderr=subprocess.STDOUT) for log in logs]
+    for launcher, log in zip(launchers, logs):
+        assert launcher.wait(timeout=900) == 0, log.read_text()[-3000:]
+    runs = runs_of(tmp_path)
+    jobs = [r for r in runs if r.data.tags.get("run_kind") == "job"]
+    keys = [r.data.tags["job_key"] for r in jobs if r.info.status == "FINISHED"]
+    assert len(keys) == len(set(keys)) == 4 and len(jobs) == 4
+    assert len([r for r in runs if r.data.tags.get("run_kind") == "sweep"]) == 1
+    skipped = sum(log.read_text().count("already finished") for log in logs)
+    assert skipped == 4  # every job ran in one launcher and was skipped by the other
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(tmp: Path):
+    """A tracking server on localhost, as docs/tracking.md sets one up for SLURM sweeps."""
+    import urllib.request
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{tmp}/server.db", "--artifacts-destination",
+                               str(tmp / "server_artifacts"), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(uri + "/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
+                time.sleep(0.5)
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_submitit_sweep_against_a_tracking_server(tmp_path):
+    """The cluster path for real: submitit's local executor (the machinery of the SLURM launcher)
+    and an MLflow server: parent run, children under it, the sweep figure, and a relaunch that
+    resumes (skips every finished job)."""
+    overrides = ("hydra/launcher=submitit_local", "protection=none,fitact", "campaign.rates=[1e-4,3e-4]",
+                 "campaign.trials=2", "posttrain.epochs=1")
+    with mlflow_server(tmp_path) as uri:
+        cmd = sweep_cmd(tmp_path, *overrides, f"tracking.uri={uri}")
+        first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+        assert first.returncode == 0, first.stderr[-3000:]
+        assert "raised" not in first.stderr, first.stderr[-3000:]  # no callback warning
+        again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+        assert again.returncode == 0, again.stderr[-3000:]
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name("sweeps")
+        runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("run_kind") == "sweep"]
+    jobs = [r for r in runs if r.data.tags.get("run_kind") == "job"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.data.tags["protection"] for r in jobs) == ["fitact", "none"]
+    assert all(r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+               for r in jobs)
+    submitit_logs = "".join(p.read_text() for p in (tmp_path / "multirun").rglob("*_log.out"))
+    assert submitit_logs.count("already finished") == 2  # the relaunch resumed: both jobs skipped
+    assert (tmp_path / "figures" / "sweeps" / "resilience.png").exists()
+
+
+def test_a_sweep_without_sweeper_params_gets_its_parent_run():
+    """The callback failed (`Input cfg is not an OmegaConf config object`) when the sweep came only
+    from the command line, so the experiment had no hydra.sweeper.params."""
+    from omegaconf import OmegaConf
+
+    from fitact_pipeline.callbacks import sweep_key
+
+    cfg = OmegaConf.create({"tracking": {"experiment": "x"},
+                            "hydra": {"sweeper": {"params": None}, "overrides": {"task": ["protection=none,fitact"]}}})
+    assert sweep_key(cfg) == sweep_key(cfg) and len(sweep_key(cfg)) == 16

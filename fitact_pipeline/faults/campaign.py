@@ -51,11 +51,11 @@ def check_campaign_config(cfg: Mapping) -> None:
     adaptive = cfg.get("adaptive") or {}
     check_keys(adaptive, "campaign.adaptive", ("enabled", "target_halfwidth", "min_trials", "max_trials"))
     expect_bool(adaptive.get("enabled", False), "campaign.adaptive.enabled")
+    expect_number(adaptive.get("target_halfwidth"), "campaign.adaptive.target_halfwidth", 0, low_open=True,
+                  allow_none=True)
+    expect_int(adaptive.get("min_trials", 2), "campaign.adaptive.min_trials", 2)
+    expect_int(adaptive.get("max_trials", 2), "campaign.adaptive.max_trials", 2)
     if adaptive.get("enabled"):
-        expect_number(adaptive.get("target_halfwidth"), "campaign.adaptive.target_halfwidth", 0, low_open=True,
-                      allow_none=True)
-        expect_int(adaptive.get("min_trials"), "campaign.adaptive.min_trials", 2)
-        expect_int(adaptive.get("max_trials"), "campaign.adaptive.max_trials", 2)
         if adaptive["min_trials"] > adaptive["max_trials"]:
             fail("campaign.adaptive.min_trials", adaptive["min_trials"],
                  f"must be <= campaign.adaptive.max_trials={adaptive['max_trials']}")

@@ -238,7 +238,11 @@ class NumberFormat:
         return f"Q{word_bits - frac_bits - 1}.{frac_bits}" if self.sized else self.name
 
     def check(self, word_bits, frac_bits) -> None:
-        if not self.sized:
+        if not self.sized:  # unused, but a config value all the same: no value that is not a number
+            for path, value in (("faults.word_bits", word_bits), ("faults.frac_bits", frac_bits)):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ConfigError(f"{path}={value!r} is not allowed; expected an integer ({self.name} has a "
+                                      "fixed width, so the value is not used)")
             return
         if isinstance(word_bits, bool) or not isinstance(word_bits, int) or not 2 <= word_bits <= 32:
             raise ConfigError(f"faults.word_bits={word_bits!r} is not allowed; fixed point needs an integer "

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..checks import expect_bool, expect_choice, expect_int, expect_list, expect_number, expect_str
+from ..registry import ConfigError
 from . import figures
 from .outputs import OUTPUTS
 from .runs import Experiment, open_store
@@ -77,8 +79,30 @@ def _log_report_run(client, experiment_id: str, report: Report, source_runs: int
     report.run_id = run.info.run_id
 
 
+FIGURE_FORMATS = ("png", "pdf", "svg", "eps", "ps", "jpg", "tif")
+
+
+def check_report_config(cfg: Any) -> None:
+    """A one-line ConfigError for a bad value of conf/report.yaml, before any run is read."""
+    expect_str(cfg.get("experiment_name"), "experiment_name")
+    for fmt in expect_list(cfg.get("formats"), "formats"):
+        expect_choice(fmt, "formats", FIGURE_FORMATS)
+    expect_int(cfg.get("dpi"), "dpi", 10)
+    expect_bool(cfg.get("log_to_mlflow"), "log_to_mlflow")
+    expect_number(cfg.get("confidence"), "confidence", 0, 1, low_open=True, high_open=True)
+    expect_number(cfg.critical.get("level"), "critical.level", 0, 1, low_open=True)
+    expect_bool(cfg.critical.get("relative"), "critical.relative")
+    expect_int(cfg.fig2.get("bins"), "fig2.bins", 1)
+    for key in ("global_bound", "neuron_bound", "k"):
+        expect_number(cfg.fig3.get(key), f"fig3.{key}", 0, low_open=True)
+    for fig in ("fig1", "fig2", "fig5"):
+        for key in ("model", "dataset"):
+            expect_str(cfg[fig].get(key), f"{fig}.{key}", allow_none=True)
+
+
 def build_report(cfg: Any) -> Report:
     """Build every figure and table of `cfg.experiment_name`; log them to a report run when asked."""
+    check_report_config(cfg)
     client = open_store(cfg)
     experiment = client.get_experiment_by_name(cfg.experiment_name)
     if experiment is None:
@@ -105,7 +129,7 @@ def main() -> None:
     def _run(cfg: DictConfig) -> None:
         try:
             build_report(cfg)
-        except (FileNotFoundError, LookupError) as exc:
+        except (FileNotFoundError, LookupError, ConfigError) as exc:
             log.error("error: %s", exc)
             raise SystemExit(2) from None
 

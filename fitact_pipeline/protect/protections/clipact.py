@@ -3,6 +3,7 @@ FT-ClipAct threshold search (DESIGN §2.4, clipact_search.py)."""
 from __future__ import annotations
 
 from ..bounded import BoundedReLU
+from ...checks import check_keys, expect_bool, expect_int, expect_list, expect_number
 from ..registry import ConfigError, Protection, register_protection
 from .ranger import options
 
@@ -18,7 +19,20 @@ def _searches(cfg) -> bool:
     return bool((cfg.get("search") or {}).get("enabled", False))
 
 
+def _check_search(search) -> None:
+    check_keys(search, "protection.search", ("enabled", "candidates", "iterations", "trials", "images", "rates"))
+    expect_bool(search.get("enabled", False), "protection.search.enabled")
+    expect_int(search.get("candidates", 2), "protection.search.candidates", 2)
+    for key in ("iterations", "trials", "images"):
+        expect_int(search.get(key, 1), f"protection.search.{key}", 1)
+    if search.get("rates") is not None:
+        for rate in expect_list(search["rates"], "protection.search.rates", allow_scalar=True):
+            expect_number(rate, "protection.search.rates", 0, 1, low_open=True)
+
+
 def _check(cfg) -> None:
+    if "search" in cfg:
+        _check_search(cfg["search"] or {})
     if _searches(cfg) and cfg.get("granularity", "layer") != "layer":
         raise ConfigError(f"protection.granularity={cfg.get('granularity')!r} is not allowed with the FT-ClipAct "
                           "search; it tunes one threshold per layer (granularity=layer)")

@@ -1,6 +1,7 @@
 """GBReLU (paper Fig. 1): one given global bound per layer, at chosen sites; the others stay ReLU."""
 from __future__ import annotations
 
+from ...checks import expect_list, fail
 from ...registry import ConfigError
 from ..registry import Protection, register_protection
 from ..sites import select_sites
@@ -20,6 +21,11 @@ def _check(cfg) -> None:
     bound = cfg.get("bound")
     if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not bound > 0:
         raise ConfigError(f"protection.bound={bound!r} is not allowed; GBReLU needs a positive global bound")
+    sites = cfg.get("sites")
+    if sites is not None:
+        for site in expect_list(sites, "protection.sites"):
+            if isinstance(site, bool) or not isinstance(site, (int, str)):
+                fail("protection.sites", site, "expected site indices or site names")
 
 
 def _label(params) -> str:
