@@ -12,6 +12,7 @@ checkout keeps every key. Each key contains the one before it:
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -33,9 +34,24 @@ def _pick(node: DictConfig, keys) -> dict:
     return {k: plain(node.get(k)) for k in keys if k in node}
 
 
+def _defaults(cls) -> dict:
+    """Constructor defaults of a class and its bases (the subclass's own win)."""
+    out: dict = {}
+    for klass in reversed(cls.__mro__):
+        if "__init__" in vars(klass):
+            out.update({n: p.default for n, p in inspect.signature(klass.__init__).parameters.items()
+                        if p.default is not inspect.Parameter.empty})
+    return out
+
+
 def data_parts(cfg: DictConfig, datamodule) -> dict:
-    """The data by content (the module's identity), and the data settings that change results."""
-    return {**datamodule.identity(), **_pick(cfg.dataset, type(datamodule).RESULT_KEYS)}
+    """The data by content (the module's identity), and the data settings that change results. A
+    setting at its constructor default is left out, so a new option of a data module (whose default
+    does what was done before) keeps every existing key; changing a default that configs do not
+    spell out therefore needs a new ``identity()``."""
+    defaults = _defaults(type(datamodule))
+    chosen = _pick(cfg.dataset, type(datamodule).RESULT_KEYS)
+    return {**datamodule.identity(), **{k: v for k, v in chosen.items() if k not in defaults or v != defaults[k]}}
 
 
 def baseline_key(cfg: DictConfig, datamodule, device: torch.device) -> str:
