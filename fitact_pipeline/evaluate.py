@@ -14,8 +14,10 @@ def count_correct(logits: torch.Tensor, labels: torch.Tensor) -> int:
 
 
 def evaluate_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                      batch_size: int = 250) -> float:
-    """Top-1 accuracy in float32 (no autocast, no TF32: faulty values reach +-32768)."""
+                      batch_size: int = 250, before_batch=None) -> float:
+    """Top-1 accuracy in float32 (no autocast, no TF32: faulty values reach +-32768).
+    ``before_batch(start, size)`` is told which images each forward pass is about to run (the
+    activation fault model draws per image)."""
     if len(images) == 0:
         raise ValueError("evaluate_accuracy got no images; give at least one")
     if batch_size < 1:
@@ -36,6 +38,8 @@ def evaluate_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tens
             for start in range(0, len(images), batch_size):
                 x = images[start:start + batch_size].to(device, torch.float32)
                 y = labels[start:start + batch_size].to(device)
+                if before_batch is not None:
+                    before_batch(start, len(x))
                 correct += count_correct(model(x).float(), y)
     finally:
         if device.type == "cuda":

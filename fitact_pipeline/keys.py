@@ -23,7 +23,8 @@ from .cache import config_hash
 #: protection settings that choose a kernel, not a result (the fused form equals the eager one)
 NON_RESULT_PROTECTION_KEYS = ("fused",)
 CAMPAIGN_RESULT_KEYS = ("rates", "trials", "seed", "eval_split", "eval_images", "batch_size", "confidence")
-FAULT_RESULT_KEYS = ("model", "fmt", "word_bits", "frac_bits", "targets", "include", "exclude", "fold_batchnorm")
+#: the fault settings the FT-ClipAct search injects with (bit flips in the stored parameters)
+SEARCH_FAULT_KEYS = ("fmt", "word_bits", "frac_bits", "targets", "include", "exclude", "fold_batchnorm")
 
 
 def plain(node: Any) -> Any:
@@ -67,7 +68,11 @@ def profile_key(cfg: DictConfig, datamodule, device: torch.device) -> str:
 
 
 def _faults(cfg: DictConfig) -> dict:
-    return _pick(cfg.faults, FAULT_RESULT_KEYS)
+    """The keys every fault model shares and the chosen model's own (faults/fault_models.py)."""
+    from .faults import FAULT_MODELS
+    from .faults.fault_models import COMMON_KEYS
+
+    return _pick(cfg.faults, COMMON_KEYS + FAULT_MODELS[cfg.faults.model].config_keys)
 
 
 def bounds_key(cfg: DictConfig, datamodule, device: torch.device) -> str:
@@ -86,7 +91,7 @@ def bounds_key(cfg: DictConfig, datamodule, device: torch.device) -> str:
     if stage == "posttrain":
         parts["posttrain"] = _pick(cfg.posttrain, POSTTRAIN_KEYS)
     if stage == "search":
-        parts["search"] = {"faults": _faults(cfg), "rates": search_rates(cfg), "sampler": SAMPLER,
+        parts["search"] = {"faults": _pick(cfg.faults, SEARCH_FAULT_KEYS), "rates": search_rates(cfg), "sampler": SAMPLER,
                            "seed": cfg.campaign.seed, "batch_size": cfg.campaign.batch_size}
     return config_hash(parts)
 

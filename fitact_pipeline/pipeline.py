@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import tracking
 from .evaluate import evaluate_accuracy
 from .device import resolve_device
-from .faults import FAULT_MODELS, FORMATS, as_rate_list, run_campaign
+from .faults import FAULT_MODELS, FORMATS, apply_datapath, as_rate_list, run_campaign
 from .keys import job_key, plain
 from .protect.sites import select_sites
 from .stages import prepare_protected, stage_bounds
@@ -109,6 +109,7 @@ def _run_stages(cfg: DictConfig, datamodule, device: torch.device, rates: list[f
     _log_profile_site(prepared.profile, cfg.profile_site)
     bounds_info = stage_bounds(cfg, prepared.protected, datamodule, device, prepared.clean_val_acc)
     protected = prepared.protected.eval()
+    apply_datapath(protected, cfg.faults.datapath)
     images, labels = datamodule.eval_tensors(cfg.campaign.eval_split, cfg.campaign.eval_images, cfg.campaign.seed)
     images, labels = images.to(device), labels.to(device)
     if cfg.overhead.enabled:

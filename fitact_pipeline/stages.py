@@ -80,6 +80,7 @@ def _search(cfg: DictConfig, protected: torch.nn.Module, datamodule, clean_val_a
 
     search = cfg.protection.search
     images, labels = datamodule.eval_tensors("val", search.images, cfg.campaign.seed + 1)
+    # the search scores thresholds under bit flips in the stored parameters, whatever the campaign's fault model
     thresholds = clipact_search(protected, images, labels, injector_kwargs(cfg.faults), rates=search_rates(cfg),
                                 candidates=search.candidates, iterations=search.iterations, trials=search.trials,
                                 seed=cfg.campaign.seed + 1, batch_size=cfg.campaign.batch_size)

@@ -53,6 +53,8 @@ def check_structure(cfg: DictConfig) -> None:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     faults = cfg.faults
+    if faults.model == "activation":
+        _check_activation_sites(model, list(faults.sites or ()))
     kinds = {t for t in faults.targets if t != "scale"}
     names = [name for name, *_ in select_tensors(model, kinds, (), ())]
     for pattern in faults.include:
@@ -61,3 +63,12 @@ def check_structure(cfg: DictConfig) -> None:
                  f"names look like: {', '.join(names[:4])}")
     if not select_tensors(model, kinds, tuple(faults.include), tuple(faults.exclude)):
         fail("faults.exclude", list(faults.exclude), "it leaves an empty fault space")
+
+
+def _check_activation_sites(model, patterns: list[str]) -> None:
+    from .faults.activation import select_sites
+
+    names = [n for n, _ in model.named_modules() if n]
+    for pattern in patterns:
+        if not select_sites(model, [pattern]):
+            fail("faults.sites", pattern, f"the pattern matches no module; names look like: {', '.join(names[:5])}")

@@ -76,6 +76,13 @@ def test_a_wrong_type_anywhere_is_refused_with_one_line_naming_it(setting):
     (["dataset=imagefolder", "dataset.root=/no/such/tree"], "ImageFolder root '/no/such/tree' has no 'train/' folder"),
     (["dataset=cifar10", "dataset.download=false", "dataset.root=/no/data"], "dataset.download=false and dataset.root='/no/data' has no 'cifar-10-batches-py/'"),
     (["-m", "experiment=quickstart", "faults.include=[0.0.*,nothing.*]"], "faults.include='nothing.*'"),
+    (["faults.model=cosmic"], "faults.model='cosmic' is not allowed; choose one of: memory, stuck_at, burst, activation"),
+    (["faults.model=stuck_at", "faults.stuck_value=2"], "faults.stuck_value=2 is not allowed; choose one of: 0, 1, mix"),
+    (["faults.model=burst", "faults.burst_length=0"], "faults.burst_length=0 is not allowed; expected an integer >= 1 and <= 32"),
+    (["faults=int8", "faults.model=burst", "faults.burst_length=9"], "faults.burst_length=9 is not allowed; expected an integer >= 1 and <= 8"),
+    (["faults.model=activation", "faults.sites=[classifier.*]"], "faults.sites='classifier.*' is not allowed; the pattern matches no module"),
+    (["faults.model=activation", "faults.datapath.fmt=int8"], "faults.datapath.fmt='int8' is not allowed"),
+    (["faults.datapath.fmt=fixed", "faults.datapath.frac_bits=40"], "faults.datapath.frac_bits=40 is not allowed"),
 ])
 def test_values_that_used_to_fail_after_training_fail_in_preflight(argv, fragment):
     with pytest.raises(ConfigError) as err:

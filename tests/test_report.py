@@ -94,7 +94,7 @@ def test_every_output_written_and_logged_to_a_report_run(sweep):
 
 def test_fig6_curves_equal_the_logged_metrics(sweep):
     _, _, _, _, jobs, report = sweep
-    panel = report.drawn["fig6"][("small_cnn", "digits")]
+    panel = report.drawn["fig6"][("small_cnn", "digits", "memory")]
     assert set(panel) == set(jobs)
     for variant, run in jobs.items():
         assert panel[variant]["rates"] == RATES
@@ -233,7 +233,7 @@ def test_a_rerun_slot_keeps_only_the_newest_run():
     from fitact_pipeline.report import JobRun, latest_per_slot, merge_curves
 
     def job(run_id, start, curve, variant="fitact"):
-        return JobRun(run_id, "vgg16", "cifar10", variant, variant, ("vgg16", "cifar10"), {}, {},
+        return JobRun(run_id, "vgg16", "cifar10", variant, "memory", variant, ("vgg16", "cifar10", "memory"), {}, {},
                       {r: {"mean": acc} for r, acc in curve.items()}, start)
 
     old = job("old", 1, {1e-6: 0.5, 1e-5: 0.3})
@@ -244,7 +244,7 @@ def test_a_rerun_slot_keeps_only_the_newest_run():
     assert [j.run_id for j in superseded] == ["old"]
     assert [j.run_id for j in kept] == ["one_rate", "new", "clipact"]
     curves = merge_curves(kept)
-    assert {r: s["mean"] for r, s in curves[(("vgg16", "cifar10"), "fitact")].items()} == {
+    assert {r: s["mean"] for r, s in curves[(("vgg16", "cifar10", "memory"), "fitact")].items()} == {
         1e-4: 0.1, 1e-6: 0.6, 1e-5: 0.4}
 
 
@@ -272,6 +272,6 @@ def test_a_sweep_over_two_seeds_draws_two_curves(tmp_path):
         client.log_param(run.info.run_id, "seed", seed)
         client.log_metric(run.info.run_id, "acc_mean/ber_1e-05", acc)
         client.set_terminated(run.info.run_id, "FINISHED")
-    panel = sweep_panels(client, parent)[("small_cnn", "digits")]
+    panel = sweep_panels(client, parent)[("small_cnn", "digits", "memory")]
     assert sorted(panel) == ["fitact", "fitact (setting #2)"]
     assert sorted(curve[1e-5]["mean"] for curve in panel.values()) == [0.6, 0.8]

@@ -70,11 +70,13 @@ class CampaignResult:
 
 
 def trial_record(rate: float, trial: int, accuracy: float, fault_map) -> dict[str, Any]:
-    """What one trial leaves behind: enough to verify the fault model from the results alone."""
+    """What one trial leaves behind: enough to verify the fault model from the results alone.
+    ``faults`` counts the faulty bits drawn, ``flips`` the bits they changed (fewer for stuck-at
+    bits that held their value already)."""
     summary = fault_map.summary()
-    return {"rate": rate, "trial": trial, "accuracy": accuracy, "flips": summary["num_flips"],
-            "realised_ber": summary["realised_ber"], "flips_per_bit": summary["flips_per_bit"],
-            "flips_per_tensor": summary["flips_per_tensor"]}
+    return {"rate": rate, "trial": trial, "accuracy": accuracy, "faults": summary["num_flips"],
+            "flips": summary["effective_flips"], "realised_ber": summary["realised_ber"],
+            "flips_per_bit": summary["flips_per_bit"], "flips_per_tensor": summary["flips_per_tensor"]}
 
 
 def run_campaign(model: torch.nn.Module, injector: FaultInjector, images: torch.Tensor,
@@ -90,12 +92,15 @@ def run_campaign(model: torch.nn.Module, injector: FaultInjector, images: torch.
     max_trials = int(adaptive["max_trials"]) if adaptive else int(trials)
     result = CampaignResult(clean_accuracy=clean, rates=[float(r) for r in rates], per_rate={})
     bar = tqdm(total=len(rates) * max_trials, desc="fault campaign", disable=not progress, leave=False)
+    before_batch = injector.begin_batch if getattr(injector, "per_pass", False) else None
     for rate in result.rates:
         accs: list[float] = []
         for trial in range(max_trials):
             with injector.inject(rate, seed, trial) as fault_map:
-                # No flip means the clean model: its accuracy is known exactly, skip the pass.
-                acc = evaluate_accuracy(model, images, labels, batch_size) if fault_map.num_flips else clean
+                # No changed bit means the clean model: its accuracy is known exactly, skip the pass
+                # (faults drawn per pass are known only once the pass ran: None).
+                acc = clean if fault_map.effective_flips == 0 else \
+                    evaluate_accuracy(model, images, labels, batch_size, before_batch)
             result.trials.append(trial_record(rate, trial, acc, fault_map))
             accs.append(acc)
             bar.update(1)

@@ -31,17 +31,46 @@ def restore(saved: list) -> None:
             flat.index_copy_(0, index, orig)
 
 
-def _element_masks(space: "FaultSpace", field_idx, elements, bits) -> tuple[np.ndarray, np.ndarray]:
-    """(global element index, XOR mask) per touched element, elements sorted and unique."""
+def _combine(first: np.ndarray, per_bit: np.ndarray) -> np.ndarray:
+    """OR the per-bit words of each element (runs marked by ``first``) into one word per element."""
+    out = per_bit[first]
+    more = np.flatnonzero(~first)  # further bits of an element (rare): OR them into its word
+    if more.size:
+        np.bitwise_or.at(out, np.cumsum(first)[more] - 1, per_bit[more])
+    return out
+
+
+class Faults:
+    """The faults of one trial on a fault space's elements: which bits (``masks``) and, for
+    stuck-at, the values they are stuck at (``stuck``; None: the bits flip)."""
+
+    def __init__(self, masks: np.ndarray, stuck: np.ndarray | None):
+        self.masks, self.stuck = masks, stuck
+
+    def xor(self, words: np.ndarray) -> np.ndarray:
+        """The XOR that applies the faults to ``words``: a flip toggles its bit; a stuck bit changes
+        only when the word holds the other value."""
+        return self.masks if self.stuck is None else (words ^ self.stuck) & self.masks
+
+    def take(self, index) -> "Faults":
+        return Faults(self.masks[index], None if self.stuck is None else self.stuck[index])
+
+
+def _element_faults(space: "FaultSpace", field_idx, elements, bits, values) -> tuple[np.ndarray, Faults]:
+    """(global element index, Faults) per touched element, elements sorted and unique."""
     glob = space.field_elem_offset.numpy()[field_idx.numpy()] + elements.numpy()  # sorted: fields in slot order
     first = np.ones(glob.size, dtype=bool)
     np.not_equal(glob[1:], glob[:-1], out=first[1:])
     one_bit = np.left_shift(1, bits.numpy())
-    masks = one_bit[first]
-    more = np.flatnonzero(~first)  # further bits of an element (rare): OR them into its mask
-    if more.size:
-        np.bitwise_or.at(masks, np.cumsum(first)[more] - 1, one_bit[more])
-    return glob[first], masks
+    stuck = None if values is None else _combine(first, one_bit * values.numpy())
+    return glob[first], Faults(_combine(first, one_bit), stuck)
+
+
+def apply_words(codec, values: np.ndarray, faults: Faults) -> tuple[np.ndarray, int]:
+    """(faulty values, bits changed) of float32 ``values`` under ``faults``."""
+    words = codec.encode_np(values)
+    xor = faults.xor(words)
+    return codec.decode_np(words ^ xor), int(np.bitwise_count(xor).sum())
 
 
 class WordFamily:
@@ -56,24 +85,27 @@ class WordFamily:
         slot.flat.copy_(codec.quantize(slot.flat))
 
     @staticmethod
-    def flip(space: "FaultSpace", field_idx, elements, bits, saved: list) -> None:
-        uniq, masks = _element_masks(space, field_idx, elements, bits)
+    def flip(space: "FaultSpace", field_idx, elements, bits, values, saved: list) -> int:
+        """Apply the faults in place (saving what they overwrite); returns the bits changed."""
+        uniq, faults = _element_faults(space, field_idx, elements, bits, values)
         store, codec = space.store, space.codec
         if store is not None and store.device.type == "cpu":  # numpy view of the one buffer
             store_np = store.numpy()
             orig = store_np[uniq]
             saved.append((store_np, uniq, orig))
-            store_np[uniq] = codec.flip(orig, masks)
+            store_np[uniq], changed = apply_words(codec, orig, faults)
         elif store is not None:  # one gather and one scatter on the store's device
             index = torch.from_numpy(uniq).to(store.device)
             orig = store.index_select(0, index)
             saved.append((store, index, orig))
-            store.index_copy_(0, index, torch.from_numpy(codec.flip(orig.cpu().numpy(), masks)).to(store.device))
+            new, changed = apply_words(codec, orig.cpu().numpy(), faults)
+            store.index_copy_(0, index, torch.from_numpy(new).to(store.device))
         else:
-            _flip_per_slot(space, torch.from_numpy(uniq), masks, saved)
+            changed = _flip_per_slot(space, torch.from_numpy(uniq), faults, saved)
+        return changed
 
 
-def _flip_per_slot(space: "FaultSpace", uniq: torch.Tensor, masks: np.ndarray, saved: list) -> None:
+def _flip_per_slot(space: "FaultSpace", uniq: torch.Tensor, faults: Faults, saved: list) -> int:
     """Tensors not in one buffer (mixed devices or dtypes): gather from each, flip together, scatter."""
     offsets = torch.tensor([s.elem_offset for s in space.slots] + [space.total_elements], dtype=torch.int64)
     cuts = torch.searchsorted(uniq, offsets).tolist()
@@ -87,21 +119,27 @@ def _flip_per_slot(space: "FaultSpace", uniq: torch.Tensor, masks: np.ndarray, s
         saved.append((slot.flat, local, orig))
         touched.append((slot.flat, local, a, b))
         origs.append(orig.cpu())
-    new = torch.from_numpy(space.codec.flip(torch.cat(origs).numpy(), masks))
+    new, changed = apply_words(space.codec, torch.cat(origs).numpy(), faults)
+    new = torch.from_numpy(new)
     for flat, local, a, b in touched:
         flat.index_copy_(0, local, new[a:b].to(flat.device))
+    return changed
 
 
-def _combined(el: torch.Tensor, bt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(unique elements, one XOR mask each) of sorted (element, bit) pairs."""
-    uniq, inverse = torch.unique_consecutive(el, return_inverse=True)
-    return uniq, torch.zeros(uniq.numel(), dtype=torch.int64).index_add_(0, inverse, 1 << bt)
+def _slot_faults(elements: torch.Tensor, bits: torch.Tensor, values) -> tuple[torch.Tensor, Faults]:
+    """(unique elements, their Faults) of one slot's sorted (element, bit[, value]) records."""
+    el = elements.numpy()
+    first = np.ones(el.size, dtype=bool)
+    np.not_equal(el[1:], el[:-1], out=first[1:])
+    one_bit = np.left_shift(1, bits.numpy())
+    stuck = None if values is None else _combine(first, one_bit * values.numpy())
+    return torch.from_numpy(el[first]), Faults(_combine(first, one_bit), stuck)
 
 
 class ScaledFamily:
-    """int8 words with a float32 scale per output channel: a word flip changes one element, a scale
-    flip its whole channel. Arithmetic on the CPU; index tensors and saved values follow the
-    model's device."""
+    """int8 words with a float32 scale per output channel: a word fault changes one element, a
+    scale fault its whole channel. Arithmetic on the CPU; index tensors and saved values follow
+    the model's device."""
 
     one_buffer = False
 
@@ -113,7 +151,8 @@ class ScaledFamily:
         slot.group = Int8Codec.element_channels(shape)
 
     @staticmethod
-    def flip(space: "FaultSpace", field_idx, elements, bits, saved: list) -> None:
+    def flip(space: "FaultSpace", field_idx, elements, bits, values, saved: list) -> int:
+        changed = 0
         for s, slot in enumerate(space.slots):
             words = scales = None
             for i, f in enumerate(space.fields):
@@ -121,23 +160,22 @@ class ScaledFamily:
                     continue
                 sel = field_idx == i
                 if bool(sel.any()):
-                    if f.is_scale:
-                        scales = _combined(elements[sel], bits[sel])
-                    else:
-                        words = _combined(elements[sel], bits[sel])
+                    part = _slot_faults(elements[sel], bits[sel], None if values is None else values[sel])
+                    scales, words = (part, words) if f.is_scale else (scales, part)
             if words is not None or scales is not None:
-                _flip_scaled_slot(space.codec, slot, words, scales, saved)
+                changed += _flip_scaled_slot(space.codec, slot, words, scales, saved)
+        return changed
 
 
-def _flip_scaled_slot(codec: Int8Codec, slot: "Slot", words, scale_flips, saved: list) -> None:
-    scales, parts = slot.scales, []
+def _flip_scaled_slot(codec: Int8Codec, slot: "Slot", words, scale_faults, saved: list) -> int:
+    scales, parts, changed = slot.scales, [], 0
     if words is not None:
         parts.append(words[0])
-    if scale_flips is not None:
-        f32 = Float32Codec()
-        c_u, c_mask = scale_flips
+    if scale_faults is not None:
+        c_u, faults = scale_faults
+        new_scales, changed = apply_words(Float32Codec(), scales[c_u].numpy(), faults)
         scales = scales.clone()
-        scales[c_u] = f32.decode(f32.encode(scales[c_u]) ^ c_mask)
+        scales[c_u] = torch.from_numpy(new_scales)
         parts.append((c_u[:, None] * slot.group + torch.arange(slot.group, dtype=torch.int64)).reshape(-1))
     local = torch.cat(parts).unique() if len(parts) > 1 else parts[0]
     local_dev = local.to(slot.flat.device)
@@ -146,10 +184,12 @@ def _flip_scaled_slot(codec: Int8Codec, slot: "Slot", words, scale_flips, saved:
     chan = local // slot.group
     q = codec.encode_q(orig_dev.cpu(), slot.scales[chan])
     if words is not None:
-        mask = torch.zeros(local.numel(), dtype=torch.int64)
-        mask[torch.searchsorted(local, words[0])] = words[1]
-        q = q ^ mask
+        at = torch.searchsorted(local, words[0])
+        xor = words[1].xor(q[at].numpy())
+        q[at] = q[at] ^ torch.from_numpy(xor)
+        changed += int(np.bitwise_count(xor).sum())
     slot.flat.index_copy_(0, local_dev, codec.decode_q(q, scales[chan]).to(slot.flat.device))
+    return changed
 
 
 FAMILIES = {"word": WordFamily, "scaled": ScaledFamily}

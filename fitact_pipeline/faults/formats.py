@@ -61,10 +61,17 @@ class Codec:
     def describe(self) -> dict:
         return {"format": self.name, "word_bits": self.word_bits}
 
+    def encode_np(self, values: np.ndarray) -> np.ndarray:
+        """``encode`` on numpy arrays (float32 values -> int64 words): the fault injector's CPU
+        path, where numpy's per-call cost is a fraction of torch's."""
+        return self.encode(torch.from_numpy(values)).numpy()
+
+    def decode_np(self, words: np.ndarray) -> np.ndarray:
+        return self.decode(torch.from_numpy(words)).numpy()
+
     def flip(self, values: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        """``decode(encode(values) ^ masks)`` on numpy arrays (float32 values, int64 masks): the
-        fault injector's CPU path, where numpy's per-call cost is a fraction of torch's."""
-        return self.decode(self.encode(torch.from_numpy(values)) ^ torch.from_numpy(masks)).numpy()
+        """``decode(encode(values) ^ masks)`` on numpy arrays (float32 values, int64 masks)."""
+        return self.decode_np(self.encode_np(values) ^ masks)
 
 
 class FixedCodec(Codec):
@@ -108,12 +115,13 @@ class FixedCodec(Codec):
     def decode(self, words: torch.Tensor) -> torch.Tensor:
         return (_to_signed(words, self.word_bits).to(torch.float64) / self._scale).to(torch.float32)
 
-    def flip(self, values: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        # encode/decode above in numpy: np.rint rounds half to even; shifting the word to the top
-        # of the int64 and back sign-extends it.
+    def encode_np(self, values: np.ndarray) -> np.ndarray:
+        # np.rint rounds half to even, as encode does
         scaled = np.clip(values.astype(np.float64) * self._scale, self._lo, self._hi)
-        words = (np.rint(scaled).astype(np.int64) & self._mask) ^ masks
-        shift = 64 - self.word_bits
+        return np.rint(scaled).astype(np.int64) & self._mask
+
+    def decode_np(self, words: np.ndarray) -> np.ndarray:
+        shift = 64 - self.word_bits  # to the top of the int64 and back: sign extension
         return (((words << shift) >> shift).astype(np.float64) / self._scale).astype(np.float32)
 
     def describe(self) -> dict:
@@ -135,8 +143,11 @@ class Float32Codec(Codec):
     def decode(self, words: torch.Tensor) -> torch.Tensor:
         return _to_signed(words, 32).to(torch.int32).view(torch.float32)
 
-    def flip(self, values: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        return (values.view(np.uint32) ^ masks.astype(np.uint32)).view(np.float32)
+    def encode_np(self, values: np.ndarray) -> np.ndarray:
+        return values.view(np.uint32).astype(np.int64)
+
+    def decode_np(self, words: np.ndarray) -> np.ndarray:
+        return words.astype(np.uint32).view(np.float32)
 
 
 class _Float16Like(Codec):

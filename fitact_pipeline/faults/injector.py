@@ -22,7 +22,7 @@ from torch import nn
 
 from .faultmap import FaultMap
 from .flip import FAMILIES, restore
-from .sampler import check_int, check_rate, sample_positions
+from .sampler import BitFlips, Sampler, check_int, check_rate
 from .space import FaultSpace
 
 
@@ -56,8 +56,9 @@ class FaultInjector:
 
     def __init__(self, model: nn.Module, fmt: str = "fixed", word_bits: int = 32, frac_bits: int = 16,
                  targets: Sequence[str] = ("weight", "bias", "bound"), include: Sequence[str] = (),
-                 exclude: Sequence[str] = ()):
+                 exclude: Sequence[str] = (), sampler: Sampler | None = None):
         self.space = FaultSpace.build(model, fmt, word_bits, frac_bits, targets, include, exclude)
+        self.sampler = sampler or BitFlips()
         self.model = model
         self._active = False
 
@@ -70,46 +71,56 @@ class FaultInjector:
         return self.space.num_bits
 
     @property
+    def fault_model(self) -> str:
+        return self.sampler.fault_model
+
+    @property
     def fault_space(self) -> dict:
         """JSON-able description of the fault space, for logging with every run."""
-        return self.space.describe()
+        return {**self.space.describe(), "fault_model": self.fault_model, "rate_unit": self.sampler.unit,
+                **({"burst_length": self.sampler.length} if self.sampler.unit == "word" else {}),
+                **({"stuck_value": self.sampler.value} if hasattr(self.sampler, "value") else {})}
 
     def sample(self, rate: float, seed: int, trial: int = 0) -> FaultMap:
         """The fault map of (rate, seed, trial) without applying it."""
         rate, seed, trial = check_rate(rate), check_int(seed, "seed"), check_int(trial, "trial")
         space = self.space
-        field_idx, pos = sample_positions(space.field_name_hash, space.field_n_bits, rate, seed, trial)
-        if space.word_shift is not None:  # one power-of-two word width: shift, not divide
-            elements, bits = pos >> space.word_shift, pos & ((1 << space.word_shift) - 1)
-        else:
-            elements, bits = np.divmod(pos, space.field_bits.numpy()[field_idx])
+        field_idx, elements, bits, values = (np.asarray(c) if c is not None else None
+                                             for c in self.sampler(space, rate, seed, trial))
         as_t = torch.from_numpy
-        return FaultMap._from_tensors([f.name for f in space.fields], [f.bits for f in space.fields],
-                                      as_t(field_idx), as_t(elements), as_t(bits), space.num_bits,
-                                      rate, seed, trial, self.codec.describe())
+        fmap = FaultMap._from_tensors([f.name for f in space.fields], [f.bits for f in space.fields],
+                                      as_t(field_idx), as_t(elements), as_t(bits), space.num_bits, rate, seed, trial,
+                                      self.codec.describe(), self.sampler.fault_model,
+                                      None if values is None else as_t(values))
+        fmap.units, fmap.bits_per_fault = self.sampler.units(space), self.sampler.bits_per_fault
+        return fmap
 
     @contextlib.contextmanager
     def inject(self, rate: float, seed: int, trial: int = 0) -> Iterator[FaultMap]:
         """Flip the bits of trial ``trial`` in place; restore bit-exactly on exit (also on error)."""
         fmap = self.sample(rate, seed, trial)
-        with self._applied(fmap.field_idx, fmap.elements, fmap.bits):
+        with self._applied(fmap):
             yield fmap
 
     @contextlib.contextmanager
     def apply(self, fault_map: FaultMap) -> Iterator[FaultMap]:
         """Replay a fault map (e.g. one loaded from disk) exactly; restore on exit."""
-        field_idx, elements, bits = self._validated(fault_map)
-        with self._applied(field_idx, elements, bits):
+        with self._applied(fault_map, self._validated(fault_map)):
             yield fault_map
 
-    def _validated(self, fmap: FaultMap) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _validated(self, fmap: FaultMap) -> tuple:
         if fmap.fmt is not None and fmap.fmt != self.codec.describe():
             raise ValueError(f"fault map format {fmap.fmt} does not match the injector's {self.codec.describe()}")
         missing = [n for n in fmap.names if n not in self.space.field_id]
         if missing:
             raise ValueError(f"fault map names tensors not in this fault space: {missing[:5]}")
+        if fmap.images is not None:
+            raise ValueError("an activation fault map hits activations, not stored parameters; replay it with "
+                             "the activation fault model's injector")
+        if fmap.values is not None and bool(((fmap.values != 0) & (fmap.values != 1)).any()):
+            raise ValueError("fault map has a stuck value other than 0 or 1")
         if len(fmap) == 0:
-            return (torch.empty(0, dtype=torch.int64),) * 3
+            return (torch.empty(0, dtype=torch.int64),) * 3 + (None,)
         lut = torch.tensor([self.space.field_id[n] for n in fmap.names], dtype=torch.int64)
         fid = lut.index_select(0, fmap.field_idx)
         el, bt = fmap.elements, fmap.bits
@@ -125,18 +136,20 @@ class FaultInjector:
         key, order = torch.sort(key)
         if bool((key[1:] == key[:-1]).any()):
             raise ValueError("fault map repeats a bit position")
-        return fid.index_select(0, order), el.index_select(0, order), bt.index_select(0, order)
+        values = None if fmap.values is None else fmap.values.index_select(0, order)
+        return fid.index_select(0, order), el.index_select(0, order), bt.index_select(0, order), values
 
     @contextlib.contextmanager
-    def _applied(self, field_idx, elements, bits):
+    def _applied(self, fmap: FaultMap, columns=None):
         if self._active:
             raise RuntimeError("a trial is already active on this injector; exit it first")
         self._active = True
+        field_idx, elements, bits, values = columns or (fmap.field_idx, fmap.elements, fmap.bits, fmap.values)
         saved: list = []
         try:
             with torch.no_grad(), _single_thread():
-                if elements.numel():
-                    FAMILIES[self.space.family].flip(self.space, field_idx, elements, bits, saved)
+                fmap.effective_flips = FAMILIES[self.space.family].flip(
+                    self.space, field_idx, elements, bits, values, saved) if elements.numel() else 0
             yield
         finally:
             with torch.no_grad(), _single_thread():

@@ -118,3 +118,98 @@ def sample_positions(name_hashes: np.ndarray, n_bits: np.ndarray, rate: float, s
     if rate == 0.0:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
     return bernoulli_positions(field_keys(name_hashes, seed, trial), n_bits, rate)
+
+
+def salted(name_hashes: np.ndarray, salt: str) -> np.ndarray:
+    """Name hashes of an independent stream family (another fault model's draws, stuck values)."""
+    return name_hashes ^ np.uint64(hash64(salt))
+
+
+def stream_uniforms(keys: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The first ``counts[t]`` uniforms in (0, 1) of field t's stream, fields concatenated."""
+    counts = counts.astype(np.int64)
+    total = int(counts.sum())
+    if total == 0:
+        return np.empty(0, dtype=np.float64)
+    j = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts) + 1
+    z = mix64(np.repeat(keys, counts) + j.astype(np.uint64) * _GAMMA)
+    return ((z >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53
+
+
+def per_field_counts(field_idx: np.ndarray, fields: int) -> np.ndarray:
+    return np.bincount(field_idx, minlength=fields).astype(np.int64)
+
+
+def split_positions(space, field_idx: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(element, bit) of bit positions within their fields."""
+    if space.word_shift is not None:  # one power-of-two word width: shift, not divide
+        return pos >> space.word_shift, pos & ((1 << space.word_shift) - 1)
+    return np.divmod(pos, space.field_bits.numpy()[field_idx])
+
+
+class BitFlips:
+    """``memory``: every stored bit flips independently with probability ``rate``."""
+
+    fault_model, unit, bits_per_fault = "memory", "bit", 1
+
+    def __call__(self, space, rate: float, seed: int, trial: int):
+        field_idx, pos = sample_positions(space.field_name_hash, space.field_n_bits, rate, seed, trial)
+        return (field_idx, *split_positions(space, field_idx, pos), None)
+
+    def units(self, space) -> int:
+        return space.num_bits
+
+
+class StuckBits(BitFlips):
+    """``stuck_at``: every stored bit is stuck with probability ``rate``, at ``value`` (0, 1, or
+    ``"mix"``: 0 or 1 with probability 1/2 each, drawn per stuck bit). Positions come from a
+    stream of their own, so they are not the ``memory`` model's flips."""
+
+    fault_model = "stuck_at"
+    VALUES = (0, 1, "mix")
+
+    def __init__(self, value=1):
+        if value not in self.VALUES or isinstance(value, bool):
+            raise ValueError(f"stuck value {value!r} is not allowed; choose one of: 0, 1, mix")
+        self.value = value
+
+    def __call__(self, space, rate: float, seed: int, trial: int):
+        hashes = salted(space.field_name_hash, "stuck_at")
+        field_idx, pos = sample_positions(hashes, space.field_n_bits, rate, seed, trial)
+        if self.value == "mix":
+            counts = per_field_counts(field_idx, len(space.fields))
+            values = (stream_uniforms(field_keys(salted(hashes, "value"), seed, trial), counts) < 0.5).astype(np.int64)
+        else:
+            values = np.full(field_idx.size, self.value, dtype=np.int64)
+        return (field_idx, *split_positions(space, field_idx, pos), values)
+
+
+class Bursts(BitFlips):
+    """``burst``: every stored word is hit with probability ``rate`` (a per-word rate), by an upset
+    of ``length`` adjacent bits starting at a uniformly drawn bit that keeps it inside the word."""
+
+    fault_model, unit = "burst", "word"
+
+    def __init__(self, length: int = 2):
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise ValueError(f"burst length {length!r} is not allowed; use an integer >= 1")
+        self.length = self.bits_per_fault = length
+
+    def __call__(self, space, rate: float, seed: int, trial: int):
+        widths = space.field_bits.numpy()
+        if self.length > widths.min():
+            raise ValueError(f"burst length {self.length} is longer than the {widths.min()}-bit words of the fault space")
+        hashes = salted(space.field_name_hash, "burst")
+        field_idx, words = sample_positions(hashes, space.field_numel.numpy(), rate, seed, trial)
+        counts = per_field_counts(field_idx, len(space.fields))
+        u = stream_uniforms(field_keys(salted(hashes, "start"), seed, trial), counts)
+        start = np.floor(u * (widths[field_idx] - self.length + 1)).astype(np.int64)
+        span = np.arange(self.length, dtype=np.int64)
+        return (np.repeat(field_idx, self.length), np.repeat(words, self.length),
+                (start[:, None] + span).reshape(-1), None)
+
+    def units(self, space) -> int:
+        return int(space.field_numel.sum())
+
+
+Sampler = BitFlips

@@ -207,7 +207,14 @@ def fig5_boxes(trials: dict[str, dict[float, list[float]]], title: str):
 
 # --- Fig. 6 -----------------------------------------------------------------------------------
 
-def plot_resilience(ax, curve_by_variant: dict[str, dict[float, dict[str, float]]], title: str) -> dict:
+def rate_axis(fault_model: str) -> str:
+    from ..faults import FAULT_MODELS
+
+    return FAULT_MODELS[fault_model].rate_axis if fault_model in FAULT_MODELS else RATE_AXIS
+
+
+def plot_resilience(ax, curve_by_variant: dict[str, dict[float, dict[str, float]]], title: str,
+                    fault_model: str = "memory") -> dict:
     """Mean accuracy vs fault rate (log axis), one line per variant, 95 % CI band.
     Returns {variant: {"rates", "mean", "ci_low", "ci_high"}} as drawn (%; bands clipped to 0..100)."""
     drawn = {}
@@ -229,7 +236,7 @@ def plot_resilience(ax, curve_by_variant: dict[str, dict[float, dict[str, float]
             ax.fill_between(rates, entry["ci_low"], entry["ci_high"], color=color, alpha=0.2, linewidth=0)
         drawn[variant] = entry
     ax.set_xscale("log")
-    ax.set_xlabel(RATE_AXIS)
+    ax.set_xlabel(rate_axis(fault_model))
     ax.set_ylabel("mean accuracy under faults (%)")
     ax.set_ylim(0, 101.5)  # headroom: markers at 100 % stay visible
     ax.set_title(title, fontsize=10)
@@ -237,23 +244,27 @@ def plot_resilience(ax, curve_by_variant: dict[str, dict[float, dict[str, float]
     return drawn
 
 
-def fig6_grid(curves: dict[tuple[str, str], dict[str, dict[float, dict[str, float]]]]):
-    """Grid: rows = datasets, columns = models; each panel as plot_resilience.
-    curves: {(model, dataset): {variant: {rate: stats}}}. Returns (figure, {(model, dataset): drawn})."""
-    models = sorted({m for m, _ in curves})
-    datasets = sorted({d for _, d in curves})
-    fig, axes = plt.subplots(len(datasets), len(models), figsize=(4.6 * len(models), 3.6 * len(datasets)),
-                             squeeze=False)
+def panel_title(panel: tuple) -> str:
+    """"vgg16 on cifar10_copy", with the fault model when it is not the default memory faults."""
+    model, dataset, fault_model = (tuple(panel) + ("memory",))[:3]
+    return f"{model} on {dataset}" + ("" if fault_model == "memory" else f", {fault_model} faults")
+
+
+def fig6_grid(curves: dict[tuple, dict[str, dict[float, dict[str, float]]]]):
+    """Grid: rows = (dataset, fault model), columns = models; each panel as plot_resilience.
+    curves: {(model, dataset, fault model): {variant: {rate: stats}}}. Returns (figure, {panel: drawn})."""
+    models = sorted({k[0] for k in curves})
+    rows = sorted({tuple(k[1:]) for k in curves})
+    fig, axes = plt.subplots(len(rows), len(models), figsize=(4.6 * len(models), 3.6 * len(rows)), squeeze=False)
     drawn = {}
-    for i, dataset in enumerate(datasets):
+    for i, row in enumerate(rows):
         for j, model in enumerate(models):
-            ax = axes[i][j]
-            if (model, dataset) not in curves:
+            ax, key = axes[i][j], (model, *row)
+            if key not in curves:
                 ax.set_axis_off()
-                ax.text(0.5, 0.5, f"no runs for\n{model} on {dataset}", ha="center", va="center",
-                        transform=ax.transAxes)
+                ax.text(0.5, 0.5, f"no runs for\n{panel_title(key)}", ha="center", va="center", transform=ax.transAxes)
                 continue
-            drawn[(model, dataset)] = plot_resilience(ax, curves[(model, dataset)], f"{model} on {dataset}")
+            drawn[key] = plot_resilience(ax, curves[key], panel_title(key), key[2])
     fig.tight_layout()
     _legend_below(fig, axes)
     return fig, drawn

@@ -60,8 +60,8 @@ def fig5(exp: "Experiment", cfg: Any, out: "Report") -> None:
         return out.skip("Fig. 5", f"no job runs for model={sel.model} dataset={sel.dataset}")
     trials = trial_accuracies(per_panel[picked], exp.trials)
     if not trials:
-        return out.skip("Fig. 5", f"no trials.json in the runs of {picked[0]} on {picked[1]}")
-    fig, drawn = figures.fig5_boxes(panels(trials, out.notes)[picked], f"{picked[0]} on {picked[1]}: accuracy of every trial")
+        return out.skip("Fig. 5", f"no trials.json in the runs of {figures.panel_title(picked)}")
+    fig, drawn = figures.fig5_boxes(panels(trials, out.notes)[picked], f"{figures.panel_title(picked)}: accuracy of every trial")
     out.drawn["fig5"] = {"panel": picked, "boxes": drawn}
     out.save_figure(fig, "fig5_boxplots")
 
@@ -115,14 +115,14 @@ def resilience(exp: "Experiment", cfg: Any, out: "Report") -> None:
     level_text = f"{100 * level:g} % of the curve's clean accuracy" if relative else f"{100 * level:g} % accuracy"
     out.files.append(tables.write_csv(stem.with_suffix(".csv"), SUMMARY, rows))
     out.files.append(tables.write_csv(out.out_dir / "paired_differences.csv", PAIRED, paired))
-    md = tables.markdown("Resilience summary", ["model", "dataset", "protection", "clean accuracy", "rates",
+    md = tables.markdown("Resilience summary", ["model", "dataset", "fault model", "protection", "clean accuracy", "rates",
                          "lowest rate", "highest rate", "AUC", "critical level", "critical rate"], SUMMARY, rows,
                          RESILIENCE_FORMATS,
                          "AUC: area under mean accuracy vs log10(fault rate) over the curve's own rates, "
                          "divided by the decades spanned (1 = no loss at 100 %). Critical rate: where mean "
                          f"accuracy first falls below {level_text} (log-interpolated; 'never' = not within "
                          "the rates run; equal to the lowest rate = already below there).")
-    md += "\n" + tables.markdown("Paired differences on the same fault maps", ["model", "dataset", "A", "B",
+    md += "\n" + tables.markdown("Paired differences on the same fault maps", ["model", "dataset", "fault model", "A", "B",
                                  "fault rate", "pairs", "mean A - B", "95 % CI low", "95 % CI high", "Wilcoxon p"],
                                  PAIRED, paired, RESILIENCE_FORMATS,
                                  "Accuracy of A minus accuracy of B over trials with the same (rate, trial) index "

@@ -18,7 +18,8 @@ _RATE_METRIC = re.compile(r"^acc_(?P<stat>[a-z0-9_]+)/ber_(?P<rate>[0-9.e+-]+)$"
 # of them saw the same fault map at the same (rate, trial) in their shared tensors (DESIGN §2.1).
 _CONTEXT_PARAMS = ("seed", "model.width", "campaign.seed", "campaign.eval_split", "campaign.eval_images",
                    "faults.fmt", "faults.word_bits", "faults.frac_bits", "faults.include", "faults.exclude",
-                   "faults.fold_batchnorm", "profile_images")
+                   "faults.fold_batchnorm", "faults.datapath", "faults.stuck_value", "faults.burst_length",
+                   "faults.sites", "profile_images")
 _CONTEXT_PREFIXES = ("train.", "model.", "dataset.")
 _IGNORED = ("progress_bar", "num_workers", "cache_dir", "root")
 
@@ -60,9 +61,12 @@ def variant_of(tags: dict[str, str], params: dict[str, str]) -> str:
 
 
 def context_of(tags: dict[str, str], params: dict[str, str]) -> tuple:
+    """(model, dataset, fault model, settings...): runs of one context saw the same fault maps. The
+    first three name a panel: figures and tables are split by fault model."""
     keys = [k for k in params if k.startswith(_CONTEXT_PREFIXES) or k in _CONTEXT_PARAMS]
     keys = [k for k in keys if not any(word in k for word in _IGNORED)]
-    return (tags.get("model"), tags.get("dataset")) + tuple(sorted((k, params[k]) for k in keys))
+    return (tags.get("model"), tags.get("dataset"), tags.get("fault_model", "memory")) + \
+        tuple(sorted((k, params[k]) for k in keys))
 
 
 @dataclass
@@ -72,6 +76,7 @@ class JobRun:
     model: str
     dataset: str
     protection: str
+    fault_model: str
     variant: str
     context: tuple
     params: dict[str, str]
@@ -83,7 +88,7 @@ class JobRun:
     def from_run(cls, run) -> "JobRun":
         tags, params = run.data.tags, run.data.params
         return cls(run.info.run_id, tags.get("model", "?"), tags.get("dataset", "?"), tags.get("protection", "?"),
-                   variant_of(tags, params), context_of(tags, params), dict(params), dict(run.data.metrics),
+                   tags.get("fault_model", "memory"), variant_of(tags, params), context_of(tags, params), dict(params), dict(run.data.metrics),
                    rate_stats(run.data.metrics), int(run.info.start_time or 0))
 
 

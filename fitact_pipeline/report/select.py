@@ -48,12 +48,13 @@ def merge_curves(jobs: list[JobRun]) -> dict[tuple, Curve]:
     return {k: v for k, v in out.items() if v}
 
 
-def panels(curves: dict[tuple, Any], notes: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
-    """Group (context, variant) items by (model, dataset). Two contexts in one panel (other seed,
-    other training) would give two curves of one name: the later gets a numbered label."""
-    out: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
+def panels(curves: dict[tuple, Any], notes: list[str]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Group (context, variant) items by panel: (model, dataset, fault model). Two contexts in one
+    panel (other seed, other training) would give two curves of one name: the later gets a
+    numbered label."""
+    out: dict[tuple[str, str, str], dict[str, Any]] = defaultdict(dict)
     for (context, variant), value in sorted(curves.items(), key=lambda kv: (repr(kv[0][0]), kv[0][1])):
-        key = (context[0], context[1])
+        key = tuple(context[:3])
         label, n = variant, 1
         while label in out[key]:
             n += 1
@@ -98,10 +99,10 @@ def fig1_points(group: list[JobRun]) -> tuple[dict[float, dict], str]:
     return points, title
 
 
-def by_panel(jobs: list[JobRun]) -> dict[tuple[str, str], list[JobRun]]:
-    out: dict[tuple[str, str], list[JobRun]] = defaultdict(list)
+def by_panel(jobs: list[JobRun]) -> dict[tuple[str, str, str], list[JobRun]]:
+    out: dict[tuple[str, str, str], list[JobRun]] = defaultdict(list)
     for job in jobs:
-        out[(job.model, job.dataset)].append(job)
+        out[(job.model, job.dataset, job.fault_model)].append(job)
     return dict(out)
 
 
@@ -149,9 +150,9 @@ def table1_rows(jobs: list[JobRun]) -> list[dict]:
             for model, dataset, variant, form in order]
 
 
-SUMMARY = ("model", "dataset", "protection", "clean_accuracy", "rates", "rate_min", "rate_max", "auc",
+SUMMARY = ("model", "dataset", "fault_model", "protection", "clean_accuracy", "rates", "rate_min", "rate_max", "auc",
            "critical_level", "critical_rate")
-PAIRED = ("model", "dataset", "protection_a", "protection_b", "rate", "pairs", "mean_diff", "ci_low",
+PAIRED = ("model", "dataset", "fault_model", "protection_a", "protection_b", "rate", "pairs", "mean_diff", "ci_low",
           "ci_high", "wilcoxon_p")
 
 
@@ -159,11 +160,11 @@ def summary_rows(curves: dict[tuple, Curve], jobs: list[JobRun], level: float, r
     """Per curve: clean accuracy, area under the curve and the critical rate (stats.py)."""
     clean = {(j.context, j.variant): j.metrics.get("clean_accuracy", math.nan) for j in jobs}
     rows = []
-    for (context, variant), curve in sorted(curves.items(), key=lambda kv: (kv[0][0][:2], variant_sort_key(kv[0][1]))):
+    for (context, variant), curve in sorted(curves.items(), key=lambda kv: (kv[0][0][:3], variant_sort_key(kv[0][1]))):
         rates = sorted(r for r in curve if r > 0 and "mean" in curve[r])
         means = [curve[r]["mean"] for r in rates]
         threshold = level * clean[(context, variant)] if relative else level
-        rows.append({"model": context[0], "dataset": context[1], "protection": variant,
+        rows.append({"model": context[0], "dataset": context[1], "fault_model": context[2], "protection": variant,
                      "clean_accuracy": clean[(context, variant)], "rates": len(rates),
                      "rate_min": min(rates) if rates else math.nan, "rate_max": max(rates) if rates else math.nan,
                      "auc": stats.resilience_auc(rates, means) if rates else math.nan, "critical_level": threshold,
@@ -185,6 +186,7 @@ def paired_rows(jobs: list[JobRun], trials_of: TrialsOf, level: float) -> list[d
             for rate in sorted({r for r, _ in common}):
                 keys = [k for k in common if k[0] == rate]
                 res = stats.paired_difference([by_variant[a][k] for k in keys], [by_variant[b][k] for k in keys], level)
-                rows.append({"model": context[0], "dataset": context[1], "protection_a": a, "protection_b": b,
+                rows.append({"model": context[0], "dataset": context[1], "fault_model": context[2],
+                             "protection_a": a, "protection_b": b,
                              "rate": rate, **res})
     return rows
