@@ -2,22 +2,46 @@
 a miss (DESIGN.md §2.1), so a fault that produces inf or NaN is data, never a crash."""
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from torch import nn
 
 
-def count_correct(logits: torch.Tensor, labels: torch.Tensor) -> int:
-    """Correct predictions; a row with any non-finite logit counts as a miss (DESIGN 2.1)."""
+def correct_rows(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per row: right class with all logits finite; a row with any non-finite logit is a miss."""
     finite = torch.isfinite(logits).all(dim=1)
     pred = torch.nan_to_num(logits, nan=0.0).argmax(dim=1)
-    return int(((pred == labels.to(pred.device)) & finite).sum().item())
+    return (pred == labels.to(pred.device)) & finite
 
 
-def evaluate_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                      batch_size: int = 250, before_batch=None) -> float:
-    """Top-1 accuracy in float32 (no autocast, no TF32: faulty values reach +-32768).
-    ``before_batch(start, size)`` is told which images each forward pass is about to run (the
-    activation fault model draws per image)."""
+def count_correct(logits: torch.Tensor, labels: torch.Tensor) -> int:
+    """Correct predictions; a row with any non-finite logit counts as a miss (DESIGN 2.1)."""
+    return int(correct_rows(logits, labels).sum().item())
+
+
+@contextlib.contextmanager
+def float32_inference(device: torch.device) -> Iterator[None]:
+    """float32 only: no autocast and, on CUDA, no TF32 (faulty fixed-point values reach +-32768,
+    and TF32 would change what a fault does); settings restored afterwards."""
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        with torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+def correct_mask(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 250,
+                 before_batch=None, image_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Per image: classified right (finite logits, right class)? ``before_batch(ids)`` is told
+    which images (``image_ids``, default 0..N-1) each forward pass is about to run: the
+    activation fault model draws its faults per image."""
     if len(images) == 0:
         raise ValueError("evaluate_accuracy got no images; give at least one")
     if batch_size < 1:
@@ -26,27 +50,27 @@ def evaluate_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tens
         device = next(model.parameters()).device
     except StopIteration:
         device = images.device
+    ids = torch.arange(len(images)) if image_ids is None else image_ids
     was_training = model.training
     model.eval()
-    correct = 0
-    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    parts = []
     try:
-        if device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
-        with torch.inference_mode(), torch.autocast(device.type, enabled=False):
+        with torch.inference_mode(), float32_inference(device):
             for start in range(0, len(images), batch_size):
                 x = images[start:start + batch_size].to(device, torch.float32)
                 y = labels[start:start + batch_size].to(device)
                 if before_batch is not None:
-                    before_batch(start, len(x))
-                correct += count_correct(model(x).float(), y)
+                    before_batch(ids[start:start + batch_size])
+                parts.append(correct_rows(model(x).float(), y).cpu())
     finally:
-        if device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
         model.train(was_training)
-    return correct / len(images)
+    return torch.cat(parts)
 
+
+def evaluate_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 250,
+                      before_batch=None, image_ids: torch.Tensor | None = None) -> float:
+    """Top-1 accuracy in float32 (see ``correct_mask``)."""
+    return int(correct_mask(model, images, labels, batch_size, before_batch, image_ids).sum()) / len(images)
 
 
 @torch.no_grad()

@@ -103,5 +103,11 @@ def job_key(cfg: DictConfig, datamodule, device: torch.device) -> str:
     campaign = _pick(cfg.campaign, CAMPAIGN_RESULT_KEYS)
     if cfg.campaign.adaptive.enabled:
         campaign["adaptive"] = plain(cfg.campaign.adaptive)
+    # the design settings only when not today's (classic, one map per pass): existing keys stay
+    design = cfg.campaign.get("design", "classic")
+    if design != "classic":
+        campaign.update(design=design, images_per_trial=cfg.campaign.images_per_trial)
+    if cfg.campaign.get("maps_per_pass", 1) != 1:
+        campaign["maps_per_pass"] = cfg.campaign.maps_per_pass
     return config_hash({"bounds": bounds_key(cfg, datamodule, device), "campaign": campaign,
                         "faults": _faults(cfg), "sampler": SAMPLER})

@@ -69,7 +69,8 @@ def job_tags(cfg: DictConfig, dataset: str, key: str, rates: list[float], device
             "granularity": cfg.protection.get("granularity", "layer"),
             "fault_format": FORMATS[faults.fmt].label(faults.word_bits, faults.frac_bits),
             "fault_model": faults.model, "fault_rates": ",".join(tracking.rate_label(r) for r in rates),
-            "job_key": key, "seed": str(cfg.seed), "width": str(cfg.model.width)}
+            "campaign_design": cfg.campaign.design, "job_key": key, "seed": str(cfg.seed),
+            "width": str(cfg.model.width)}
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:
@@ -116,16 +117,30 @@ def _run_stages(cfg: DictConfig, datamodule, device: torch.device, rates: list[f
         _log_overhead(prepared.reference, protected, images, cfg.overhead)
     float_acc = evaluate_accuracy(protected, images, labels, cfg.campaign.batch_size)
     injector = FAULT_MODELS[cfg.faults.model].build(protected, cfg.faults)
-    adaptive = plain(cfg.campaign.adaptive) if cfg.campaign.adaptive.enabled else None
+    campaign = cfg.campaign
+    adaptive = plain(campaign.adaptive) if campaign.adaptive.enabled else None
     started = time.perf_counter()
-    result = run_campaign(protected, injector, images, labels, rates, cfg.campaign.trials, cfg.campaign.seed,
-                          cfg.campaign.batch_size, adaptive=adaptive, progress=cfg.progress_bar,
-                          level=cfg.campaign.confidence)
+    result = run_campaign(protected, injector, images, labels, rates, campaign.trials, campaign.seed,
+                          campaign.batch_size, adaptive=adaptive, progress=cfg.progress_bar, level=campaign.confidence,
+                          design=campaign.design, images_per_trial=campaign.images_per_trial,
+                          maps_per_pass=maps_per_pass(campaign.maps_per_pass, protected, device))
     tracking.log_job_results(result, injector.fault_space, prepared.train_info, bounds_info,
                              float_accuracy=float_acc, clean_val_accuracy=prepared.clean_val_acc,
                              campaign_time_s=time.perf_counter() - started)
     return {"clean_accuracy": result.clean_accuracy,
             "mean_accuracy": {r: s["mean"] for r, s in result.per_rate.items()}}
+
+
+def maps_per_pass(setting, model: torch.nn.Module, device: torch.device) -> int:
+    """``auto``: several maps per pass where it pays (benchmarks/campaign_efficiency.py): on a GPU,
+    and on a CPU for models of at most AUTO_MAX_PARAMS parameters."""
+    if setting != "auto":
+        return int(setting)
+    small = sum(p.numel() for p in model.parameters()) <= AUTO_MAX_PARAMS
+    return AUTO_MAPS_PER_PASS if device.type == "cuda" or small else 1
+
+
+AUTO_MAPS_PER_PASS, AUTO_MAX_PARAMS = 8, 2_000_000
 
 
 def _log_profile_site(profile: dict[str, torch.Tensor], site_index: int | None) -> None:

@@ -48,7 +48,7 @@ def summarize(values: Sequence[float], level: float = 0.95) -> dict[str, float]:
         "mean": mean, "std": float(x.std(ddof=1)) if x.size > 1 else 0.0,
         "median": float(median), "q1": float(q1), "q3": float(q3),
         "min": float(x.min()), "max": float(x.max()),
-        "ci_low": low, "ci_high": high, "trials": int(x.size),
+        "ci_low": low, "ci_high": high, "ci_halfwidth": (high - low) / 2, "trials": int(x.size),
     }
 
 

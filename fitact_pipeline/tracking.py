@@ -213,7 +213,7 @@ def log_job_results(result, fault_space: dict, train_info: dict, bounds_info: di
     mlflow.log_metrics(metrics)
     mlflow.log_table(_per_rate_table(result), artifact_file="per_rate.json")
     mlflow.log_table({k: [t[k] for t in result.trials]
-                      for k in ("rate", "trial", "accuracy", "faults", "flips", "realised_ber")},
+                      for k in ("rate", "trial", "accuracy", "images", "faults", "flips", "realised_ber")},
                     artifact_file="trials.json")
     mlflow.log_dict({"trials": [{k: t[k] for k in ("rate", "trial", "flips_per_bit", "flips_per_tensor")}
                                 for t in result.trials]}, "trial_faults.json")

@@ -214,7 +214,7 @@ def test_activation_faults_equal_the_definition_per_image_site_and_pass():
     inj = ActivationInjector(model)
     x = torch.randn(5, 3, 8, 8)
     with inj.inject(1e-3, seed=7, trial=2) as trial:
-        inj.begin_batch(10, 5)  # the pass runs evaluation images 10..14
+        inj.begin_batch(np.arange(10, 15))  # the pass runs evaluation images 10..14
         with torch.no_grad():
             model(x)
     fmap = trial.fault_map()

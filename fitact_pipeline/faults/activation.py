@@ -9,7 +9,8 @@ batch it is evaluated in, and trial i of every protection hits the same (image, 
 (site names are shared across protections). Per field the count is exactly Binomial(bits, rate) and
 the positions distinct and uniform (the gap sampler of sampler.py).
 
-The evaluation tells the injector where each batch starts (``begin_batch``); the map of a trial
+The evaluation tells the injector which images each batch holds (``begin_batch``: indices in the
+evaluation pool; a pass it is not told about counts its images from 0); the map of a trial
 accumulates over its passes and replays exactly.
 """
 from __future__ import annotations
@@ -50,38 +51,42 @@ class _Trial:
         return apply
 
     def _faulty(self, site: int, out: torch.Tensor) -> torch.Tensor:
-        start = self.injector.batch_start
+        ids = self.injector.batch_ids
+        if ids is None or len(ids) != out.shape[0]:  # a forward pass outside evaluate_accuracy
+            ids = np.arange(out.shape[0], dtype=np.int64)
         codec = self.injector.codec
         flat = out.reshape(out.shape[0], -1)
         self.bits += flat.numel() * codec.word_bits
-        images, elements, bits = self._draw(site, start, flat) if self.replay is None else self._recorded(site, start, flat)
-        if images.size == 0:
+        rows, elements, bits = self._draw(site, ids, flat) if self.replay is None else self._recorded(site, ids)
+        if rows.size == 0:
             return out
-        self.columns.append((np.full(images.size, site), images, elements, bits))
-        key = (images - start) * flat.shape[1] + elements  # several bits of one word: one mask
+        self.columns.append((np.full(rows.size, site), ids[rows], elements, bits))
+        key = rows * flat.shape[1] + elements  # several bits of one word: one mask
         uniq, first = np.unique(key, return_index=True)
         masks = np.zeros(uniq.size, dtype=np.int64)
         np.bitwise_or.at(masks, np.searchsorted(uniq, key), np.left_shift(1, bits))
-        rows = torch.from_numpy(images[first] - start).to(out.device)
+        rows = torch.from_numpy(rows[first]).to(out.device)
         cols = torch.from_numpy(elements[first]).to(out.device)
         new, _ = apply_words(codec, flat[rows, cols].detach().float().cpu().numpy(), Faults(masks, None))
         flat = flat.clone() if flat.requires_grad else flat  # reshape gave a view of out, or a copy
         flat[rows, cols] = torch.from_numpy(new).to(flat.device, flat.dtype)
         return flat.view(out.shape)
 
-    def _draw(self, site: int, start: int, flat: torch.Tensor):
+    def _draw(self, site: int, ids: np.ndarray, flat: torch.Tensor):
+        """(row in the batch, element, bit) of this pass's faults at ``site``."""
         injector = self.injector
-        count = flat.shape[0]
-        image_ids = np.arange(start, start + count, dtype=np.uint64)
-        hashes = np.uint64(injector.site_hash[site]) ^ mix64(image_ids * _GAMMA + np.uint64(0x632BE59BD9B4E019))
-        n_bits = np.full(count, flat.shape[1] * injector.codec.word_bits, dtype=np.int64)
+        hashes = np.uint64(injector.site_hash[site]) ^ mix64(ids.astype(np.uint64) * _GAMMA + np.uint64(0x632BE59BD9B4E019))
+        n_bits = np.full(ids.size, flat.shape[1] * injector.codec.word_bits, dtype=np.int64)
         field, pos = bernoulli_positions(field_keys(hashes, self.seed, self.trial), n_bits, self.rate)
-        return field.astype(np.int64) + start, *np.divmod(pos, injector.codec.word_bits)
+        return field.astype(np.int64), *np.divmod(pos, injector.codec.word_bits)
 
-    def _recorded(self, site: int, start: int, flat: torch.Tensor):
+    def _recorded(self, site: int, ids: np.ndarray):
         m = self.replay
-        sel = ((m.field_idx == site) & (m.images >= start) & (m.images < start + flat.shape[0])).numpy()
-        return m.images.numpy()[sel], m.elements.numpy()[sel], m.bits.numpy()[sel]
+        sel = (m.field_idx == site).numpy() & np.isin(m.images.numpy(), ids)
+        images = m.images.numpy()[sel]
+        rows = np.searchsorted(ids, images, sorter=np.argsort(ids, kind="stable"))
+        rows = np.argsort(ids, kind="stable")[rows]
+        return rows, m.elements.numpy()[sel], m.bits.numpy()[sel]
 
     # what the campaign reads of a trial's map: unknown until the passes ran, then the map's
     effective_flips = None
@@ -123,12 +128,13 @@ class ActivationInjector:
             raise ValueError(f"activation fault sites {list(sites)} match no module of the model")
         self.names = list(self.modules)
         self.site_hash = [hash64(n) for n in self.names]
-        self.model, self.sites, self.batch_start = model, tuple(sites), 0
+        self.model, self.sites, self.batch_ids = model, tuple(sites), None
         self.current: _Trial | None = None
 
-    def begin_batch(self, start: int, size: int) -> None:
-        """The evaluation is about to run images [start, start + size): their faults come next."""
-        self.batch_start = int(start)
+    def begin_batch(self, image_ids) -> None:
+        """The evaluation is about to run these images (their indices in the evaluation pool):
+        their faults come next."""
+        self.batch_ids = np.asarray(image_ids, dtype=np.int64)
 
     @property
     def fault_space(self) -> dict:
@@ -152,7 +158,7 @@ class ActivationInjector:
     def _hooked(self, trial: _Trial) -> Iterator[_Trial]:
         if self.current is not None:
             raise RuntimeError("a trial is already active on this injector; exit it first")
-        self.current, self.batch_start = trial, 0
+        self.current, self.batch_ids = trial, None
         handles = [m.register_forward_hook(trial.hook(i)) for i, m in enumerate(self.modules.values())]
         try:
             yield trial

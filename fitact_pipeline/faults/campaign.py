@@ -8,6 +8,8 @@ paired samples (DESIGN.md §2.1).
 from __future__ import annotations
 
 import logging
+import statistics
+import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -17,14 +19,17 @@ from tqdm.auto import tqdm
 from .. import stats
 from ..checks import (check_keys, expect_bool, expect_choice, expect_int, expect_list, expect_number, fail,
                       is_number)
-from ..evaluate import evaluate_accuracy
+from ..evaluate import correct_mask, evaluate_accuracy
+from .designs import DESIGNS, CampaignDesign, Pilot, pilot_estimates
 from .injector import FaultInjector
+from .multimap import evaluate_stacked, stacked_fault_space
 
 log = logging.getLogger(__name__)
 
 
 EVAL_SPLITS = ("val", "test")
-CAMPAIGN_KEYS = ("rates", "trials", "seed", "eval_split", "eval_images", "batch_size", "confidence", "adaptive")
+CAMPAIGN_KEYS = ("rates", "trials", "seed", "eval_split", "eval_images", "batch_size", "confidence", "adaptive",
+                 "design", "images_per_trial", "maps_per_pass")
 
 
 def as_rate_list(rates: Any) -> list[float]:
@@ -48,6 +53,7 @@ def check_campaign_config(cfg: Mapping) -> None:
     expect_int(cfg.get("eval_images"), "campaign.eval_images", 1, allow_none=True)
     expect_int(cfg.get("batch_size", 1), "campaign.batch_size", 1)
     expect_number(cfg.get("confidence", 0.95), "campaign.confidence", 0, 1, low_open=True, high_open=True)
+    _check_design(cfg)
     adaptive = cfg.get("adaptive") or {}
     check_keys(adaptive, "campaign.adaptive", ("enabled", "target_halfwidth", "min_trials", "max_trials"))
     expect_bool(adaptive.get("enabled", False), "campaign.adaptive.enabled")
@@ -61,54 +67,162 @@ def check_campaign_config(cfg: Mapping) -> None:
                  f"must be <= campaign.adaptive.max_trials={adaptive['max_trials']}")
 
 
+def _check_design(cfg: Mapping) -> None:
+    DESIGNS.check("campaign.design", cfg.get("design", "classic"))
+    n = cfg.get("images_per_trial")
+    if n != "auto":
+        expect_int(n, "campaign.images_per_trial", 1, allow_none=True)
+    if cfg.get("design", "classic") == "nested" and n is None:
+        fail("campaign.images_per_trial", None, "the nested design needs the images of a trial: an integer, or auto "
+             "(a short pilot picks n per rate)")
+    if n not in (None, "auto") and cfg.get("eval_images") is not None and n > cfg["eval_images"]:
+        fail("campaign.images_per_trial", n, f"must be <= campaign.eval_images={cfg['eval_images']} (the pool)")
+    if cfg.get("maps_per_pass", 1) != "auto":
+        expect_int(cfg.get("maps_per_pass", 1), "campaign.maps_per_pass", 1)
+
+
 @dataclass
 class CampaignResult:
     clean_accuracy: float
     rates: list[float]
     per_rate: dict[float, dict[str, float]]
     trials: list[dict[str, Any]] = field(default_factory=list)
+    design: str = "classic"
 
 
-def trial_record(rate: float, trial: int, accuracy: float, fault_map) -> dict[str, Any]:
+def trial_record(rate: float, trial: int, accuracy: float, fault_map, images: int | None = None) -> dict[str, Any]:
     """What one trial leaves behind: enough to verify the fault model from the results alone.
     ``faults`` counts the faulty bits drawn, ``flips`` the bits they changed (fewer for stuck-at
-    bits that held their value already)."""
+    bits that held their value already); ``images`` the images the trial evaluated."""
     summary = fault_map.summary()
-    return {"rate": rate, "trial": trial, "accuracy": accuracy, "faults": summary["num_flips"],
+    return {"rate": rate, "trial": trial, "accuracy": accuracy, "images": images, "faults": summary["num_flips"],
             "flips": summary["effective_flips"], "realised_ber": summary["realised_ber"],
             "flips_per_bit": summary["flips_per_bit"], "flips_per_tensor": summary["flips_per_tensor"]}
 
 
+@dataclass
+class _Pool:
+    """The evaluation pool and what the clean model gets right in it (a trial whose faults change
+    no bit is the clean model: its accuracy is read here instead of evaluated)."""
+    images: torch.Tensor
+    labels: torch.Tensor
+    clean_correct: torch.Tensor
+
+    def trial_set(self, design: CampaignDesign, n: int | None, seed: int, trial: int):
+        """(images, labels, pool indices) of one trial."""
+        index = design.trial_images(self.labels, n, seed, trial)
+        if index is None:
+            return self.images, self.labels, torch.arange(len(self.labels))
+        return self.images[index], self.labels[index], index
+
+
 def run_campaign(model: torch.nn.Module, injector: FaultInjector, images: torch.Tensor,
                  labels: torch.Tensor, rates: Sequence[float], trials: int, seed: int,
-                 batch_size: int = 256, adaptive: dict | None = None,
-                 progress: bool = True, level: float = 0.95) -> CampaignResult:
+                 batch_size: int = 256, adaptive: dict | None = None, progress: bool = True,
+                 level: float = 0.95, design: str = "classic", images_per_trial=None,
+                 maps_per_pass: int = 1) -> CampaignResult:
     """Run `trials` fault maps per rate (or adaptively between min and max trials).
 
-    With `adaptive = {"target_halfwidth": h, "min_trials": a, "max_trials": b}` a rate stops as soon
-    as the confidence interval of its mean accuracy is narrower than ±h."""
+    ``design`` (designs.py): ``classic`` evaluates every map on all of ``images``; ``nested`` gives
+    trial i its own stratified subset of ``images_per_trial`` images of them (an int, or a dict
+    rate -> int). With ``adaptive = {"target_halfwidth": h, "min_trials": a, "max_trials": b}`` a
+    rate stops as soon as the confidence interval of its mean accuracy is narrower than ±h.
+    ``maps_per_pass`` > 1 evaluates that many maps in one vmapped pass (multimap.py; fault models
+    that persist over a pass)."""
     model.eval()
-    clean = evaluate_accuracy(model, images, labels, batch_size)
+    plan = DESIGNS[design]
+    clean_correct = correct_mask(model, images, labels, batch_size)
+    pool = _Pool(images, labels, clean_correct)
+    result = CampaignResult(float(clean_correct.float().mean()), [float(r) for r in rates], {}, design=design)
     max_trials = int(adaptive["max_trials"]) if adaptive else int(trials)
-    result = CampaignResult(clean_accuracy=clean, rates=[float(r) for r in rates], per_rate={})
+    maps_per_pass = 1 if getattr(injector, "per_pass", False) else max(1, int(maps_per_pass))
     bar = tqdm(total=len(rates) * max_trials, desc="fault campaign", disable=not progress, leave=False)
-    before_batch = injector.begin_batch if getattr(injector, "per_pass", False) else None
     for rate in result.rates:
-        accs: list[float] = []
-        for trial in range(max_trials):
-            with injector.inject(rate, seed, trial) as fault_map:
-                # No changed bit means the clean model: its accuracy is known exactly, skip the pass
-                # (faults drawn per pass are known only once the pass ran: None).
-                acc = clean if fault_map.effective_flips == 0 else \
-                    evaluate_accuracy(model, images, labels, batch_size, before_batch)
-            result.trials.append(trial_record(rate, trial, acc, fault_map))
-            accs.append(acc)
-            bar.update(1)
-            if adaptive and stats.should_stop(accs, adaptive.get("target_halfwidth"),
-                                              int(adaptive["min_trials"]), max_trials, level):
-                bar.update(max_trials - trial - 1)
-                break
-        result.per_rate[rate] = stats.summarize(accs, level)
+        n = images_per_trial.get(rate) if isinstance(images_per_trial, dict) else images_per_trial
+        if n == "auto":
+            n = pilot(model, injector, pool, rate, seed, batch_size).best_n(len(labels))
+        accs = _run_rate(model, injector, pool, plan, rate, n, seed, batch_size, max_trials, maps_per_pass,
+                         adaptive, level, result.trials, bar)
+        result.per_rate[rate] = {**stats.summarize(accs, level), "images_per_trial": _images(plan, n, pool)}
         log.info("rate %g: mean accuracy %.4f over %d trials", rate, result.per_rate[rate]["mean"], len(accs))
     bar.close()
     return result
+
+
+PILOT_MAPS, PILOT_IMAGES, PILOT_TRIALS = 10, 200, 10**6  # pilot trials: indices no campaign trial uses
+
+
+def pilot(model, injector, pool: _Pool, rate: float, seed: int, batch_size: int) -> Pilot:
+    """A short pilot at one rate: PILOT_MAPS maps, each on its own PILOT_IMAGES images (spread
+    between maps and per image), and each once on a single image (the fixed cost of a map:
+    draw, inject, restore, pass overhead), in image-evaluation units. Timing makes the chosen n
+    depend on the machine: the job logs it, and a rerun that must match bit for bit sets it."""
+    nested = DESIGNS["nested"]
+    n = min(PILOT_IMAGES, len(pool.labels))
+    accs, full, single = [], [], []
+    for p in range(PILOT_MAPS):
+        trial = PILOT_TRIALS + p
+        x, y, ids = pool.trial_set(nested, n, seed, trial)
+        start = time.perf_counter()
+        accs.append(_faulty_accuracy(model, injector, rate, seed, trial, (x, y, ids), batch_size))
+        full.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        _faulty_accuracy(model, injector, rate, seed, trial, (x[:1], y[:1], ids[:1]), batch_size)
+        single.append(time.perf_counter() - start)
+    image_s = max((statistics.median(full) - statistics.median(single)) / max(n - 1, 1), 1e-9)
+    return pilot_estimates(accs, n, statistics.median(single) - image_s, image_s)
+
+
+def _faulty_accuracy(model, injector, rate: float, seed: int, trial: int, trial_set, batch_size: int) -> float:
+    x, y, ids = trial_set
+    before = injector.begin_batch if getattr(injector, "per_pass", False) else None
+    with injector.inject(rate, seed, trial):
+        return evaluate_accuracy(model, x, y, batch_size, before, ids)
+
+
+def _images(plan: CampaignDesign, n: int | None, pool: _Pool) -> int:
+    return len(pool.labels) if plan.trial_images(pool.labels, n, 0, 0) is None else min(int(n), len(pool.labels))
+
+
+def _run_rate(model, injector, pool: _Pool, plan: CampaignDesign, rate: float, n, seed: int, batch_size: int,
+              max_trials: int, per_pass: int, adaptive, level: float, records: list, bar) -> list[float]:
+    accs: list[float] = []
+    trial = 0
+    while trial < max_trials:
+        block = list(range(trial, min(trial + per_pass, max_trials)))
+        evaluate = _evaluate_one if len(block) == 1 else _evaluate_block
+        for t, acc, fmap, count in evaluate(model, injector, pool, plan, rate, n, seed, batch_size, block):
+            records.append(trial_record(rate, t, acc, fmap, count))
+            accs.append(acc)
+        trial += len(block)
+        bar.update(len(block))
+        if adaptive and stats.should_stop(accs, adaptive.get("target_halfwidth"), int(adaptive["min_trials"]),
+                                          max_trials, level):
+            bar.update(max_trials - trial)
+            break
+    return accs
+
+
+def _evaluate_one(model, injector, pool: _Pool, plan, rate, n, seed, batch_size, block):
+    trial = block[0]
+    x, y, ids = pool.trial_set(plan, n, seed, trial)
+    before_batch = injector.begin_batch if getattr(injector, "per_pass", False) else None
+    with injector.inject(rate, seed, trial) as fault_map:
+        # No changed bit means the clean model: its accuracy is known exactly, skip the pass
+        # (faults drawn per pass are known only once the pass ran: None).
+        if fault_map.effective_flips == 0:
+            acc = int(pool.clean_correct[ids].sum()) / len(ids)
+        else:
+            acc = evaluate_accuracy(model, x, y, batch_size, before_batch, ids)
+    return [(trial, acc, fault_map, len(ids))]
+
+
+def _evaluate_block(model, injector, pool: _Pool, plan, rate, n, seed, batch_size, block):
+    rows, maps = stacked_fault_space(injector, rate, seed, block)
+    sets = [pool.trial_set(plan, n, seed, t) for t in block]
+    if plan.trial_images(pool.labels, n, seed, 0) is None:  # every map on the same images
+        accs = evaluate_stacked(model, rows, pool.images, pool.labels, batch_size)
+    else:
+        accs = evaluate_stacked(model, rows, torch.stack([s[0] for s in sets]), torch.stack([s[1] for s in sets]),
+                                batch_size, per_map_images=True)
+    return [(t, acc, fmap, len(s[2])) for t, acc, fmap, s in zip(block, accs, maps, sets)]

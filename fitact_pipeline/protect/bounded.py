@@ -64,7 +64,10 @@ class BoundedReLU(nn.Module):
         self.fused = fused
 
     def _use_fused(self, x) -> bool:
-        # the fused kernel has no autograd: only when nothing needs a gradient
+        # the fused kernel has no autograd and no vmap rule (several fault maps in one pass:
+        # faults/multimap.py): only when nothing needs a gradient and the tensors are plain
+        if torch._C._functorch.is_batchedtensor(x) or torch._C._functorch.is_batchedtensor(self.bound):
+            return False
         return self.fused and not (torch.is_grad_enabled() and (x.requires_grad or self.bound.requires_grad))
 
     def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import figures, tables
-from .select import (PAIRED, SUMMARY, TABLE1, by_panel, fig1_groups, fig1_points, merge_curves, paired_rows,
-                     panels, pick_panel, summary_rows, table1_rows, trial_accuracies)
+from .select import (PAIRED, PRECISION, SUMMARY, TABLE1, by_panel, fig1_groups, fig1_points, merge_curves,
+                     paired_rows, panels, pick_panel, precision_rows, summary_rows, table1_rows, trial_accuracies)
 
 if TYPE_CHECKING:
     from .build import Report
@@ -61,9 +61,19 @@ def fig5(exp: "Experiment", cfg: Any, out: "Report") -> None:
     trials = trial_accuracies(per_panel[picked], exp.trials)
     if not trials:
         return out.skip("Fig. 5", f"no trials.json in the runs of {figures.panel_title(picked)}")
-    fig, drawn = figures.fig5_boxes(panels(trials, out.notes)[picked], f"{figures.panel_title(picked)}: accuracy of every trial")
+    fig, drawn = figures.fig5_boxes(panels(trials, out.notes)[picked], f"{figures.panel_title(picked)}: accuracy of "
+                                    f"every trial ({trial_meaning(per_panel[picked])})")
     out.drawn["fig5"] = {"panel": picked, "boxes": drawn}
     out.save_figure(fig, "fig5_boxplots")
+
+
+def trial_meaning(jobs) -> str:
+    """What one box-plot sample is, per design: under nested it also carries image sampling noise."""
+    from ..faults.designs import DESIGNS
+
+    meanings = sorted({DESIGNS[j.params.get("campaign.design", "classic")].trial_meaning for j in jobs
+                       if j.params.get("campaign.design", "classic") in DESIGNS})
+    return "; ".join(meanings) or "one fault map"
 
 
 def fig6(exp: "Experiment", cfg: Any, out: "Report") -> None:
@@ -133,4 +143,23 @@ def resilience(exp: "Experiment", cfg: Any, out: "Report") -> None:
     out.drawn["resilience"] = {"summary": rows, "paired": paired}
 
 
-OUTPUTS = (fig1, fig2, fig3, fig5, fig6, table1, resilience)
+def precision(exp: "Experiment", cfg: Any, out: "Report") -> None:
+    rows = precision_rows(exp.jobs)
+    if not rows:
+        return out.skip("campaign precision", "no job run logged acc_mean/ber_<rate>")
+    stem = out.out_dir / "campaign_precision"
+    out.out_dir.mkdir(parents=True, exist_ok=True)
+    fmt = {"rate": tables.fmt_rate, "mean": lambda v: f"{100 * v:.2f} %", "ci_halfwidth": _PP,
+           "trials": lambda v: f"{v:.0f}", "images_per_trial": lambda v: f"{v:.0f}",
+           "image_evaluations": lambda v: f"{v:,.0f}"}
+    out.files += [tables.write_csv(stem.with_suffix(".csv"), PRECISION, rows),
+                  tables.write_markdown(stem.with_suffix(".md"), "Campaign precision per curve and rate", PRECISION,
+                                        ["model", "dataset", "fault model", "protection", "design", "fault rate",
+                                         "trials M", "images per trial n", "image evaluations M x n", "mean accuracy",
+                                         "95 % CI half-width"], rows, fmt,
+                                        "classic: every fault map on the same n images; nested: trial i = map i "
+                                        "plus its own random stratified subset of n images (docs/campaigns.md).")]
+    out.drawn["precision"] = rows
+
+
+OUTPUTS = (fig1, fig2, fig3, fig5, fig6, table1, resilience, precision)

@@ -19,7 +19,7 @@ _RATE_METRIC = re.compile(r"^acc_(?P<stat>[a-z0-9_]+)/ber_(?P<rate>[0-9.e+-]+)$"
 _CONTEXT_PARAMS = ("seed", "model.width", "campaign.seed", "campaign.eval_split", "campaign.eval_images",
                    "faults.fmt", "faults.word_bits", "faults.frac_bits", "faults.include", "faults.exclude",
                    "faults.fold_batchnorm", "faults.datapath", "faults.stuck_value", "faults.burst_length",
-                   "faults.sites", "profile_images")
+                   "faults.sites", "campaign.design", "campaign.images_per_trial", "profile_images")
 _CONTEXT_PREFIXES = ("train.", "model.", "dataset.")
 _IGNORED = ("progress_bar", "num_workers", "cache_dir", "root")
 
@@ -57,6 +57,9 @@ def variant_of(tags: dict[str, str], params: dict[str, str]) -> str:
     include = params.get("faults.include", "[]")
     if include not in ("[]", "", "None"):
         label += " faults in " + patterns(include)
+    design = params.get("campaign.design", "classic")
+    if design != "classic":
+        label += f" ({design}, n={params.get('campaign.images_per_trial')})"
     return label
 
 

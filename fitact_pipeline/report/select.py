@@ -150,6 +150,28 @@ def table1_rows(jobs: list[JobRun]) -> list[dict]:
             for model, dataset, variant, form in order]
 
 
+PRECISION = ("model", "dataset", "fault_model", "protection", "design", "rate", "trials", "images_per_trial",
+             "image_evaluations", "mean", "ci_halfwidth")
+
+
+def precision_rows(jobs: list[JobRun]) -> list[dict]:
+    """Per curve and rate: the design, M trials, n images per trial, M x n image evaluations and the
+    CI half-width reached (runs before the designs existed: classic, n = campaign.eval_images)."""
+    rows = []
+    for job in sorted(jobs, key=lambda j: (j.context[:3], variant_sort_key(j.variant))):
+        design = job.params.get("campaign.design", "classic")
+        for rate, st in sorted(job.curve.items()):
+            if "mean" not in st:
+                continue
+            n = st.get("images_per_trial", float(job.params.get("campaign.eval_images", "nan").replace("None", "nan")))
+            half = st.get("ci_halfwidth", (st.get("ci_high", math.nan) - st.get("ci_low", math.nan)) / 2)
+            rows.append({"model": job.model, "dataset": job.dataset, "fault_model": job.fault_model,
+                         "protection": job.variant, "design": design, "rate": rate, "trials": st.get("trials"),
+                         "images_per_trial": n, "image_evaluations": st.get("trials", math.nan) * n,
+                         "mean": st["mean"], "ci_halfwidth": half})
+    return rows
+
+
 SUMMARY = ("model", "dataset", "fault_model", "protection", "clean_accuracy", "rates", "rate_min", "rate_max", "auc",
            "critical_level", "critical_rate")
 PAIRED = ("model", "dataset", "fault_model", "protection_a", "protection_b", "rate", "pairs", "mean_diff", "ci_low",

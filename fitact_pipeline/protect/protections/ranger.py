@@ -18,7 +18,10 @@ class RangerReLU(BoundedReLU):
         y = self._relu(x)  # -inf -> 0
         # NaN and +inf are faults, not large activations: 0, not b (DESIGN §2.2)
         y = zero_above(y, torch.finfo(y.dtype).max)
-        return torch.minimum(y, self.bound.to(y.dtype)) if y.requires_grad else y.clamp_(max=self.bound)
+        # out of place under autograd, and under vmap (clamp_ with a tensor bound has no batching rule)
+        if y.requires_grad or torch._C._functorch.is_batchedtensor(y):
+            return torch.minimum(y, self.bound.to(y.dtype))
+        return y.clamp_(max=self.bound)
 
 
 def options(cfg, sites) -> dict:

@@ -1,0 +1,88 @@
+"""Campaign designs: which images each trial evaluates (DESIGN.md §2.7), one registry entry each.
+
+- ``classic``: M fault maps, each on the same n evaluation images (the pool).
+- ``nested``: trial i is fault map i plus its own class-stratified random subset of n images of the
+  pool, seeded by (campaign seed, i): the same map and the same images for trial i in every
+  protection (paired). The per-trial accuracies are i.i.d. draws of "a random map on random images",
+  so the t-interval over trials is a valid CI of the mean accuracy over maps and images; their
+  spread also holds image-sampling noise.
+
+Why nested pays: with sigma_b the spread of accuracy between fault maps and sigma_w^2 = a(1 - a) the
+per-image variance, the mean over M maps of n images each has variance sigma_b^2 / M +
+sigma_w^2 / (M n), and costs M (c + n) image-evaluation equivalents, c being the fixed cost of one
+map (draw, inject, restore, pass overhead) in images. The variance per unit of cost is smallest at
+
+    n* = sqrt(c sigma_w^2 / sigma_b^2)
+
+(the classic optimal allocation of a two-stage sample), typically 10 to 50 images where the
+protections differ. ``images_per_trial: auto`` measures sigma_b, sigma_w and c in a short pilot
+(docs/campaigns.md gives the rule and its evidence).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..data.sampling import stratified_subset
+from ..registry import Registry
+
+#: seed offset of the per-trial image subsets (kept apart from the fault maps' streams)
+SUBSET_SEED = 7_919
+
+
+@dataclass(frozen=True)
+class CampaignDesign:
+    name: str
+    summary: str
+    #: (pool labels, images per trial, campaign seed, trial) -> indices into the pool, or None: all
+    trial_images: Callable[[torch.Tensor, int | None, int, int], torch.Tensor | None]
+    #: what one trial's accuracy is, for box-plot captions
+    trial_meaning: str
+
+
+def _pool(labels, n, seed, trial):
+    return None
+
+
+def _subset(labels: torch.Tensor, n: int | None, seed: int, trial: int) -> torch.Tensor:
+    """Trial ``trial``'s stratified subset: a pure function of (seed, trial, n). Per class it is a
+    prefix of one seeded permutation, so the subsets of different n share their first images."""
+    return stratified_subset(labels, n, seed * 1_000_003 + trial * 7 + SUBSET_SEED)
+
+
+DESIGNS: Registry[CampaignDesign] = Registry("campaign design")
+for _design in (
+    CampaignDesign("classic", "M fault maps, each evaluated on the same n images", _pool,
+                   "one fault map on all n evaluation images"),
+    CampaignDesign("nested", "trial i = fault map i + its own stratified random subset of n images (paired across "
+                   "protections)", _subset, "one fault map on its own n random images"),
+):
+    DESIGNS.register(_design.name, _design)
+
+
+@dataclass
+class Pilot:
+    """What the pilot measured at one rate: spread between maps, per image, and a map's cost."""
+    sigma_b: float
+    sigma_w: float
+    map_cost_images: float
+
+    def best_n(self, pool: int, minimum: int = 5) -> int:
+        """n* = sqrt(c sigma_w^2 / sigma_b^2), within [minimum, pool]."""
+        if self.sigma_b <= 0:
+            return pool
+        return int(min(pool, max(minimum, round(math.sqrt(self.map_cost_images) * self.sigma_w / self.sigma_b))))
+
+
+def pilot_estimates(accuracies: list[float], images: int, map_seconds: float, image_seconds: float) -> Pilot:
+    """Pilot of P maps on ``images`` images each: sigma_w^2 = mean of a_i (1 - a_i) (times the
+    unbiasing n / (n - 1)); sigma_b^2 = var(a_i) - sigma_w^2 / n (the between-map part of the
+    spread), floored at a tenth of a point squared so a pilot that saw no spread still stops."""
+    a = np.asarray(accuracies, dtype=np.float64)
+    within = float(np.mean(a * (1 - a))) * images / max(images - 1, 1)
+    between = max(float(np.var(a, ddof=1)) - within / images, 1e-6) if a.size > 1 else 1e-6
+    return Pilot(math.sqrt(between), math.sqrt(within), map_seconds / max(image_seconds, 1e-12))
