@@ -34,11 +34,11 @@ from fitact_pipeline import pipeline, stages  # noqa: E402
 from fitact_pipeline.protect.posttrain import posttrain_bounds  # noqa: E402
 
 
-def load_config(experiment: str, model: str, overrides: list[str]):
+def load_config(experiment: str, overrides: list[str]):
+    """A job's composed config, as ``python -m fitact_pipeline experiment=... <overrides>`` has it."""
     os.chdir(ROOT)  # the dataset paths resolve against the working directory, as in a run
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        cfg = compose("config", overrides=[f"experiment={experiment}", f"model={model}", "protection=fitact",
-                                           *overrides], return_hydra_config=True)
+        cfg = compose("config", overrides=[f"experiment={experiment}", *overrides], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     return cfg
 
@@ -52,11 +52,11 @@ def main() -> None:
     args = ap.parse_args()
     settings = [json.loads(s) for s in args.settings]
 
-    cfg = load_config(args.experiment, args.model, args.overrides)
-    pipeline.configure_runtime(cfg)
+    cfg = load_config(args.experiment, [f"model={args.model}", "protection=fitact", *args.overrides])
+    device = pipeline.configure_runtime(cfg)
     datamodule = instantiate(cfg.dataset)
     datamodule.setup()
-    prepared = stages.prepare_protected(cfg, datamodule)
+    prepared = stages.prepare_protected(cfg, datamodule, device)
     clean, protected = prepared.clean_val_acc, prepared.protected
     train_s = float(prepared.train_info["train_time_s"])
 

@@ -1,0 +1,124 @@
+"""Image evaluations and wall time that the classic and the nested design need for a +-1-point 95 %
+CI of the mean accuracy, per protection and rate, side by side in one run (issue 18).
+
+    python benchmarks/campaign_efficiency.py --experiment quickstart
+    python benchmarks/campaign_efficiency.py --experiment repro_cpu --model vgg16_w025 cache_dir=/work/main/.cache
+
+Each protection's model comes from the job's own cached stages (baseline, profile, bounds), as
+``python -m fitact_pipeline`` builds it. Per protection and rate:
+
+- classic (every map on the same n images, n = campaign.eval_images): a pilot of --classic-maps maps
+  measures the spread s of per-map accuracy and the time of one map; the maps it needs are
+  M = max(30, ceil((1.96 s / target)^2)), its image evaluations M x n and its time M x (time of one map).
+- nested: run to the target half-width (adaptive stopping, at most --max-trials trials), n per trial
+  chosen by the pilot rule (images_per_trial=auto; the pilot's own evaluations are counted) or fixed
+  with --images-per-trial, --maps-per-pass maps per vmapped pass; its trials, images and wall time.
+- agree: whether the two means differ by less than 1.96 x the standard error of their difference.
+
+The last line is JSON: per model, per protection and rate, both designs' figures and the ratio of
+image evaluations classic / nested.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hydra.utils import instantiate  # noqa: E402
+
+from fitact_pipeline import pipeline, stages  # noqa: E402
+from fitact_pipeline.faults import FAULT_MODELS, as_rate_list, run_campaign  # noqa: E402
+from posttrain_settings import load_config  # noqa: E402
+
+
+MIN_TRIALS = 30
+
+
+def protected_model(cfg, device):
+    datamodule = instantiate(cfg.dataset)
+    datamodule.setup()
+    prepared = stages.prepare_protected(cfg, datamodule, device)
+    stages.stage_bounds(cfg, prepared.protected, datamodule, device, prepared.clean_val_acc)
+    images, labels = datamodule.eval_tensors(cfg.campaign.eval_split, cfg.campaign.eval_images, cfg.campaign.seed)
+    return prepared.protected.eval(), images.to(device), labels.to(device)
+
+
+def classic(model, injector, images, labels, rate, args, batch) -> dict:
+    start = time.perf_counter()
+    result = run_campaign(model, injector, images, labels, [rate], args.classic_maps, args.seed, batch, progress=False)
+    per_map = (time.perf_counter() - start) / args.classic_maps
+    st = result.per_rate[rate]
+    # the nested run's minimum of 30 trials applies here too: fewer maps cannot even measure s
+    maps = max(MIN_TRIALS, math.ceil((1.96 * st["std"] / args.target) ** 2))
+    return {"mean": st["mean"], "se": st["std"] / math.sqrt(args.classic_maps), "sd": st["std"], "trials": maps,
+            "images_per_trial": len(labels), "image_evals": maps * len(labels), "seconds": maps * per_map}
+
+
+def nested(model, injector, images, labels, rate, args, batch) -> dict:
+    start = time.perf_counter()
+    result = run_campaign(model, injector, images, labels, [rate], 0, args.seed + 1, batch, progress=False,
+                          design="nested", images_per_trial=args.images_per_trial, maps_per_pass=args.maps_per_pass,
+                          adaptive={"target_halfwidth": args.target, "min_trials": MIN_TRIALS, "max_trials": args.max_trials})
+    st = result.per_rate[rate]
+    pilot = 0 if args.images_per_trial != "auto" else 10 * (min(200, len(labels)) + 1)
+    return {"mean": st["mean"], "se": st["std"] / math.sqrt(st["trials"]), "trials": st["trials"],
+            "images_per_trial": st["images_per_trial"], "halfwidth": st["ci_halfwidth"],
+            "image_evals": st["trials"] * st["images_per_trial"] + pilot, "seconds": time.perf_counter() - start}
+
+
+def compare(experiment: str, model_option: str | None, args) -> dict:
+    out = {}
+    for protection in args.protections:
+        overrides = [f"protection={protection}", *args.overrides] + ([f"model={model_option}"] if model_option else [])
+        cfg = load_config(experiment, overrides)
+        device = pipeline.configure_runtime(cfg)
+        model, images, labels = protected_model(cfg, device)
+        injector = FAULT_MODELS[cfg.faults.model].build(model, cfg.faults)
+        batch = cfg.campaign.batch_size
+        for rate in as_rate_list(cfg.campaign.rates):
+            c, n = classic(model, injector, images, labels, rate, args, batch), nested(model, injector, images, labels,
+                                                                                     rate, args, batch)
+            agree = abs(c["mean"] - n["mean"]) <= 1.96 * math.hypot(c["se"], n["se"])
+            row = {"classic": c, "nested": n, "agree": agree, "image_ratio": c["image_evals"] / n["image_evals"],
+                   "time_ratio": c["seconds"] / n["seconds"]}
+            out[f"{protection}@{rate:g}"] = row
+            print(f"{cfg.model.name} {protection:8s} {rate:8.1e}: classic {c['trials']:6d} maps x {c['images_per_trial']}"
+                  f" = {c['image_evals']:>10,} images {c['seconds']:8.1f} s (mean {100 * c['mean']:.1f}, sd "
+                  f"{100 * c['sd']:.1f}) | nested {n['trials']:5d} x {n['images_per_trial']:4d} = {n['image_evals']:>8,} "
+                  f"images {n['seconds']:7.1f} s (mean {100 * n['mean']:.1f} +- {100 * n['halfwidth']:.2f}) | "
+                  f"{row['image_ratio']:6.1f}x fewer images, {row['time_ratio']:5.1f}x less time, agree={agree}",
+                  flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--experiment", default="quickstart")
+    ap.add_argument("--model", default=None, help="a conf/model option, e.g. vgg16_w025")
+    ap.add_argument("--protections", nargs="+", default=["none", "ranger", "clipact", "fitact"])
+    ap.add_argument("--target", type=float, default=0.01, help="95 %% CI half-width (fraction of accuracy)")
+    ap.add_argument("--classic-maps", type=int, default=20)
+    ap.add_argument("--images-per-trial", default="auto")
+    ap.add_argument("--maps-per-pass", type=int, default=8)
+    ap.add_argument("--max-trials", type=int, default=5000)
+    ap.add_argument("--seed", type=int, default=4321)
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. cache_dir=/work/main/.cache")
+    args = ap.parse_args()
+    if args.images_per_trial != "auto":
+        args.images_per_trial = int(args.images_per_trial)
+    torch.manual_seed(0)
+    result = compare(args.experiment, args.model, args)
+    print(json.dumps({args.model or args.experiment: result}))
+
+
+if __name__ == "__main__":
+    main()
