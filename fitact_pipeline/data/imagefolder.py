@@ -1,0 +1,161 @@
+"""Any ``root/{train,test}/<class>/<image>`` tree, decoded once into a cache file."""
+from __future__ import annotations
+
+import hashlib
+import os
+from multiprocessing import Pool
+from pathlib import Path
+
+from typing import Mapping
+
+import numpy as np
+import torch
+from filelock import FileLock
+
+from ..checks import expect_bool, expect_int, expect_str
+from .base import DatasetNotFoundError, TensorDataModule
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
+
+
+def _image_names(folder: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def _class_dirs(split_dir: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+
+
+def list_image_folder(split_dir: Path, classes: list[str]) -> tuple[list[str], list[int]]:
+    paths, labels = [], []
+    for label, cls in enumerate(classes):
+        names = _image_names(split_dir / cls) if (split_dir / cls).is_dir() else []  # a class may lack test images
+        paths += [str(split_dir / cls / n) for n in names]
+        labels += [label] * len(names)
+    return paths, labels
+
+
+def _decode_chunk(args) -> np.ndarray:
+    paths, mode = args
+    from PIL import Image
+
+    out = []
+    for path in paths:
+        with Image.open(path) as img:
+            out.append(np.asarray(img.convert(mode)))
+    array = np.stack(out)
+    return array[..., None] if array.ndim == 3 else array
+
+
+def decode_images(paths: list[str], mode: str, processes: int) -> torch.Tensor:
+    """Decode image files into one uint8 (N, C, H, W) tensor, with a small process pool."""
+    chunks = [(paths[i:i + 1000], mode) for i in range(0, len(paths), 1000)]
+    if processes > 1 and len(chunks) > 1:
+        with Pool(processes) as pool:
+            arrays = pool.map(_decode_chunk, chunks)
+    else:
+        arrays = [_decode_chunk(c) for c in chunks]
+    shapes = {a.shape[1:] for a in arrays}
+    if len(shapes) != 1:
+        raise ValueError(f"images in the ImageFolder tree differ in size {sorted(shapes)}; resize them first")
+    return torch.from_numpy(np.concatenate(arrays).transpose(0, 3, 1, 2).copy())
+
+
+class ImageFolderDataModule(TensorDataModule):
+    """Any ``root/{train,test}/<class>/<image>`` tree, decoded once into a cache file.
+
+    The tree's fingerprint hashes its relative file list with sizes (not where it lies): adding or
+    replacing images re-decodes, and moving the tree (or the checkout) reuses the cache and every
+    stage keyed on the data. A file lock makes parallel jobs decode once.
+    """
+
+    RESULT_KEYS = TensorDataModule.RESULT_KEYS + ("grayscale",)
+
+    @classmethod
+    def check_config(cls, cfg: Mapping) -> None:
+        super().check_config(cfg)
+        expect_str(cfg.get("root"), "dataset.root")
+        expect_str(cfg.get("name", "imagefolder"), "dataset.name")
+        expect_bool(cfg.get("grayscale", False), "dataset.grayscale")
+        expect_int(cfg.get("decode_processes", 2), "dataset.decode_processes", 1)
+        check_tree(Path(cfg["root"]).expanduser())
+
+    def __init__(self, root: str, name: str = "imagefolder", cache_dir: str = ".cache/data",
+                 grayscale: bool = False, decode_processes: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.root = Path(root).expanduser()
+        self.name, self.cache_dir = name, Path(cache_dir)
+        self.mode = "L" if grayscale else "RGB"
+        self.in_channels = 1 if grayscale else 3
+        self.decode_processes = int(decode_processes)
+        check_tree(self.root)
+        self.classes = _class_dirs(self.root / "train")
+        self.num_classes = len(self.classes)
+        self.image_size = self._first_image_size()
+        self._fingerprint: str | None = None
+
+    def _first_image_size(self) -> int:
+        from PIL import Image
+
+        first_dir = self.root / "train" / self.classes[0]
+        with Image.open(first_dir / _image_names(first_dir)[0]) as img:
+            return img.size[1]
+
+    def fingerprint(self) -> str:
+        """Hash of the relative file list with sizes, and the colour mode."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256(self.mode.encode())
+            for split in ("train", "test"):
+                for cls in self.classes:
+                    folder = self.root / split / cls
+                    for entry in sorted(os.scandir(folder), key=lambda e: e.name) if folder.is_dir() else ():
+                        digest.update(f"{split}/{cls}/{entry.name}:{entry.stat().st_size};".encode())
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
+
+    def identity(self) -> dict:
+        return {"data": type(self).__name__, "fingerprint": self.fingerprint()}
+
+    def cache_path(self) -> Path:
+        return self.cache_dir / f"{self.name}-{self.fingerprint()}.pt"
+
+    def prepare_data(self) -> None:
+        self._load_or_decode()
+
+    def _load_or_decode(self) -> dict:
+        path = self.cache_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            if path.exists():
+                return torch.load(path, weights_only=True)
+            data = {}
+            for split in ("train", "test"):
+                paths, labels = list_image_folder(self.root / split, self.classes)
+                data[f"{split}_x"] = decode_images(paths, self.mode, self.decode_processes)
+                data[f"{split}_y"] = torch.tensor(labels, dtype=torch.long)
+            tmp = path.with_suffix(".tmp")
+            torch.save(data, tmp)
+            os.replace(tmp, path)  # atomic: a reader never sees a half-written cache
+            return data
+
+    def load_raw(self):
+        d = self._load_or_decode()
+        return d["train_x"], d["train_y"], d["test_x"], d["test_y"]
+
+
+def check_tree(root: Path) -> None:
+    """The tree has train/ and test/ with class folders of images, test's classes among train's."""
+    fix = "set dataset.root to a folder with train/<class>/<image> and test/<class>/<image>"
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise DatasetNotFoundError(f"ImageFolder root '{root}' has no '{split}/' folder; {fix}")
+    train, test = _class_dirs(root / "train"), _class_dirs(root / "test")
+    if not train or not any(_image_names(root / "train" / c) for c in train):
+        raise DatasetNotFoundError(f"ImageFolder root '{root}' has no images under train/<class>/ "
+                                   f"(extensions {', '.join(IMAGE_EXTENSIONS)}); {fix}")
+    if not any(_image_names(root / "test" / c) for c in test):
+        raise DatasetNotFoundError(f"ImageFolder root '{root}' has no images under test/<class>/; {fix}")
+    extra = sorted(set(test) - set(train))
+    if extra:
+        raise DatasetNotFoundError(f"ImageFolder root '{root}': test/ has classes that train/ lacks: "
+                                   f"{', '.join(extra[:5])}; {fix}")
