@@ -81,7 +81,7 @@ def weights_file(value: Any, path: str) -> Path | None:
     return file
 
 
-def load_state_file(file: Path) -> dict[str, torch.Tensor]:
+def load_state_file(file: Path, path: str = "model.weights") -> dict[str, torch.Tensor]:
     if file.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -90,7 +90,7 @@ def load_state_file(file: Path) -> dict[str, torch.Tensor]:
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]  # a Lightning or training checkpoint
     if not isinstance(state, Mapping):
-        raise ConfigError(f"model.weights='{file}' is not allowed; it holds a {type(state).__name__}, not a state dict")
+        raise ConfigError(f"{path}='{file}' is not allowed; it holds a {type(state).__name__}, not a state dict")
     return dict(state)
 
 
@@ -121,7 +121,8 @@ def replace_head(model: nn.Module, old_classes: int, num_classes: int) -> nn.Mod
     return model
 
 
-def load_matching(model: nn.Module, state: Mapping[str, torch.Tensor], what: str, file: Path) -> None:
+def load_matching(model: nn.Module, state: Mapping[str, torch.Tensor], what: str, file: Path,
+                  path: str = "model.weights") -> None:
     """Load ``state`` into ``model``; a head of another class count is left as the model built it
     (replaced); anything else that does not match is a one-line ConfigError."""
     own = model.state_dict()
@@ -135,7 +136,7 @@ def load_matching(model: nn.Module, state: Mapping[str, torch.Tensor], what: str
     if missing or unexpected or shapes:
         parts = [f"{label} {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
                  for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)) if items]
-        raise ConfigError(f"model.weights='{file}' is not allowed; it does not match {what}: {'; '.join(parts)}")
+        raise ConfigError(f"{path}='{file}' is not allowed; it does not match {what}: {'; '.join(parts)}")
     model.load_state_dict(state, strict=False)
 
 

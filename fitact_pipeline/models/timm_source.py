@@ -1,9 +1,10 @@
 """``model=timm``: any timm classifier (an optional extra: ``pip install 'fitact-pipeline[timm]'``).
 
 ``model.pretrained``: false (timm's own random initialisation), true (timm's own downloader, from the
-Hugging Face hub or the weights' URL, cached by the hub), or a state-dict file (timm loads it through
-its ``pretrained_cfg_overlay=dict(file=...)`` path). timm itself drops the classifier of pretrained
-weights when the class count differs, so the head is a fresh one then.
+Hugging Face hub or the weights' URL, cached by the hub; timm drops the classifier of the pretrained
+weights when the class count differs, so the head is a fresh one then), or a state-dict file, loaded
+as torchvision's are: every tensor must match except a head of another class count (timm's own file
+path loads leniently whenever the class count differs, so a wrong file would pass unnoticed).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from torch import nn
 
 from ..checks import fail
 from ..registry import ConfigError
-from .sources import ModelSource, register_source, unknown_arch, weights_file
+from .sources import ModelSource, load_matching, load_state_file, register_source, unknown_arch, weights_file
 
 INSTALL = "pip install 'fitact-pipeline[timm]'  (or: pip install timm)"
 
@@ -42,11 +43,15 @@ def check(cfg: Mapping) -> None:
 def build(cfg: Mapping, num_classes: int, in_channels: int) -> nn.Module:
     timm = _timm()
     arch, pretrained, kwargs = cfg["arch"], cfg.get("pretrained", False), dict(cfg.get("kwargs") or {})
-    if isinstance(pretrained, str):
-        kwargs["pretrained_cfg_overlay"] = {"file": str(weights_file(pretrained, "model.pretrained"))}
     try:
-        return timm.create_model(arch, pretrained=bool(pretrained), num_classes=num_classes, in_chans=in_channels,
-                                 **kwargs)
+        model = timm.create_model(arch, pretrained=pretrained is True, num_classes=num_classes, in_chans=in_channels,
+                                  **kwargs)
+        if isinstance(pretrained, str):
+            file = weights_file(pretrained, "model.pretrained")
+            load_matching(model, load_state_file(file, "model.pretrained"), f"timm {arch}", file, "model.pretrained")
+        return model
+    except ConfigError:
+        raise
     except TypeError as exc:
         raise ConfigError(f"model.kwargs={dict(cfg.get('kwargs') or {})!r} is not allowed for timm {arch}: {exc}") from None
     except (OSError, RuntimeError, ValueError, KeyError) as exc:  # no network; a file that does not match
