@@ -62,8 +62,15 @@ def _decode_chunk(args) -> np.ndarray:
     for path in paths:
         with Image.open(path) as img:
             out.append(np.asarray(fit_image(img.convert(mode), resize, crop)))
+    _check_sizes({a.shape for a in out})
     array = np.stack(out)
     return array[..., None] if array.ndim == 3 else array
+
+
+def _check_sizes(shapes: set) -> None:
+    if len(shapes) != 1:
+        raise ValueError(f"images in the ImageFolder tree differ in size {sorted(shapes)}; set dataset.resize and "
+                         "dataset.crop")
 
 
 def decode_images(paths: list[str], mode: str, processes: int, resize: int | None = None,
@@ -75,10 +82,7 @@ def decode_images(paths: list[str], mode: str, processes: int, resize: int | Non
             arrays = pool.map(_decode_chunk, chunks)
     else:
         arrays = [_decode_chunk(c) for c in chunks]
-    shapes = {a.shape[1:] for a in arrays}
-    if len(shapes) != 1:
-        raise ValueError(f"images in the ImageFolder tree differ in size {sorted(shapes)}; set dataset.resize and "
-                         "dataset.crop")
+    _check_sizes({a.shape[1:] for a in arrays})
     return torch.from_numpy(np.concatenate(arrays).transpose(0, 3, 1, 2).copy())
 
 
