@@ -26,7 +26,8 @@ def is_site(m: nn.Module) -> bool:
 
 
 def _refuse(bad: list[str]) -> None:
-    raise UnsupportedActivation(f"model has activations the protections cannot bound: {', '.join(bad)}; "
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    raise UnsupportedActivation(f"model has activations the protections cannot bound: {', '.join(bad[:3])}{more}; "
                                 f"bounded forms exist for: {', '.join(ACTIVATIONS)}")
 
 
