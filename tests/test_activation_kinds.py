@@ -65,21 +65,23 @@ def expected(protection, name, x, hard=True):
     return y * _sig(K * (b - y)) * (_sig(K * (y - a)) if kind.lower else 1.0)
 
 
-def _module(protection, name, hard=True):
+def _module(protection, name, hard=True, inplace=False):
     module, _ = REFERENCE[name]
     kind = ACTIVATIONS[name.replace("_tanh", "")]
     options = {"k": K, "hard": hard} if protection == "fitact" else {}
     site = {} if name == "relu" else {"activation": module, "lower": A if kind.lower else None}
-    return make_activation(protection, B, "layer", **site, **options)
+    return make_activation(protection, B, "layer", inplace=inplace, **site, **options)
 
 
-CASES = [(p, n, h) for n in REFERENCE for p, h in (("ranger", True), ("clipact", True), ("gbrelu", True),
-                                                    ("fitact", True), ("fitact", False))]
+CASES = [(p, n, h, i) for n in REFERENCE for p, h, i in (
+    ("ranger", True, False), ("clipact", True, False), ("gbrelu", True, False), ("fitact", True, False),
+    ("fitact", False, False), ("ranger", True, True), ("clipact", True, True), ("fitact", True, True))]
 
 
-@pytest.mark.parametrize("protection, name, hard", CASES, ids=lambda v: str(v))
-def test_values_at_chosen_points_follow_the_definition(protection, name, hard):
-    m = _module(protection, name, hard)
+@pytest.mark.parametrize("protection, name, hard, inplace", CASES, ids=lambda v: str(v))
+def test_values_at_chosen_points_follow_the_definition(protection, name, hard, inplace):
+    """Every form, also in place (where the replaced module was: then g runs into its input)."""
+    m = _module(protection, name, hard, inplace)
     with torch.no_grad():
         got = m(torch.tensor(X)).tolist()
     want = [expected(protection, name, x, hard) for x in X]

@@ -23,20 +23,24 @@ from ..registry import Registry
 
 @dataclass(frozen=True)
 class ActivationKind:
-    """One activation g. ``apply(x, settings)`` computes g(x); ``settings`` are the values that
-    parametrise g, read from a module's attributes (``settings``) and parameters (``parameters``:
-    PReLU's slope, which the bounded module keeps as a parameter of the same name)."""
+    """One activation g. ``apply(x, settings, inplace)`` computes g(x) (into x when ``inplace`` and
+    the kind can); ``settings`` are the values that parametrise g, read from a module's attributes
+    (``settings``) and parameters (``parameters``: PReLU's slope, which the bounded module keeps as
+    a parameter of the same name). ``saturates``: g maps an infinite input to a finite value
+    (relu6(inf) = 6, elu(-inf) = -alpha), so the hard forms must test x itself for finiteness;
+    for the other kinds g(±inf) is ±inf or NaN, which the bound comparisons already reject."""
 
     name: str
     summary: str  # g(x), for the docs
     modules: tuple[type[nn.Module], ...]
-    apply: Callable[[torch.Tensor, Mapping[str, Any]], torch.Tensor]
+    apply: Callable[[torch.Tensor, Mapping[str, Any], bool], torch.Tensor]
     functions: tuple = ()  # functional forms; the module class takes the call's arguments after the input
     settings: tuple[str, ...] = ()
     parameters: tuple[str, ...] = ()
     lower: bool = False  # unbounded (or bounded only by a constant) below: gets a lower bound too
     cap: float | None = None  # natural upper bound: the bound starts at min(profiled max, cap)
     floor: Callable[[Mapping[str, Any]], float] | None = None  # natural lower bound (ELU: -alpha)
+    saturates: bool = False
     # third-party classes computing this kind: "module.QualName" -> their settings
     foreign: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -60,25 +64,27 @@ def _timm(*names: str, **settings) -> dict[str, dict]:
 
 
 for _kind in (
-    ActivationKind("relu", "max(0, x)", (nn.ReLU,), lambda x, s: torch.relu(x),
+    ActivationKind("relu", "max(0, x)", (nn.ReLU,), lambda x, s, i: torch.relu_(x) if i else torch.relu(x),
                    (F.relu, torch.relu, torch.relu_, getattr(F, "relu_", F.relu))),
-    ActivationKind("relu6", "min(max(0, x), 6)", (nn.ReLU6,), lambda x, s: F.relu6(x), (F.relu6,), cap=6.0),
+    ActivationKind("relu6", "min(max(0, x), 6)", (nn.ReLU6,), lambda x, s, i: F.relu6(x, i), (F.relu6,), cap=6.0,
+                   saturates=True),
     ActivationKind("leaky_relu", "x if x >= 0 else s x (slope s)", (nn.LeakyReLU,),
-                   lambda x, s: F.leaky_relu(x, s["negative_slope"]), (F.leaky_relu,), ("negative_slope",), lower=True),
+                   lambda x, s, i: F.leaky_relu(x, s["negative_slope"], i), (F.leaky_relu,), ("negative_slope",),
+                   lower=True),
     ActivationKind("prelu", "x if x >= 0 else w x (learned slope w, kept as parameter `weight`)", (nn.PReLU,),
-                   lambda x, s: F.prelu(x, s["weight"]), parameters=("weight",), lower=True),
-    ActivationKind("elu", "x if x > 0 else alpha (exp(x) - 1)", (nn.ELU,), lambda x, s: F.elu(x, s["alpha"]),
-                   (F.elu,), ("alpha",), lower=True, floor=lambda s: -float(s["alpha"])),
-    ActivationKind("silu", "x sigmoid(x) (min -0.278)", (nn.SiLU,), lambda x, s: F.silu(x), (F.silu,),
+                   lambda x, s, i: F.prelu(x, s["weight"]), parameters=("weight",), lower=True),
+    ActivationKind("elu", "x if x > 0 else alpha (exp(x) - 1)", (nn.ELU,), lambda x, s, i: F.elu(x, s["alpha"], i),
+                   (F.elu,), ("alpha",), lower=True, floor=lambda s: -float(s["alpha"]), saturates=True),
+    ActivationKind("silu", "x sigmoid(x) (min -0.278)", (nn.SiLU,), lambda x, s, i: F.silu(x, i), (F.silu,),
                    foreign=_timm("Swish", "SwishMe")),
     ActivationKind("gelu", "x Phi(x), exact or tanh approximation (min -0.170)", (nn.GELU,),
-                   lambda x, s: F.gelu(x, approximate=s["approximate"]), (F.gelu,), ("approximate",),
+                   lambda x, s, i: F.gelu(x, approximate=s["approximate"]), (F.gelu,), ("approximate",),
                    foreign={**_timm("GELU", approximate="none"), **_timm("GELUTanh", approximate="tanh")}),
-    ActivationKind("hardswish", "x relu6(x + 3) / 6 (min -0.375)", (nn.Hardswish,), lambda x, s: F.hardswish(x),
-                   (F.hardswish,), foreign=_timm("HardSwish", "HardSwishMe")),
-    ActivationKind("hardsigmoid", "relu6(x + 3) / 6", (nn.Hardsigmoid,), lambda x, s: F.hardsigmoid(x),
-                   (F.hardsigmoid,), cap=1.0, foreign=_timm("HardSigmoid", "HardSigmoidMe")),
-    ActivationKind("mish", "x tanh(softplus(x)) (min -0.309)", (nn.Mish,), lambda x, s: F.mish(x), (F.mish,),
+    ActivationKind("hardswish", "x relu6(x + 3) / 6 (min -0.375)", (nn.Hardswish,),
+                   lambda x, s, i: F.hardswish(x, i), (F.hardswish,), foreign=_timm("HardSwish", "HardSwishMe")),
+    ActivationKind("hardsigmoid", "relu6(x + 3) / 6", (nn.Hardsigmoid,), lambda x, s, i: F.hardsigmoid(x, i),
+                   (F.hardsigmoid,), cap=1.0, saturates=True, foreign=_timm("HardSigmoid", "HardSigmoidMe")),
+    ActivationKind("mish", "x tanh(softplus(x)) (min -0.309)", (nn.Mish,), lambda x, s, i: F.mish(x, i), (F.mish,),
                    foreign=_timm("Mish", "MishMe")),
 ):
     register_activation(_kind)

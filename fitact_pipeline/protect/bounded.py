@@ -95,24 +95,27 @@ class BoundedReLU(nn.Module):
         """The bounds this activation stores: ``bound``, and ``lower`` where its kind has one."""
         return {"bound": self.bound, **({"lower": self.lower} if hasattr(self, "lower") else {})}
 
-    def _g(self, x: torch.Tensor) -> torch.Tensor:
+    def _g(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """g(x) of a non-ReLU kind (PReLU reads its slope from this module)."""
         kind = ACTIVATIONS[self.kind]
         settings = {**self.settings, **{n: getattr(self, n) for n in kind.parameters}}
-        return kind.apply(x, settings)
+        return kind.apply(x, settings, inplace)
 
-    def _outside(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Where a non-ReLU hard form outputs 0: x not finite, or y = g(x) not in [lower, bound]
-        (negated comparisons, so a NaN y or a NaN bound is outside too)."""
+    def _outside(self, y: torch.Tensor, infinite: torch.Tensor | None) -> torch.Tensor:
+        """Where a non-ReLU hard form outputs 0: y = g(x) not in [lower, bound] (negated comparisons,
+        so a NaN y or a NaN bound is outside too), or x not finite (``infinite``, where g may map
+        an infinite x inside the bounds)."""
         mask = y.le(_finite_bound(self.bound, y)).logical_not_()
         if hasattr(self, "lower"):
             mask.logical_or_(y.ge(_finite_bound(self.lower, y)).logical_not_())
-        return mask.logical_or_(torch.isfinite(x).logical_not_())
+        return mask if infinite is None else mask.logical_or_(infinite)
 
     def _clip_kind(self, x: torch.Tensor) -> torch.Tensor:
         """Clip-Act's form for a non-ReLU kind: g(x) if lower <= g(x) <= bound and x finite, else 0."""
-        y = self._g(x)  # a fresh tensor: g runs out of place
-        mask = self._outside(x, y)
+        infinite = torch.isfinite(x).logical_not_() if ACTIVATIONS[self.kind].saturates else None
+        # in place where the replaced module was (x is not needed after it) and nothing needs a gradient
+        y = self._g(x, self.inplace and not (torch.is_grad_enabled() and x.requires_grad))
+        mask = self._outside(y, infinite)
         return y.masked_fill(mask, 0.0) if y.requires_grad else y.masked_fill_(mask, 0.0)
 
     def _clamp_kind(self, x: torch.Tensor) -> torch.Tensor:
