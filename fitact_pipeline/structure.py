@@ -25,7 +25,7 @@ def structure_key(cfg: DictConfig) -> str:
 
 def skeleton(cfg: DictConfig):
     """(datamodule, protected model skeleton): random weights, the job's names and sites."""
-    from .models import model_from_config
+    from .models import model_from_config, model_tag
     from .protect import PROTECTIONS, fold_batchnorm, profile_ranges, protect_model
 
     datamodule = instantiate(cfg.dataset)  # reads no images
@@ -34,7 +34,14 @@ def skeleton(cfg: DictConfig):
     if cfg.faults.fold_batchnorm:
         fold_batchnorm(model)
     size = datamodule.image_size
-    profile, lower = profile_ranges(model, torch.zeros(2, datamodule.in_channels, size, size))
+    try:
+        profile, lower = profile_ranges(model, torch.zeros(2, datamodule.in_channels, size, size))
+    except ConfigError:
+        raise
+    except (RuntimeError, AssertionError, ValueError) as exc:  # e.g. a ViT built for another image size
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"model {model_tag(cfg.model)} cannot run on the dataset's {datamodule.in_channels}x{size}x"
+                          f"{size} images: {reason}") from None
     entry = PROTECTIONS[cfg.protection.name]
     try:
         options = entry.options(cfg.protection, list(profile))

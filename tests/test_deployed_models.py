@@ -90,6 +90,8 @@ def test_a_small_vision_transformer_with_every_protection(tree, tmp_path):
                                                                 "no such weights file"),
     (["model=torchvision", "model.arch=mobilenet_v3_small", "+model.kwargs.norm_layer=x"],
      "model.kwargs={'norm_layer': 'x'} is not allowed for torchvision mobilenet_v3_small"),
+    (["model=vit_tiny_p4", "dataset.crop=24", "dataset.resize=24"],
+     "model vit_tiny_p4 cannot run on the dataset's 3x24x24 images: Wrong image height! Expected 32 but got 24!"),
 ])
 def test_model_errors_stop_before_any_work(argv, fragment, tree):
     from fitact_pipeline.registry import ConfigError

@@ -176,3 +176,24 @@ def test_bad_timm_configs_are_one_line_errors(tmp_path):
     torch.save({"nothing": torch.zeros(1)}, wrong)
     with pytest.raises(ConfigError, match=r"^model.pretrained='.*wrong.pth' is not allowed; it does not match timm test_vit: missing"):
         model_from_config(tm(pretrained=str(wrong)), 10)
+
+
+def test_the_baseline_stage_fine_tunes_a_source_model_instead_of_reinitialising_it(imagenet_file, tmp_path):
+    """With zero epochs the baseline is the loaded weights and a fresh head: training re-initialises
+    registry models only (train.init_from_seed), never a source's weights."""
+    from hydra.utils import instantiate
+
+    from fitact_pipeline.stages import stage_baseline
+    from tests.test_devices_and_data import small_tree
+    from tests.test_image_sizes import _composed
+
+    file, state = imagenet_file
+    tree = small_tree(tmp_path / "tree", train=12, test=4)
+    cfg = _composed("dataset=imagefolder", f"dataset.root={tree}", "dataset.val_size=6", "model=torchvision",
+                    "model.arch=shufflenet_v2_x0_5", f"model.weights={file}", "train.epochs=0",
+                    f"cache_dir={tmp_path}/cache", "progress_bar=false")
+    datamodule = instantiate(cfg.dataset)
+    datamodule.setup()
+    model, info = stage_baseline(cfg, datamodule, torch.device("cpu"))
+    _same_except_head(model, state)
+    assert model.fc.out_features == 3 and info["epochs"] == 0
