@@ -20,6 +20,7 @@ from .evaluate import evaluate_accuracy
 from .device import resolve_device
 from .faults import FAULT_MODELS, FORMATS, apply_datapath, as_rate_list, run_campaign
 from .keys import job_key, plain
+from .models import model_tag
 from .protect.sites import select_sites
 from .stages import prepare_protected, stage_bounds
 from .validate import check_config
@@ -65,12 +66,12 @@ def _parent_run_id() -> str | None:
 
 def job_tags(cfg: DictConfig, dataset: str, key: str, rates: list[float], device: torch.device) -> dict[str, str]:
     faults = cfg.faults
-    return {"device": device.type, "model": cfg.model.name, "dataset": dataset, "protection": cfg.protection.name,
+    return {"device": device.type, "model": model_tag(cfg.model), "dataset": dataset, "protection": cfg.protection.name,
             "granularity": cfg.protection.get("granularity", "layer"),
             "fault_format": FORMATS[faults.fmt].label(faults.word_bits, faults.frac_bits),
             "fault_model": faults.model, "fault_rates": ",".join(tracking.rate_label(r) for r in rates),
             "campaign_design": cfg.campaign.design, "job_key": key, "seed": str(cfg.seed),
-            "width": str(cfg.model.width)}
+            "width": str(cfg.model.get("width", 1.0))}
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:
@@ -96,7 +97,7 @@ def _run_logged(cfg: DictConfig, datamodule, device: torch.device, key: str) -> 
     rates = as_rate_list(cfg.campaign.rates)
     datamodule.setup()
     tags = job_tags(cfg, datamodule.name, key, rates, device)
-    run_name = f"{cfg.model.name}-{datamodule.name}-{cfg.protection.name}-{tags['fault_rates']}"
+    run_name = f"{tags['model']}-{datamodule.name}-{cfg.protection.name}-{tags['fault_rates']}"
     with tracking.job_run(cfg.tracking, run_name, tags, _parent_run_id()) as run:
         mlflow.log_dict(OmegaConf.to_container(cfg, resolve=True), "config.yaml")
         mlflow.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))

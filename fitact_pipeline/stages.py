@@ -16,9 +16,9 @@ from omegaconf import DictConfig
 from .cache import cached_stage
 from .evaluate import evaluate_accuracy
 from .faults import as_rate_list, injector_kwargs
-from .keys import baseline_key, bounds_key, profile_key
-from .models import build_model
-from .protect import PROTECTIONS, fold_batchnorm, profile_activations, protect_model
+from .keys import baseline_key, bounds_key, plain, profile_key
+from .models import model_from_config, owns_init
+from .protect import PROTECTIONS, fold_batchnorm, profile_ranges, protect_model
 from .training import train_baseline
 
 
@@ -31,12 +31,13 @@ def _save_pair(names: tuple[str, str]):
 
 def stage_baseline(cfg: DictConfig, datamodule, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """Train (or load) the baseline: once per model x data x training config x seed x device type.
-    Returned on the CPU (the cache holds CPU tensors)."""
-    model = build_model(cfg.model.name, num_classes=datamodule.num_classes,
-                        in_channels=datamodule.in_channels, width=cfg.model.width)
+    Returned on the CPU (the cache holds CPU tensors). A torchvision or timm model comes initialised
+    (its library's initialisation or pretrained weights, head replaced): training fine-tunes it."""
+    model = model_from_config(cfg.model, datamodule.num_classes, datamodule.in_channels, cfg.seed)
+    train_cfg = {**plain(cfg.train), "init_from_seed": False} if owns_init(cfg.model) else cfg.train
 
     def compute() -> tuple[dict, dict]:
-        info = train_baseline(model, datamodule, cfg.train, seed=cfg.seed, device=device)
+        info = train_baseline(model, datamodule, train_cfg, seed=cfg.seed, device=device)
         return {k: v.cpu() for k, v in model.state_dict().items()}, dict(info)
 
     def load(path: Path):
@@ -48,13 +49,24 @@ def stage_baseline(cfg: DictConfig, datamodule, device: torch.device) -> tuple[t
     return model.eval(), info
 
 
-def stage_profile(cfg: DictConfig, model: torch.nn.Module, datamodule, device: torch.device) -> dict[str, torch.Tensor]:
-    """Per-neuron maxima of every site (on ``device``; ``model`` must be there), cached on the CPU."""
+def stage_profile(cfg: DictConfig, model: torch.nn.Module, datamodule, device: torch.device
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per-neuron maxima of every site, and minima of the sites with a lower bound (LeakyReLU,
+    PReLU, ELU; none in a ReLU model), on ``device`` (``model`` must be there), cached on the CPU."""
+    def save(path: Path, ranges) -> None:
+        torch.save(ranges[0], path / "profile.pt")
+        if ranges[1]:  # a ReLU model's artefact stays the one file it always was
+            torch.save(ranges[1], path / "lower.pt")
+
+    def load(path: Path):
+        lower = path / "lower.pt"
+        return (torch.load(path / "profile.pt", weights_only=True),
+                torch.load(lower, weights_only=True) if lower.exists() else {})
+
     return cached_stage(
         cfg.cache_dir, "profile", profile_key(cfg, datamodule, device),
-        lambda: profile_activations(model, datamodule.profile_dataloader(cfg.profile_images), cfg.profile_images),
-        lambda path, prof: torch.save(prof, path / "profile.pt"),
-        lambda path: torch.load(path / "profile.pt", weights_only=True))
+        lambda: profile_ranges(model, datamodule.profile_dataloader(cfg.profile_images), cfg.profile_images),
+        save, load)
 
 
 def bounds_stage(cfg: DictConfig) -> str:
@@ -93,7 +105,7 @@ BOUNDS_STAGES = {"posttrain": _posttrain, "search": _search}
 def stage_bounds(cfg: DictConfig, protected: torch.nn.Module, datamodule, device: torch.device,
                  clean_val_acc: float) -> dict:
     """The protection's bounds stage, on ``device`` (``protected`` must be there). It only changes
-    `.bound` tensors, which are cached (on the CPU) so that every fault-rate job of one protection
+    `.bound` (and `.lower`) tensors, which are cached (on the CPU) so that every fault-rate job of one protection
     reuses them."""
     stage = bounds_stage(cfg)
     if stage == "none":
@@ -101,7 +113,8 @@ def stage_bounds(cfg: DictConfig, protected: torch.nn.Module, datamodule, device
 
     def compute():
         info = BOUNDS_STAGES[stage](cfg, protected, datamodule, clean_val_acc)
-        bounds = {k: v.detach().cpu().clone() for k, v in protected.state_dict().items() if k.endswith(".bound")}
+        bounds = {k: v.detach().cpu().clone() for k, v in protected.state_dict().items()
+                  if k.endswith((".bound", ".lower"))}
         return bounds, info
 
     def load(path: Path):
@@ -118,7 +131,8 @@ class Prepared:
     """A job's model before its bounds stage: the deployed ReLU model and its protected copy."""
     reference: torch.nn.Module  # baseline, BN folded when the fault model says so
     protected: torch.nn.Module  # the same weights with bounded activations at profiled bounds
-    profile: dict[str, torch.Tensor]
+    profile: dict[str, torch.Tensor]  # per-neuron maxima of every site
+    lower: dict[str, torch.Tensor]  # per-neuron minima of the sites with a lower bound
     clean_val_acc: float  # of the reference, on the whole validation split
     train_info: dict
 
@@ -131,11 +145,11 @@ def prepare_protected(cfg: DictConfig, datamodule, device: torch.device) -> Prep
     if cfg.faults.fold_batchnorm:
         fold_batchnorm(model)
     model = model.to(device)
-    profile = stage_profile(cfg, model, datamodule, device)
+    profile, lower = stage_profile(cfg, model, datamodule, device)
     val_images, val_labels = datamodule.eval_tensors("val", None, cfg.campaign.seed)  # the whole split
     clean_val_acc = evaluate_accuracy(model, val_images.to(device), val_labels.to(device), cfg.campaign.batch_size)
     reference = copy.deepcopy(model)
     entry = PROTECTIONS[cfg.protection.name]
-    protected = protect_model(model, entry.name, cfg.protection.get("granularity"), profile,
+    protected = protect_model(model, entry.name, cfg.protection.get("granularity"), profile, lower=lower,
                               **entry.options(cfg.protection, list(profile)))
-    return Prepared(reference, protected.to(device), profile, clean_val_acc, train_info)
+    return Prepared(reference, protected.to(device), profile, lower, clean_val_acc, train_info)

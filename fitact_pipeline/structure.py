@@ -25,21 +25,30 @@ def structure_key(cfg: DictConfig) -> str:
 
 def skeleton(cfg: DictConfig):
     """(datamodule, protected model skeleton): random weights, the job's names and sites."""
-    from .models import build_model
-    from .protect import PROTECTIONS, fold_batchnorm, profile_activations, protect_model
+    from .models import model_from_config, model_tag
+    from .protect import PROTECTIONS, fold_batchnorm, profile_ranges, protect_model
 
     datamodule = instantiate(cfg.dataset)  # reads no images
-    model = build_model(cfg.model.name, datamodule.num_classes, datamodule.in_channels, cfg.model.width).eval()
+    # a source model loads its weights here: a file that does not match is refused before any work
+    model = model_from_config(cfg.model, datamodule.num_classes, datamodule.in_channels, cfg.seed).eval()
     if cfg.faults.fold_batchnorm:
         fold_batchnorm(model)
     size = datamodule.image_size
-    profile = profile_activations(model, torch.zeros(2, datamodule.in_channels, size, size))
+    try:
+        profile, lower = profile_ranges(model, torch.zeros(2, datamodule.in_channels, size, size))
+    except ConfigError:
+        raise
+    except (RuntimeError, AssertionError, ValueError) as exc:  # e.g. a ViT built for another image size
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"model {model_tag(cfg.model)} cannot run on the dataset's {datamodule.in_channels}x{size}x"
+                          f"{size} images: {reason}") from None
     entry = PROTECTIONS[cfg.protection.name]
     try:
         options = entry.options(cfg.protection, list(profile))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    return datamodule, protect_model(model, entry.name, cfg.protection.get("granularity"), profile, **options), profile
+    protected = protect_model(model, entry.name, cfg.protection.get("granularity"), profile, lower=lower, **options)
+    return datamodule, protected, profile
 
 
 def check_structure(cfg: DictConfig) -> None:

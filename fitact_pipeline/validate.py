@@ -123,16 +123,17 @@ def _override_args(argv: Iterable[str]) -> list[str]:
 
 
 def _parse(texts: list[str]) -> list[tuple[str, list[str]]]:
-    """(key, values) of each override; a sweep has several values."""
+    """(key, values) of each override; a sweep has several values. An append (``+model.kwargs.x=1``,
+    how a new builder argument is given) keeps its ``+``, so the jobs are checked with it."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
         overrides = OverridesParser.create().parse_overrides(texts)
     except Exception as exc:  # Hydra's grammar errors are several lines long
         raise ConfigError(f"cannot parse the command line: {str(exc).splitlines()[0]}") from None
-    return [(o.key_or_group, list(o.sweep_string_iterator()) if o.is_sweep_override()
+    return [(("+" if o.is_add() else "") + o.key_or_group, list(o.sweep_string_iterator()) if o.is_sweep_override()
              else [o.get_value_element_as_str()]) for o in overrides
-            if not (o.key_or_group.startswith("hydra") or o.is_add() or o.is_delete())]
+            if not (o.key_or_group.startswith("hydra") or o.is_delete())]
 
 
 def preflight(argv: list[str]) -> None:
@@ -175,7 +176,7 @@ def _compose(compose, overrides: list[str], groups: dict[str, list[str]]) -> Dic
     cfg = compose("config", overrides=group_overrides)
     for o in overrides:
         key = o.split("=", 1)[0]
-        if key in groups:
+        if key in groups or key.startswith("+"):  # an append adds a key: Hydra checks its parent exists
             continue
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg

@@ -15,7 +15,7 @@ from fitact_pipeline.validate import CONF_DIR, ConfigError, check_config, prefli
 ROOT = Path(__file__).resolve().parent.parent
 # values that are free text by nature: any string is a valid name or path
 FREE_TEXT = {"tracking.experiment", "tracking.root", "cache_dir", "figures_dir", "dataset.name", "dataset.root",
-             "dataset.cache_dir"}
+             "dataset.cache_dir", "model.label"}
 
 
 def composed(*overrides: str) -> DictConfig:
@@ -39,7 +39,10 @@ def leaves(node, prefix=""):
 
 
 SETTINGS = [("experiment=quickstart",), ("experiment=repro_cpu", "protection=clipact_ft"),
-            ("protection=gbrelu", "faults=int8"), ("dataset=cifar10",)]
+            ("protection=gbrelu", "faults=int8"), ("dataset=cifar10",),
+            ("experiment=beyond_relu", "protection=clipact_ft", "model=vit_tiny_p4", "dataset=imagefolder224",
+             f"dataset.root={ROOT.parent / 'shared' / 'data' / 'cifar10'}", "dataset.resize=32", "dataset.crop=32"),
+            ("model=timm", "dataset=cifar10")]
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: " ".join(s))

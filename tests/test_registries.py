@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from fitact_pipeline.faults import FAULT_MODELS, FORMATS, TARGET_KINDS, FaultInjector, run_campaign
 from fitact_pipeline.models import MODELS, build_model
+from fitact_pipeline.models.sources import SOURCES
 from fitact_pipeline.protect import PROTECTIONS, BoundedReLU, Protection, profile_activations, protect_model, register_protection
 from fitact_pipeline.report.select import variant_sort_key
 from fitact_pipeline.validate import CONF_DIR, ConfigError, check_config
@@ -81,8 +82,10 @@ def test_fault_configs_and_model_configs_name_registered_components():
         assert set(faults["targets"]) <= set(TARGET_KINDS), path.name
     for path in (CONF_DIR / "model").glob("*.yaml"):
         model = _yaml(path)
-        name = model["model"]["name"] if "model" in model else model["name"]
-        assert name in MODELS, path.name
+        model = model["model"] if "model" in model else model
+        assert model["name"] in MODELS or model["name"] in SOURCES, path.name
+        if model["name"] in SOURCES:  # a source's config has exactly the keys its entry lists
+            assert set(model) == {"name", "label", *SOURCES[model["name"]].keys}, path.name
 
 
 def test_docs_lists_are_generated_from_the_registries():

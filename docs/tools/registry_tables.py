@@ -27,7 +27,10 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 def tables() -> dict[str, str]:
     from fitact_pipeline.faults import FAULT_MODELS, FORMATS, TARGET_KINDS
-    from fitact_pipeline.protect import PROTECTIONS
+    from fitact_pipeline.models import MODELS
+    from fitact_pipeline.models.sources import SOURCES
+    from fitact_pipeline.protect import ACTIVATIONS, PROTECTIONS
+    from torch.nn import functional as F
 
     return {
         "protections": _table(
@@ -42,6 +45,16 @@ def tables() -> dict[str, str]:
                           [[f"`{n}`", k.summary + (f" ({k.format} only)" if k.format else "")]
                            for n, k in TARGET_KINDS.items()]),
         "fault_models": _table(["`faults.model`", "faults"], [[f"`{n}`", m.summary] for n, m in FAULT_MODELS.items()]),
+        "activations": _table(
+            ["kind", "modules (and functional forms)", "g(x)", "lower bound", "natural cap"],
+            [[f"`{n}`", ", ".join([f"`nn.{c.__name__}`" for c in k.modules] + [f"`F.{f.__name__}`" for f in k.functions
+                                                                                if getattr(F, f.__name__, None) is f]),
+              k.summary, "profiled minimum" + (" (>= floor)" if k.floor else "") if k.lower else "-",
+              f"{k.cap:g}" if k.cap is not None else "-"] for n, k in ACTIVATIONS.items()]),
+        "models": _table(["`model.name`", "what", "keys"],
+                         [[f"`{n}`", "registry model (`models/`)", "`width`"] for n in MODELS]
+                         + [[f"`{n}`", s.summary + f"; install: {s.install}", ", ".join(f"`{k}`" for k in ("label", *s.keys))]
+                            for n, s in SOURCES.items()]),
     }
 
 

@@ -7,7 +7,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..checks import expect_bool, expect_int
+from ..checks import expect_bool, expect_int, expect_list, expect_number, fail
 from ..registry import ConfigError
 
 from .sampling import split_off, stratified_subset
@@ -29,6 +29,10 @@ class TensorDataModule(L.LightningDataModule):
             quick runs (None = everything).
         seed: seeds the split, the subsets, the shuffle and the augmentation.
         augment: random crop with ``pad`` pixels of zero padding and horizontal flip if ``flip``.
+        crop_scale: with augmentation, a random resized crop of at least this area fraction
+            instead of the padded crop (ImageNet-style training: 0.08); None = padded crop.
+        mean, std: per-channel normalisation (e.g. ImageNet's for pretrained models); None = the
+            statistics of the training images.
     """
 
     name = "tensor"
@@ -37,7 +41,7 @@ class TensorDataModule(L.LightningDataModule):
     image_size = 32
     #: arguments that change what a run computes: the stage keys read these (never paths or workers)
     RESULT_KEYS = ("batch_size", "val_size", "train_subset", "val_subset", "test_subset", "seed", "augment",
-                   "pad", "flip")
+                   "pad", "flip", "crop_scale", "mean", "std")
 
     @classmethod
     def check_config(cls, cfg: Mapping) -> None:
@@ -52,6 +56,14 @@ class TensorDataModule(L.LightningDataModule):
         for key in ("augment", "flip"):
             if key in cfg:
                 expect_bool(cfg[key], f"dataset.{key}")
+        expect_number(cfg.get("crop_scale"), "dataset.crop_scale", 0, 1, low_open=True, allow_none=True)
+        for key, low in (("mean", None), ("std", 0)):
+            if cfg.get(key) is not None:
+                for value in expect_list(cfg[key], f"dataset.{key}"):
+                    expect_number(value, f"dataset.{key}", low, low_open=low is not None)
+        if (cfg.get("mean") is None) != (cfg.get("std") is None):
+            fail("dataset.mean", cfg.get("mean"), "set dataset.mean and dataset.std together (or both null: "
+                 "the training images' statistics)")
 
     def identity(self) -> dict:
         """What the data is, independent of where it lies (part of every stage key)."""
@@ -60,13 +72,16 @@ class TensorDataModule(L.LightningDataModule):
     def __init__(self, batch_size: int = 128, eval_batch_size: int = 512, val_size: int = 5000,
                  train_subset: int | None = None, val_subset: int | None = None,
                  test_subset: int | None = None, seed: int = 0, augment: bool = True,
-                 pad: int = 4, flip: bool = True, num_workers: int = 0):
+                 pad: int = 4, flip: bool = True, num_workers: int = 0, crop_scale: float | None = None,
+                 mean: list[float] | None = None, std: list[float] | None = None):
         super().__init__()
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
         self.val_size, self.seed = int(val_size), int(seed)
         self.train_subset, self.val_subset, self.test_subset = train_subset, val_subset, test_subset
         self.augment, self.pad, self.flip = augment, int(pad), bool(flip)
         self.num_workers = int(num_workers)
+        self.crop_scale = None if crop_scale is None else float(crop_scale)
+        self.given_stats = (list(mean), list(std)) if mean is not None else None
         self.splits: dict[str, ImageTensorDataset] = {}
         self.mean: list[float] = []
         self.std: list[float] = []
@@ -81,8 +96,11 @@ class TensorDataModule(L.LightningDataModule):
         if self.val_size >= len(train_y):
             raise ValueError(f"val_size={self.val_size} leaves no training images (training split has {len(train_y)})")
         rest, val = split_off(train_y, self.val_size, self.seed)
-        # Normalise with the statistics of the training images only (after carving val out).
-        self.mean, self.std = channel_stats(train_x[rest])
+        # Normalise with the given statistics, or those of the training images only (after carving val out).
+        self.mean, self.std = self.given_stats or channel_stats(train_x[rest])
+        if len(self.mean) != train_x.shape[1] or len(self.std) != train_x.shape[1]:
+            raise ConfigError(f"dataset.mean/std have {len(self.mean)}/{len(self.std)} values; the images have "
+                              f"{train_x.shape[1]} channels")
         # Different seed offsets so the subset draws are not correlated with the val draw.
         rest = rest[stratified_subset(train_y[rest], self.train_subset, self.seed + 1)]
         val = val[stratified_subset(train_y[val], self.val_subset, self.seed + 2)]
@@ -108,10 +126,10 @@ class TensorDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._split("train")
-        pad, flip = (self.pad, self.flip) if self.augment else (0, False)
+        pad, flip, scale = (self.pad, self.flip, self.crop_scale) if self.augment else (0, False, None)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=True,
                           generator=torch.Generator().manual_seed(self.seed),
-                          collate_fn=BatchTransform(self.mean, self.std, pad, flip, self.seed),
+                          collate_fn=BatchTransform(self.mean, self.std, pad, flip, self.seed, scale),
                           num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:

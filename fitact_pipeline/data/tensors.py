@@ -1,6 +1,8 @@
 """Images in memory as uint8 tensors, and the batch-wise transform (augmentation, normalisation)."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.utils.data import Dataset
 
@@ -25,22 +27,26 @@ class ImageTensorDataset(Dataset):
 
 
 class BatchTransform:
-    """Collate function: random crop (zero padding) + optional horizontal flip, then normalise.
+    """Collate function: random crop (zero padding), or a random resized crop (``crop_scale``, the
+    smallest area fraction, as ImageNet training does), + optional horizontal flip, then normalise.
 
     The crop offsets and flips come from this object's own seeded generator, so a training run is
     reproducible with ``num_workers=0`` (the default; the data is in memory, workers would only add
     process start-up and copies).
     """
 
-    def __init__(self, mean, std, pad: int = 0, flip: bool = False, seed: int = 0):
+    def __init__(self, mean, std, pad: int = 0, flip: bool = False, seed: int = 0, crop_scale: float | None = None):
         self.mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.pad, self.flip = int(pad), bool(flip)
+        self.crop_scale = crop_scale
         self.gen = torch.Generator().manual_seed(int(seed))
 
     def __call__(self, batch):
         images, labels = batch
-        if self.pad > 0:
+        if self.crop_scale is not None:
+            images = self.random_resized_crop(images)
+        elif self.pad > 0:
             images = self.random_crop(images)
         if self.flip:
             flip = torch.rand(len(images), generator=self.gen) < 0.5
@@ -58,6 +64,22 @@ class BatchTransform:
         batch = torch.arange(n).view(n, 1, 1, 1)
         chans = torch.arange(images.shape[1]).view(1, -1, 1, 1)
         return padded[batch, chans, rows, cols]
+
+    def random_resized_crop(self, images: torch.Tensor) -> torch.Tensor:
+        """A box of area fraction U(crop_scale, 1) and aspect ratio log-uniform in [3/4, 4/3]
+        (sides clipped to the image) at a uniform position, resized back to the image size
+        (bilinear), for the whole batch in one ``grid_sample``. Returns float values in 0..255."""
+        n = images.shape[0]
+        area = self.crop_scale + (1 - self.crop_scale) * torch.rand(n, generator=self.gen)
+        ratio = torch.exp(math.log(3 / 4) + math.log(16 / 9) * torch.rand(n, generator=self.gen))
+        w, h = (area * ratio).sqrt().clamp(max=1.0), (area / ratio).sqrt().clamp(max=1.0)
+        # box centre in [-1, 1] coordinates, kept inside the image
+        cx = (1 - w) * (2 * torch.rand(n, generator=self.gen) - 1)
+        cy = (1 - h) * (2 * torch.rand(n, generator=self.gen) - 1)
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w, cx, h, cy
+        grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
+        return torch.nn.functional.grid_sample(images.float(), grid, mode="bilinear", align_corners=False)
 
 
 def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

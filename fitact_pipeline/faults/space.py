@@ -24,6 +24,8 @@ from .layout import element_offset, gather_into_one_buffer
 from .sampler import SAMPLER, hash64
 
 _BN_ATTRS = ("weight", "bias", "running_mean", "running_var")
+# nn.MultiheadAttention's own projection parameters (its out_proj is an nn.Linear: weight and bias)
+_MHA_ATTRS = ("in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight", "v_proj_weight", "bias_k", "bias_v")
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,15 @@ for _kind in (TargetKind("weight", "parameter `weight` of `nn.Conv1d/2d/3d` and 
                          lambda m, a, p: p and a == "weight" and isinstance(m, CONV_LINEAR)),
               TargetKind("bias", "parameter `bias` of `nn.Conv1d/2d/3d` and `nn.Linear`",
                          lambda m, a, p: p and a == "bias" and isinstance(m, CONV_LINEAR)),
-              TargetKind("bound", "every parameter named `bound` (the bounded activations)",
-                         lambda m, a, p: p and a == "bound"),
+              TargetKind("bound", "every parameter named `bound` or `lower` (the bounded activations' upper "
+                         "and lower bounds)", lambda m, a, p: p and a in ("bound", "lower")),
               TargetKind("batchnorm", "BatchNorm `weight`, `bias`, `running_mean`, `running_var` (when not folded)",
                          lambda m, a, p: a in _BN_ATTRS and isinstance(m, nn.modules.batchnorm._BatchNorm)),
+              TargetKind("attention", "`nn.MultiheadAttention`'s in-projection parameters (`in_proj_weight`, "
+                         "`in_proj_bias`, ...; its `out_proj` is an `nn.Linear`: weight, bias)",
+                         lambda m, a, p: p and a in _MHA_ATTRS and isinstance(m, nn.MultiheadAttention)),
+              TargetKind("layernorm", "LayerNorm / GroupNorm affine `weight` and `bias` (never folded)",
+                         lambda m, a, p: p and a in ("weight", "bias") and isinstance(m, (nn.LayerNorm, nn.GroupNorm))),
               TargetKind("scale", "the float32 per-channel scales of the selected tensors, named `<tensor>:scale`",
                          format="int8")):
     TARGET_KINDS.register(_kind.name, _kind)

@@ -1,5 +1,8 @@
 """Model registry: one name -> one builder.
 
+Models of other libraries (``model=torchvision``, ``model=timm``) come from the sources of
+``sources.py``; ``model_from_config`` builds either kind from a ``model`` config.
+
 Every builder has the signature ``builder(num_classes, in_channels, width) -> nn.Module`` and obeys the
 activation-site convention of docs/architecture.md: each ReLU call site is its own ``nn.ReLU`` module
 (never ``F.relu``, never a module called twice), so protection can replace sites one by one while
@@ -17,7 +20,7 @@ from typing import Callable
 from torch import nn
 
 from ..checks import expect_number
-from ..registry import Registry
+from ..registry import ConfigError, Registry
 
 Builder = Callable[[int, int, float], nn.Module]
 MODELS: Registry[Builder] = Registry("model")
@@ -48,9 +51,41 @@ def _check_width(width) -> float:
 
 
 def check_model_config(cfg) -> None:
-    """A one-line ConfigError for a bad ``model`` value, before any work."""
-    MODELS.check("model.name", cfg.get("name"))
+    """A one-line ConfigError for a bad ``model`` value, before any work: a registered model, or a
+    source (torchvision, timm) with its own keys."""
+    from .sources import SOURCES, check_source_config
+
+    name = cfg.get("name")
+    if isinstance(name, str) and name in SOURCES:
+        return check_source_config(cfg)
+    if not isinstance(name, str) or name not in MODELS:
+        raise ConfigError(f"model.name={name!r} is not allowed; choose one of: {', '.join([*MODELS, *SOURCES])}")
     expect_number(cfg.get("width", 1.0), "model.width", 0, low_open=True)
+
+
+def model_from_config(cfg, num_classes: int, in_channels: int = 3, seed: int = 0) -> nn.Module:
+    """The model a ``model`` config describes: a registered builder (``name``, ``width``), or a
+    source's model built (weights loaded, head replaced) with its new parameters drawn from ``seed``."""
+    from .sources import SOURCES, build_from_source
+
+    if cfg["name"] in SOURCES:
+        return build_from_source(cfg, num_classes, in_channels, seed)
+    return build_model(cfg["name"], num_classes, in_channels, cfg.get("width", 1.0))
+
+
+def owns_init(cfg) -> bool:
+    """Whether the model comes initialised (a source: the library's initialisation or pretrained
+    weights), so training must not re-initialise it."""
+    from .sources import SOURCES
+
+    return cfg["name"] in SOURCES
+
+
+def model_tag(cfg) -> str:
+    """The run tag ``model``: the registry name, or a source model's label (its architecture)."""
+    from .sources import SOURCES, model_label
+
+    return model_label(cfg) if cfg["name"] in SOURCES else str(cfg["name"])
 
 
 def build_model(name: str, num_classes: int, in_channels: int = 3, width: float = 1.0) -> nn.Module:
@@ -64,4 +99,5 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, width: float 
 # Importing the family modules registers their builders.
 from . import alexnet, resnet, small_cnn, vgg  # noqa: E402,F401
 
-__all__ = ["MODELS", "register_model", "build_model", "check_model_config", "scaled"]
+__all__ = ["MODELS", "build_model", "check_model_config", "model_from_config", "model_tag", "owns_init",
+           "register_model", "scaled"]

@@ -45,7 +45,9 @@ def _search_site(act: ClipActReLU, score, candidates: int, iterations: int, tol:
     best_t, best_s = top, score()  # the profiled max is the reference
     if log:
         log(site, 0, top, best_s)
-    lo, hi = 0.0, top
+    # [0, max]; an activation with negative outputs (SiLU, GELU) may have a negative profiled max
+    floor = min(0.0, top)
+    lo, hi = floor, top
     for it in range(1, iterations + 1):
         prev = best_s
         step = (hi - lo) / (candidates - 1)
@@ -61,7 +63,7 @@ def _search_site(act: ClipActReLU, score, candidates: int, iterations: int, tol:
             if s > best_s:
                 best_t, best_s = t, s
         # narrow to one spacing around the best, inside [0, profiled max]
-        lo, hi = max(0.0, best_t - step), min(top, best_t + step)
+        lo, hi = max(floor, best_t - step), min(top, best_t + step)
         if best_s - prev <= tol and it > 1:
             break  # scores stopped improving
     with torch.no_grad():

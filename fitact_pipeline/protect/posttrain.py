@@ -13,6 +13,11 @@ profiled bounds themselves, so the result is never worse than the starting point
 
 Adam normalises step sizes: each bound moves by about ``lr`` per step whatever zeta is (as long as
 zeta's gradient is above Adam's eps), so ``lr`` sets the shrink rate; see docs/protections.md.
+
+Sites whose activation has a lower bound (LeakyReLU, PReLU, ELU) train it alongside: its penalty
+is the same mean(a^2), it is kept <= 0 (and >= the activation's own floor, ELU's -alpha), and it
+counts in the mean bound ratio like an upper bound; upper bounds stay <= the activation's natural
+cap (ReLU6: 6). For a ReLU model nothing of this applies and the steps are what they were.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from torch import nn
 from ..checks import check_keys, expect_bool, expect_int, expect_number
 from ..device import lightning_accelerator
 from ..evaluate import count_correct
+from .activations import ACTIVATIONS
 from .protections.fitact import FitReLU, set_fitrelu_hard
 
 # Evidence for these defaults: docs/protections.md ("Post-training defaults").
@@ -39,6 +45,20 @@ RESULT_KEYS = tuple(k for k in DEFAULTS if k != "progress_bar")
 
 def _fitrelus(model: nn.Module) -> dict[str, FitReLU]:
     return {n: m for n, m in model.named_modules() if isinstance(m, FitReLU)}
+
+
+def _bound_tensors(sites: dict[str, FitReLU]) -> dict[str, nn.Parameter]:
+    """Every trained bound, ``<site>.bound`` and ``<site>.lower``, in site order."""
+    return {f"{n}.{k}": t for n, m in sites.items() for k, t in m.bound_tensors().items()}
+
+
+def _keep_in_range(m: FitReLU) -> None:
+    """Bounds stay where they mean something: b >= 0 (a negative bound cuts as much as 0) and <= the
+    activation's cap; a <= 0 and >= its floor."""
+    kind = ACTIVATIONS[m.kind]
+    m.bound.clamp_(min=0.0, max=kind.cap)
+    if hasattr(m, "lower"):
+        m.lower.clamp_(min=kind.floor(m.settings) if kind.floor else None, max=0.0)
 
 
 class BoundPostTraining(L.LightningModule):
@@ -54,9 +74,10 @@ class BoundPostTraining(L.LightningModule):
         self._requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         for p in model.parameters():
             p.requires_grad_(False)
-        for m in self.sites.values():
-            m.bound.requires_grad_(True)
-        self.initial = {n: m.bound.detach().clone() for n, m in self.sites.items()}
+        self.bounds = _bound_tensors(self.sites)
+        for b in self.bounds.values():
+            b.requires_grad_(True)
+        self.initial = {n: b.detach().clone() for n, b in self.bounds.items()}
         self.deploy_hard = {n: m.hard for n, m in self.sites.items()}
         self.model.eval()
         self._losses: list[float] = []
@@ -72,15 +93,16 @@ class BoundPostTraining(L.LightningModule):
         return self.model(x)
 
     def bound_penalty(self) -> torch.Tensor:
-        return sum(m.bound.pow(2).mean() for m in self.sites.values())
+        return sum(b.pow(2).mean() for b in self.bounds.values())
 
     def mean_bound_ratio(self) -> float:
-        """Mean over sites of mean(bound) / mean(profiled bound); sites profiled at 0 are skipped."""
+        """Mean over bound tensors of mean(bound) / mean(profiled bound) (upper and lower bounds
+        alike); bounds profiled at 0 are skipped."""
         ratios = []
-        for n, m in self.sites.items():
+        for n, b in self.bounds.items():
             ref = self.initial[n].float().mean().item()
-            if ref > 0:
-                ratios.append(m.bound.detach().float().mean().item() / ref)
+            if ref != 0 and (ref > 0 or n.endswith(".lower")):
+                ratios.append(b.detach().float().mean().item() / ref)
         return float(sum(ratios) / len(ratios)) if ratios else 1.0
 
     def training_step(self, batch, batch_idx):
@@ -94,7 +116,7 @@ class BoundPostTraining(L.LightningModule):
         # a negative bound means the same as 0 (every activation cut); keep bounds in the stored range
         with torch.no_grad():
             for m in self.sites.values():
-                m.bound.clamp_(min=0.0)
+                _keep_in_range(m)
 
     def on_validation_epoch_start(self):
         set_fitrelu_hard(self.model, self.deploy_hard)  # decide on the deployed form
@@ -109,7 +131,7 @@ class BoundPostTraining(L.LightningModule):
         return self._correct / max(self._seen, 1)
 
     def configure_optimizers(self):
-        return torch.optim.Adam([m.bound for m in self.sites.values()], lr=self.lr)
+        return torch.optim.Adam(list(self.bounds.values()), lr=self.lr)
 
 
 class _Selector(L.Callback):
@@ -125,8 +147,7 @@ class _Selector(L.Callback):
                "mean_bound_ratio": module.mean_bound_ratio()}
         self.history.append(rec)
         if rec["val_acc"] >= self.floor and (self.best is None or rec["mean_bound_ratio"] < self.best[0]):
-            self.best = (rec["mean_bound_ratio"], epoch,
-                         {n: m.bound.detach().clone() for n, m in module.sites.items()})
+            self.best = (rec["mean_bound_ratio"], epoch, {n: b.detach().clone() for n, b in module.bounds.items()})
 
     def on_validation_epoch_end(self, trainer, module):
         if trainer.sanity_checking:
@@ -203,8 +224,8 @@ def posttrain_bounds(model: nn.Module, datamodule, cfg=None, clean_val_acc: floa
 
     _, epoch, bounds = selector.best
     with torch.no_grad():
-        for n, m in module.sites.items():
-            m.bound.copy_(bounds[n].to(m.bound.device))
+        for n, b in module.bounds.items():
+            b.copy_(bounds[n].to(b.device))
     set_fitrelu_hard(model, module.deploy_hard)
     for n, p in model.named_parameters():  # the flags the model came with
         p.requires_grad_(module._requires_grad.get(n, p.requires_grad))

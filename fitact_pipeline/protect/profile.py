@@ -1,10 +1,12 @@
 """Profiling: the per-neuron maximum of every activation site over a set of images (DESIGN.md §2.2),
-which initialises every bound."""
+which initialises every bound; and, for sites whose activation is unbounded below (LeakyReLU, PReLU,
+ELU: docs/protections.md), the per-neuron minimum, which initialises their lower bound."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from .activations import kind_of
 from .sites import check_supported, is_site, split_activation_sites
 
 
@@ -17,18 +19,23 @@ def _batches(loader):
 
 
 class _MaxRecorder:
-    """Forward hooks that keep the running per-neuron max of each site and count its calls."""
+    """Forward hooks that keep the running per-neuron max of each site (and the min of the sites
+    in ``lower``) and count its calls."""
 
-    def __init__(self, sites: dict[str, nn.Module]):
+    def __init__(self, sites: dict[str, nn.Module], lower: set[str]):
         self.maxima: dict[str, torch.Tensor] = {}
+        self.minima: dict[str, torch.Tensor] = {}
         self.calls: dict[str, int] = {}
-        self.handles = [m.register_forward_hook(self._hook(n)) for n, m in sites.items()]
+        self.handles = [m.register_forward_hook(self._hook(n, n in lower)) for n, m in sites.items()]
 
-    def _hook(self, name):
+    def _hook(self, name, lower: bool):
         def fn(_m, _inp, out):
             self.calls[name] = self.calls.get(name, 0) + 1
             m = out.detach().amax(dim=0).float()  # over the batch dimension only
             self.maxima[name] = m if name not in self.maxima else torch.maximum(self.maxima[name], m)
+            if lower:
+                m = out.detach().amin(dim=0).float()
+                self.minima[name] = m if name not in self.minima else torch.minimum(self.minima[name], m)
         return fn
 
     def reused(self) -> list[str]:
@@ -39,21 +46,28 @@ class _MaxRecorder:
             h.remove()
 
 
-@torch.no_grad()
 def profile_activations(model: nn.Module, loader, num_images: int | None = None) -> dict[str, torch.Tensor]:
-    """Per-neuron maximum of every ReLU site's output over ``num_images`` images from ``loader``.
+    """Per-neuron maximum of every activation site's output over ``num_images`` images from ``loader``.
 
     The maximum is over the batch dimension only: the result for a site with output ``(N, C, H, W)``
     has shape ``(C, H, W)`` (``(F,)`` for ``(N, F)``). ``loader`` yields ``(images, labels)`` or
     images (a tensor also works: it is treated as one batch). Runs in eval mode and restores the
     mode. Keys are the site names of ``split_activation_sites(model)``.
     """
+    return profile_ranges(model, loader, num_images)[0]
+
+
+@torch.no_grad()
+def profile_ranges(model: nn.Module, loader, num_images: int | None = None
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(maxima, minima): ``profile_activations``' maxima of every site, and the per-neuron minima
+    of the sites whose activation kind has a lower bound (empty for a ReLU model)."""
     check_supported(model)
     net = split_activation_sites(model)
     sites = {n: m for n, m in net.named_modules() if is_site(m) and n}
     if not sites:
-        raise ValueError("model has no ReLU activation sites to profile")
-    recorder = _MaxRecorder(sites)
+        raise ValueError("model has no activation sites to profile")
+    recorder = _MaxRecorder(sites, {n for n, m in sites.items() if kind_of(m).lower})
     was_training = net.training
     net.eval()
     try:
@@ -66,7 +80,8 @@ def profile_activations(model: nn.Module, loader, num_images: int | None = None)
     never = [n for n in sites if n not in recorder.maxima]
     if never:
         raise ValueError(f"activation sites never called during profiling: {', '.join(never)}")
-    return {n: recorder.maxima[n].cpu() for n in sites}
+    return {n: recorder.maxima[n].cpu() for n in sites}, \
+        {n: recorder.minima[n].cpu() for n in sites if n in recorder.minima}
 
 
 def _run(net: nn.Module, loader, num_images: int | None, recorder: _MaxRecorder, untraceable: str) -> int:

@@ -1,5 +1,5 @@
-"""Site rewriting: replace every ReLU site of a trained model with the bounded activation of a
-protection (DESIGN.md §2.2).
+"""Site rewriting: replace every activation site of a trained model with the bounded activation of
+a protection (DESIGN.md §2.2, §2.8).
 
 Order of use (stages.py)::
 
@@ -16,18 +16,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .activations import kind_of
 from .bounded import BoundedReLU, check_granularity, reduce_profile
 from .registry import PROTECTIONS, Protection
 from .sites import check_supported, split_activation_sites
 
 
 def protect_model(model: nn.Module, protection: str, granularity: str | None = None,
-                  profile: dict[str, torch.Tensor] | None = None, *, bounds=None, **options) -> nn.Module:
-    """Replace every ReLU site with the bounded activation of ``protection``; returns the model.
+                  profile: dict[str, torch.Tensor] | None = None, *, bounds=None,
+                  lower: dict[str, torch.Tensor] | None = None, **options) -> nn.Module:
+    """Replace every activation site with the bounded activation of ``protection``; returns the model.
 
     The bound of a site is ``profile[site]`` reduced to ``granularity`` (default: the protection's
-    own) by a max. A protection with given bounds (GBReLU) takes ``bounds`` instead: a float for
-    every site, or a dict site -> float that protects only the sites it names, at layer granularity.
+    own) by a max; a site whose activation kind is unbounded below (LeakyReLU, PReLU, ELU) also
+    gets the lower bound ``lower[site]`` (the profiled minima, ``profile_ranges``) reduced by a min.
+    A protection with given bounds (GBReLU) takes ``bounds`` instead: a float for every site, or a
+    dict site -> float that protects only the sites it names, at layer granularity.
     ``options`` go to the activation's constructor (FitAct: ``k``, ``hard``; all: ``fused``).
     """
     entry = PROTECTIONS[protection]
@@ -36,20 +40,32 @@ def protect_model(model: nn.Module, protection: str, granularity: str | None = N
     model = split_activation_sites(model)
     if entry.activation is None:
         return model
-    site_bounds = _site_bounds(entry, [n for n, m in model.named_modules() if isinstance(m, nn.ReLU) and n],
-                               granularity, profile, bounds)
+    sites = [n for n, m in model.named_modules() if n and kind_of(m) is not None and not isinstance(m, BoundedReLU)]
+    site_bounds = _site_bounds(entry, sites, granularity, profile, bounds)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     granularity = "layer" if entry.given_bounds else granularity
     for site, bound in site_bounds.items():
-        act = make_activation(protection, bound.to(device), granularity, inplace=model.get_submodule(site).inplace,
-                              **options)
+        module = model.get_submodule(site)
+        kind = {} if kind_of(module).name == "relu" else \
+            {"activation": module, "lower": _lower_bound(site, kind_of(module), lower, granularity)}
+        act = make_activation(protection, bound.to(device), granularity, inplace=getattr(module, "inplace", False),
+                              **kind, **options)
         model.set_submodule(site, act.to(device))
     return model
 
 
+def _lower_bound(site: str, kind, lower, granularity: str) -> torch.Tensor | None:
+    if not kind.lower:
+        return None
+    if lower is None or site not in lower:
+        raise ValueError(f"site {site!r} ({kind.name}) needs a lower bound: pass lower= (the minima of profile_ranges)")
+    return reduce_profile(lower[site], granularity, lower=True)
+
+
 def make_activation(protection: str, bound, granularity: str | None = None, **options) -> nn.Module:
     """The bounded activation of ``protection`` with an already reduced ``bound`` (every one takes
-    ``bound, granularity, inplace, fused``; FitAct also ``k, hard``, by default the hard inference form)."""
+    ``bound, granularity, inplace, fused``; FitAct also ``k, hard``, by default the hard inference
+    form; for a non-ReLU site ``activation=<its module>`` and, where its kind has one, ``lower``)."""
     entry = PROTECTIONS[protection]
     if entry.activation is None:
         raise ValueError(f"protection {protection!r} has no bounded activation")
@@ -73,5 +89,6 @@ def _site_bounds(entry: Protection, sites: list[str], granularity: str, profile,
 
 
 def bound_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """site name -> its ``bound`` parameter, for every bounded activation in the model."""
+    """site name -> its ``bound`` parameter, for every bounded activation in the model (lower bounds:
+    ``BoundedReLU.bound_tensors()``)."""
     return {n: m.bound for n, m in model.named_modules() if isinstance(m, BoundedReLU)}

@@ -9,7 +9,7 @@ from .ranger import options
 
 
 class ClipActReLU(BoundedReLU):
-    """x if 0 <= x <= b else 0."""
+    """x if 0 <= x <= b else 0; other kinds: g(x) if a <= g(x) <= b else 0."""
 
     def forward(self, x):
         return self._clip(x)
@@ -38,7 +38,7 @@ def _check(cfg) -> None:
                           "search; it tunes one threshold per layer (granularity=layer)")
 
 
-register_protection(Protection("clipact", ClipActReLU, "x if 0 <= x <= b else 0; b = profiled maximum or FT-ClipAct search",
+register_protection(Protection("clipact", ClipActReLU, "x if 0 <= x <= b else 0 (other g: g(x) if a <= g(x) <= b); b = profiled maximum or FT-ClipAct search",
                                config_keys=("granularity", "fused", "search"),
                                bounds_stage="search", order=20, options=options,
                                stage_enabled=_searches, check=_check))

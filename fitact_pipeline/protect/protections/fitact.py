@@ -16,20 +16,23 @@ class FitReLU(BoundedReLU):
 
     ``hard=True`` uses FitReLU-Naive (Eq. 5), x if 0 <= x <= b else 0, the inference form; the
     smooth form gives the bound a gradient and is what post-training uses (it switches ``hard``
-    off while training and back for validation).
+    off while training and back for validation). Other kinds (``activation=``): g(x) sigmoid(k (b - g))
+    [x sigmoid(k (g - a)) where g has a lower bound a], hard form g(x) if a <= g(x) <= b else 0.
     """
 
     trainable = True
 
     def __init__(self, bound, granularity: str = "neuron", k: float = 20.0, hard: bool = False,
-                 inplace: bool = False, fused: bool = False):
-        super().__init__(bound, granularity, inplace, fused)
+                 inplace: bool = False, fused: bool = False, **kind):
+        super().__init__(bound, granularity, inplace, fused, **kind)
         self.k = float(k)
         self.hard = bool(hard)
 
     def forward(self, x):
         if self.hard:
             return self._clip(x)
+        if not self._is_relu:
+            return self._smooth_kind(x, self.k)
         # sanitise first: inf * sigmoid(-inf) = inf * 0 = NaN, and a NaN in the unselected branch of
         # a torch.where would still poison the bound's gradient
         x = torch.where(torch.isfinite(x), x, 0.0)
@@ -68,7 +71,8 @@ def _smooth(params) -> bool:
 
 
 register_protection(Protection(
-    "fitact", FitReLU, "smooth max(0, x) * sigmoid(k (b - x)) to train b; hard (inference) as clipact",
+    "fitact", FitReLU, "smooth max(0, x) * sigmoid(k (b - x)) to train b (other g: g sigmoid(k (b - g)) "
+    "sigmoid(k (g - a))); hard (inference) as clipact",
     config_keys=("granularity", "k", "hard", "fused"), bounds_stage="posttrain",
     default_granularity="neuron", order=40, options=_options, check=_check, defaults={"hard": True},
     label=lambda params: " smooth" if _smooth(params) else "",

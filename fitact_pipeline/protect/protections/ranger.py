@@ -8,11 +8,13 @@ from ..registry import Protection, register_protection
 
 
 class RangerReLU(BoundedReLU):
-    """min(max(0, x), b); non-finite inputs give 0 (DESIGN §2.2)."""
+    """min(max(0, x), b); non-finite inputs give 0 (DESIGN §2.2). Other kinds: min(max(g(x), a), b)."""
 
     clamps = True
 
     def forward(self, x):
+        if not self._is_relu:
+            return self._clamp_kind(x)
         if self._use_fused(x):
             return self._fused_forward(x)
         y = self._relu(x)  # -inf -> 0
@@ -28,5 +30,6 @@ def options(cfg, sites) -> dict:
     return {"fused": bool(cfg.get("fused", False))}
 
 
-register_protection(Protection("ranger", RangerReLU, "min(max(0, x), b): clamp at the profiled maximum",
+register_protection(Protection("ranger", RangerReLU, "min(max(0, x), b): clamp at the profiled maximum; "
+                               "other g: min(max(g(x), a), b)",
                                config_keys=("granularity", "fused"), order=10, options=options))

@@ -1,0 +1,97 @@
+"""The Python API (fitact_pipeline.api): harden one's own nn.Module from DataLoaders and measure it,
+with the statistics a pipeline job logs; and the runnable example that the README shows."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fitact_pipeline import Hardened, harden, measure_resilience
+from fitact_pipeline.protect import BoundedReLU
+from fitact_pipeline.registry import ConfigError
+from fitact_pipeline.stats import summarize
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def setting(one_thread):
+    """A GELU/ELU MLP trained a little on separable blobs, and its loaders."""
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 6, generator=gen) * 3
+    y = torch.arange(360) % 3
+    x = centres[y] + torch.randn(360, 6, generator=gen)
+    model = nn.Sequential(nn.Linear(6, 32), nn.BatchNorm1d(32), nn.GELU(), nn.Linear(32, 32), nn.ELU(), nn.Linear(32, 3))
+    torch.manual_seed(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(30):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[:240]), y[:240]).backward()
+        opt.step()
+    loaders = [DataLoader(TensorDataset(x[s], y[s]), batch_size=40) for s in (slice(0, 240), slice(240, 300), slice(300, 360))]
+    return model.eval(), loaders
+
+
+def test_harden_protects_a_copy_and_post_trains(setting):
+    model, (train, val, test) = setting
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fit = harden(model, "fitact", train, val, posttrain={"epochs": 2, "max_batches_per_epoch": 3})
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the user's model untouched
+    sites = {n: m for n, m in fit.model.named_modules() if isinstance(m, BoundedReLU)}
+    assert {m.kind for m in sites.values()} == {"gelu", "elu"} and fit.granularity == "neuron"
+    assert sites["4"].lower.shape == (32,) and set(fit.lower) == {"4"}
+    assert [h["epoch"] for h in fit.bounds_info["history"]] == [0, 1, 2] and 0 < fit.clean_val_accuracy <= 1
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in fit.reference.modules())  # folded, as deployed
+
+
+def test_measure_resilience_returns_the_pipelines_statistics_paired_across_protections(setting):
+    model, (train, val, test) = setting
+    ranger = harden(model, "ranger", train)
+    plain = measure_resilience(ranger.reference, test, rates=[1e-3], trials=3, seed=5)
+    bounded = measure_resilience(ranger, test, rates=[1e-3], trials=3, seed=5)
+    assert set(plain.per_rate[1e-3]) == set(summarize([0.5, 0.6]))
+    assert plain.per_rate[1e-3]["trials"] == 3 and len(plain.trials) == 3
+    for a, b in zip(plain.trials, bounded.trials):  # trial i hits the same weight bits in both models
+        weights = lambda t: {k: v for k, v in t["flips_per_tensor"].items() if not k.endswith((".bound", ".lower"))}
+        assert weights(a) == weights(b)
+    assert "| 0.001 |" in plain.table() and plain.mean(1e-3) == plain.per_rate[1e-3]["mean"]
+    again = measure_resilience(ranger, (torch.cat([x for x, _ in test]), torch.cat([y for _, y in test])),
+                               rates=[1e-3], trials=3, seed=5)
+    assert again.per_rate == bounded.per_rate  # reproducible, tensors or loader alike
+    f32 = measure_resilience(ranger, test, rates=[1e-3], trials=1, faults="float32")
+    assert f32.fault_space["format"] != bounded.fault_space["format"]
+
+
+def test_clipact_search_and_bad_input(setting):
+    model, (train, val, test) = setting
+    clip = harden(model, "clipact", train, val, search={"rates": [1e-3], "candidates": 2, "iterations": 1,
+                                                       "trials": 1, "images": 40})
+    assert set(clip.bounds_info["thresholds"]) == {"2", "4"}
+    assert isinstance(clip, Hardened) and harden(model, "clipact", train).bounds_info == {}  # no search asked
+    with pytest.raises(ValueError, match="unknown faults 'q15'; choose one of: .*q15_16"):
+        measure_resilience(model, test, rates=[1e-3], faults="q15")
+    with pytest.raises(ConfigError, match="faults.fmt='fixd' is not allowed"):
+        measure_resilience(model, test, rates=[1e-3], faults={"fmt": "fixd"})
+    with pytest.raises(ValueError, match="fitact post-trains its bounds: pass train_loader and val_loader"):
+        harden(model, "fitact", train)
+
+
+def test_the_example_runs_and_logs_to_mlflow(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "examples/harden_your_model.py", "--epochs", "3", "--trials", "2",
+                           "--rates", "1e-5", "3e-4", "--mlflow", str(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| protection | clean | 1e-05 | 0.0003 |"
+    assert [r.split("|")[1].strip() for r in rows[1:]] == ["none", "ranger", "clipact", "fitact"]
+    assert all(0 <= float(v) <= 100 for r in rows[1:] for v in r.split("|")[2:5])
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("harden_your_model").experiment_id])
+    assert sorted(r.data.tags["protection"] for r in runs) == ["clipact", "fitact", "none", "ranger"]
+    assert all(r.data.metrics["acc_trials/ber_1e-05"] == 2 for r in runs)
