@@ -25,9 +25,9 @@ from torch import nn
 
 from .evaluate import accuracy, evaluate_accuracy
 
-#: the faults of a campaign when none are given: the paper's Q15.16 bit flips in weights, biases, bounds
-DEFAULT_FAULTS = {"model": "memory", "fmt": "fixed", "word_bits": 32, "frac_bits": 16,
-                  "targets": ["weight", "bias", "bound"], "include": [], "exclude": [], "fold_batchnorm": True}
+#: the faults of a campaign when none are given: conf/faults/<DEFAULT_FAULTS>.yaml, the paper's Q15.16
+#: bit flips in weights, biases and bounds
+DEFAULT_FAULTS = "q15_16"
 
 
 @dataclass
@@ -144,17 +144,16 @@ def _faults_config(faults: str | Mapping | None) -> dict:
     from omegaconf import OmegaConf
 
     from .faults import check_faults_config
+    from .validate import CONF_DIR
 
-    if isinstance(faults, str):
-        from .validate import CONF_DIR
-
-        path = CONF_DIR / "faults" / f"{faults}.yaml"
-        if not path.exists():
-            raise ValueError(f"unknown faults {faults!r}; choose one of: "
-                             f"{', '.join(sorted(p.stem for p in path.parent.glob('*.yaml')))}, or give a dict")
-        cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    else:
-        cfg = {**DEFAULT_FAULTS, **dict(faults or {})}
+    name = faults if isinstance(faults, str) else DEFAULT_FAULTS
+    path = CONF_DIR / "faults" / f"{name}.yaml"
+    if not path.exists():
+        raise ValueError(f"unknown faults {name!r}; choose one of: "
+                         f"{', '.join(sorted(p.stem for p in path.parent.glob('*.yaml')))}, or give a dict")
+    cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if not isinstance(faults, str):
+        cfg.update(dict(faults or {}))
     check_faults_config(cfg)
     return cfg
 

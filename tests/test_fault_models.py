@@ -323,3 +323,15 @@ def test_a_fixed_point_datapath_saturates_every_activation():
     for h in handles:
         h.remove()
     assert apply_datapath(model, {"fmt": "float32"}) == []
+
+
+@pytest.mark.parametrize("word_bits, frac_bits", [(32, 16), (16, 8), (24, 10)])
+def test_the_float32_datapath_rounding_equals_the_codec(word_bits, frac_bits):
+    from fitact_pipeline.faults.datapath import fixed_point_rounding
+
+    codec = make_codec("fixed", word_bits, frac_bits)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(20000, generator=gen) * 10.0 ** torch.randint(-6, 9, (20000,), generator=gen),
+                   torch.tensor([0.5 / 2**frac_bits, 1.5 / 2**frac_bits, 2.5 / 2**frac_bits, -0.5 / 2**frac_bits,
+                                 3.4e38, -3.4e38, 2.0 ** (word_bits - 1 - frac_bits), 1e-30])])
+    assert torch.equal(fixed_point_rounding(codec)(x.clone()).view(torch.int32), codec.quantize(x).view(torch.int32))
