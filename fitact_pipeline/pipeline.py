@@ -133,10 +133,12 @@ def _run_stages(cfg: DictConfig, datamodule, device: torch.device, rates: list[f
 
 
 def maps_per_pass(setting, model: torch.nn.Module, device: torch.device) -> int:
-    """``auto``: several maps per pass where it pays (benchmarks/campaign_efficiency.py): on a GPU,
-    and on a CPU for models of at most AUTO_MAX_PARAMS parameters."""
+    """``auto``: several maps per pass where it pays (benchmarks/maps_per_pass.py): on a GPU, and on a
+    CPU for models of at most AUTO_MAX_PARAMS parameters; never for attention models."""
     if setting != "auto":
         return int(setting)
+    if any(isinstance(m, torch.nn.MultiheadAttention) for m in model.modules()):
+        return 1  # its fused kernel has no vmap rule: vmap would loop over the maps one by one
     small = sum(p.numel() for p in model.parameters()) <= AUTO_MAX_PARAMS
     return AUTO_MAPS_PER_PASS if device.type == "cuda" or small else 1
 
