@@ -27,6 +27,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 def tables() -> dict[str, str]:
     from fitact_pipeline.faults import FAULT_MODELS, FORMATS, TARGET_KINDS
+    from fitact_pipeline.faults.designs import DESIGNS
     from fitact_pipeline.models import MODELS
     from fitact_pipeline.models.sources import SOURCES
     from fitact_pipeline.protect import ACTIVATIONS, PROTECTIONS
@@ -44,6 +45,8 @@ def tables() -> dict[str, str]:
         "targets": _table(["`faults.targets` kind", "tensors"],
                           [[f"`{n}`", k.summary + (f" ({k.format} only)" if k.format else "")]
                            for n, k in TARGET_KINDS.items()]),
+        "designs": _table(["`campaign.design`", "trial i evaluates", "what a trial's accuracy is"],
+                          [[f"`{n}`", d.summary, d.trial_meaning] for n, d in DESIGNS.items()]),
         "fault_models": _table(["`faults.model`", "faults"], [[f"`{n}`", m.summary] for n, m in FAULT_MODELS.items()]),
         "activations": _table(
             ["kind", "modules (and functional forms)", "g(x)", "lower bound", "natural cap"],
