@@ -80,6 +80,11 @@ def test_fault_configs_and_model_configs_name_registered_components():
         faults = _yaml(path)
         assert faults["fmt"] in FORMATS and faults["model"] in FAULT_MODELS, path.name
         assert set(faults["targets"]) <= set(TARGET_KINDS), path.name
+    from fitact_pipeline.faults.designs import DESIGNS
+
+    for path in list((CONF_DIR / "campaign").glob("*.yaml")) + list((CONF_DIR / "experiment").glob("*.yaml")):
+        design = (_yaml(path).get("campaign") or {}) if path.parent.name == "experiment" else _yaml(path)
+        assert design.get("design", "classic") in DESIGNS, path.name
     for path in (CONF_DIR / "model").glob("*.yaml"):
         model = _yaml(path)
         model = model["model"] if "model" in model else model
