@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -30,8 +31,14 @@ COMPARISONS = [("fitact", "clipact"), ("fitact", "fitact layer"), ("clipact", "r
                ("fitact", "none")]
 
 
+def _protection(label: str) -> str:
+    """``fitact layer`` from the report's ``fitact layer (nested, n=25)``: the campaign design's suffix
+    names how the curve was measured, not what it protects with."""
+    return re.sub(r" \(.*\)$", "", label)
+
+
 def _order(variant: str) -> int:
-    return ORDER.index(variant) if variant in ORDER else len(ORDER)
+    return ORDER.index(_protection(variant)) if _protection(variant) in ORDER else len(ORDER)
 
 
 def runs_table(exp: Experiment, rates: list[float]) -> list[str]:
@@ -57,19 +64,29 @@ def baselines_table(exp: Experiment) -> list[str]:
     return lines
 
 
+def _paired(rows: list[dict], model: str, a: str, b: str, min_rate: float) -> list[tuple[float, float, float, float]]:
+    """(rate, mean, low, high) of A - B; the report lists each pair once, in either order."""
+    out = []
+    for r in rows:
+        pair = (_protection(r["protection_a"]), _protection(r["protection_b"]))
+        if r["model"] != model or float(r["rate"]) < min_rate or pair not in ((a, b), (b, a)):
+            continue
+        sign = 1 if pair == (a, b) else -1
+        low, high = sorted((sign * float(r["ci_low"]), sign * float(r["ci_high"])))
+        out.append((float(r["rate"]), sign * float(r["mean_diff"]), low, high))
+    return sorted(out)
+
+
 def comparisons(rows: list[dict], min_rate: float) -> tuple[list[str], dict]:
     lines = ["| model | A - B | rate | paired mean difference (points) [95 % CI] |", "|---|---|---|---|"]
     verdict: dict = {}
     for model in sorted({r["model"] for r in rows}):
         for a, b in COMPARISONS:
-            picked = [r for r in rows if r["model"] == model and r["protection_a"] == a and r["protection_b"] == b
-                      and float(r["rate"]) >= min_rate]
+            picked = _paired(rows, model, a, b, min_rate)
             counts = {"better": 0, "tie": 0, "worse": 0}
-            for r in sorted(picked, key=lambda r: float(r["rate"])):
-                low, high = float(r["ci_low"]), float(r["ci_high"])
+            for rate, mean, low, high in picked:
                 counts["better" if low > 0 else "worse" if high < 0 else "tie"] += 1
-                lines.append(f"| {model} | {a} - {b} | {float(r['rate']):.0e} | {100 * float(r['mean_diff']):+.1f} "
-                             f"[{100 * low:+.1f}, {100 * high:+.1f}] |")
+                lines.append(f"| {model} | {a} - {b} | {rate:.0e} | {100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] |")
             if picked:
                 verdict[f"{model}: {a} - {b}"] = counts
     return lines, verdict
