@@ -146,3 +146,19 @@ def test_nested_intervals_cover_the_mean_over_maps_and_images(models):
                           progress=False, design="nested", images_per_trial=10, maps_per_pass=5).per_rate[4e-3]
         covered += st["ci_low"] <= reference <= st["ci_high"]
     assert covered >= 34  # 95 % nominal; 34/40 is below it with probability < 2 %
+
+
+def test_auto_maps_per_pass_takes_several_only_where_they_paid():
+    """The measured rule (docs/campaigns.md): several maps on a GPU and for tiny models on a CPU; one for
+    larger models on a CPU and for attention models anywhere."""
+    from fitact_pipeline.models import build_model
+    from fitact_pipeline.pipeline import AUTO_MAPS_PER_PASS, maps_per_pass
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    tiny, vgg = build_model("small_cnn", 10, 1, 1.0), build_model("vgg16", 10, 3, 0.25)
+    attention = torch.nn.Sequential(torch.nn.MultiheadAttention(8, 2))
+    assert maps_per_pass("auto", tiny, cpu) == AUTO_MAPS_PER_PASS > 1
+    assert maps_per_pass("auto", vgg, cpu) == 1
+    assert maps_per_pass("auto", vgg, cuda) == AUTO_MAPS_PER_PASS
+    assert maps_per_pass("auto", attention, cuda) == 1
+    assert maps_per_pass(3, vgg, cpu) == 3
