@@ -104,7 +104,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--experiment", default="quickstart")
     ap.add_argument("--model", default=None, help="a conf/model option, e.g. vgg16_w025")
-    ap.add_argument("--protections", nargs="+", default=["none", "ranger", "clipact", "fitact"])
+    # comma-separated: a space-separated list would swallow the Hydra overrides that follow it
+    ap.add_argument("--protections", type=lambda s: s.split(","), default=["none", "ranger", "clipact", "fitact"],
+                    help="comma-separated conf/protection options, e.g. none,ranger,clipact_ft,fitact")
     ap.add_argument("--target", type=float, default=0.01, help="95 %% CI half-width (fraction of accuracy)")
     ap.add_argument("--classic-maps", type=int, default=20)
     ap.add_argument("--images-per-trial", default="auto")
