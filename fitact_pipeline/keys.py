@@ -20,8 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from .cache import config_hash
 
-#: protection settings that choose a kernel, not a result (the fused form equals the eager one)
-NON_RESULT_PROTECTION_KEYS = ("fused",)
+#: protection settings that choose a kernel, not a result (the fused form equals the eager one), or
+#: whose whole effect is which bounds stage runs, which the key holds ("stage": FitAct's posttrain)
+NON_RESULT_PROTECTION_KEYS = ("fused", "posttrain")
 CAMPAIGN_RESULT_KEYS = ("rates", "trials", "seed", "eval_split", "eval_images", "batch_size", "confidence")
 #: the fault settings the FT-ClipAct search injects with (bit flips in the stored parameters)
 SEARCH_FAULT_KEYS = ("fmt", "word_bits", "frac_bits", "targets", "include", "exclude", "fold_batchnorm")
@@ -80,7 +81,7 @@ def bounds_key(cfg: DictConfig, datamodule, device: torch.device) -> str:
     post-training settings, searched thresholds on the search and the faults it injects."""
     from .faults import SAMPLER
     from .protect import PROTECTIONS
-    from .protect.posttrain import RESULT_KEYS as POSTTRAIN_KEYS
+    from .protect.posttrain import result_settings
     from .stages import bounds_stage, search_rates
 
     stage = bounds_stage(cfg)
@@ -89,7 +90,9 @@ def bounds_key(cfg: DictConfig, datamodule, device: torch.device) -> str:
     parts = {"profile": profile_key(cfg, datamodule, device), "protection": {"name": entry.name, **_pick(cfg.protection, own)},
              "default_granularity": entry.default_granularity, "stage": stage}
     if stage == "posttrain":
-        parts["posttrain"] = _pick(cfg.posttrain, POSTTRAIN_KEYS)
+        parts["posttrain"] = result_settings(plain(cfg.posttrain))
+        if cfg.posttrain.get("fault_rate") is not None:  # the twin's faults are stored as the campaign's
+            parts["posttrain_faults"] = {**_pick(cfg.faults, SEARCH_FAULT_KEYS), "sampler": SAMPLER}
     if stage == "search":
         parts["search"] = {"faults": _pick(cfg.faults, SEARCH_FAULT_KEYS), "rates": search_rates(cfg), "sampler": SAMPLER,
                            "seed": cfg.campaign.seed, "batch_size": cfg.campaign.batch_size}

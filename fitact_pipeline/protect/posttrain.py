@@ -4,8 +4,11 @@ Only the ``bound`` parameters of FitReLU modules train; every weight, bias and B
 is frozen and the wrapped model stays in eval mode (BatchNorm uses running statistics, dropout is
 off), so post-training cannot change anything but the bounds.
 
-Loss = cross-entropy + zeta * sum over sites of mean(bound^2), trained through the smooth FitReLU
-(the hard form has no gradient w.r.t. the bound). Validation uses the form the model will be
+Loss = cross-entropy + zeta * penalty, trained through the smooth FitReLU (the hard form has no
+gradient w.r.t. the bound). The penalty is sum over sites of mean(bound^2) (``penalty: mean_square``,
+the default) or the paper's literal sum of every bound (``penalty: sum``); with ``fault_rate`` set,
+the loss also has ``fault_weight`` x the cross-entropy of the model under a fresh fault map on its
+weights at every step (fault_aware.py). Validation uses the form the model will be
 deployed with (``FitReLU.hard`` as protect_model set it). After every epoch the bounds are kept if
 validation accuracy >= clean validation accuracy - max_accuracy_drop (the paper's Eq. 8) and their
 mean bound ratio is the smallest so far; the kept bounds are restored at the end. Epoch 0 is the
@@ -30,51 +33,67 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import check_keys, expect_bool, expect_int, expect_number
+from ..checks import check_keys, expect_bool, expect_choice, expect_int, expect_number
 from ..device import lightning_accelerator
 from ..evaluate import count_correct
-from .activations import ACTIVATIONS
+from .bound_training import bound_diagnostics, bound_penalty, bound_tensors, fitrelus, keep_in_range
 from .protections.fitact import FitReLU, set_fitrelu_hard
 
 # Evidence for these defaults: docs/protections.md ("Post-training defaults").
 DEFAULTS = {"epochs": 2, "lr": 0.005, "zeta": 0.1, "max_accuracy_drop": 0.01,
-            "max_batches_per_epoch": 40, "progress_bar": False}
+            "max_batches_per_epoch": 40, "progress_bar": False,
+            "penalty": "mean_square", "fault_rate": None, "fault_weight": 1.0}
 #: settings that change the post-trained bounds (the bounds' cache key reads these)
 RESULT_KEYS = tuple(k for k in DEFAULTS if k != "progress_bar")
+#: the settings every post-training key has held since the first one; the later ones enter a key
+#: only when they differ from their default, so existing keys (and cached bounds) stay valid
+KEYED_ALWAYS = ("epochs", "lr", "zeta", "max_accuracy_drop", "max_batches_per_epoch")
+PENALTIES = ("mean_square", "sum")
 
 
-def _fitrelus(model: nn.Module) -> dict[str, FitReLU]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, FitReLU)}
+def result_settings(cfg: Mapping) -> dict:
+    """The post-training settings a bounds key holds (docs/tracking.md)."""
+    out = {k: cfg[k] for k in KEYED_ALWAYS if k in cfg}
+    out.update({k: cfg[k] for k in RESULT_KEYS if k not in KEYED_ALWAYS and k in cfg and cfg[k] != DEFAULTS[k]})
+    return out
 
 
-def _bound_tensors(sites: dict[str, FitReLU]) -> dict[str, nn.Parameter]:
-    """Every trained bound, ``<site>.bound`` and ``<site>.lower``, in site order."""
-    return {f"{n}.{k}": t for n, m in sites.items() for k, t in m.bound_tensors().items()}
+def settings_label(params: Mapping[str, str]) -> str:
+    """`` (post-training epochs=8, penalty=sum)``: the run's post-training settings that differ from
+    the defaults, from its MLflow params (strings). Runs logged before the post-training variants
+    existed (no ``posttrain.penalty`` param) keep the plain label: the report superseded them by
+    their reruns when a default changed (docs/report.md)."""
+    if "posttrain.penalty" not in params:
+        return ""
 
+    def same(value: str, default) -> bool:
+        try:
+            return float(value) == float(default)
+        except (TypeError, ValueError):
+            return value == str(default)
 
-def _keep_in_range(m: FitReLU) -> None:
-    """Bounds stay where they mean something: b >= 0 (a negative bound cuts as much as 0) and <= the
-    activation's cap; a <= 0 and >= its floor."""
-    kind = ACTIVATIONS[m.kind]
-    m.bound.clamp_(min=0.0, max=kind.cap)
-    if hasattr(m, "lower"):
-        m.lower.clamp_(min=kind.floor(m.settings) if kind.floor else None, max=0.0)
+    diff = [f"{k}={params[f'posttrain.{k}']}" for k in RESULT_KEYS
+            if f"posttrain.{k}" in params and not same(params[f"posttrain.{k}"], DEFAULTS[k])]
+    return f" (post-training {', '.join(diff)})" if diff else ""
 
 
 class BoundPostTraining(L.LightningModule):
-    """Trains the FitReLU bounds of ``model`` (frozen otherwise) with CE + zeta * sum mean(b^2)."""
+    """Trains the FitReLU bounds of ``model`` (frozen otherwise) with CE + zeta * penalty [+ the
+    faulty twin's term]."""
 
-    def __init__(self, model: nn.Module, lr: float = DEFAULTS["lr"], zeta: float = DEFAULTS["zeta"]):
+    def __init__(self, model: nn.Module, lr: float = DEFAULTS["lr"], zeta: float = DEFAULTS["zeta"],
+                 penalty: str = DEFAULTS["penalty"], twin=None):
         super().__init__()
         self.model = model
-        self.lr, self.zeta = float(lr), float(zeta)
-        self.sites = _fitrelus(model)
+        self.lr, self.zeta, self.penalty = float(lr), float(zeta), penalty
+        self.twin = twin  # fault_aware.FaultyTwin, or None
+        self.sites = fitrelus(model)
         if not self.sites:
             raise ValueError("post-training needs a model protected with 'fitact' (no FitReLU found)")
         self._requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         for p in model.parameters():
             p.requires_grad_(False)
-        self.bounds = _bound_tensors(self.sites)
+        self.bounds = bound_tensors(self.sites)
         for b in self.bounds.values():
             b.requires_grad_(True)
         self.initial = {n: b.detach().clone() for n, b in self.bounds.items()}
@@ -93,30 +112,30 @@ class BoundPostTraining(L.LightningModule):
         return self.model(x)
 
     def bound_penalty(self) -> torch.Tensor:
-        return sum(b.pow(2).mean() for b in self.bounds.values())
+        return bound_penalty(self.bounds.values(), self.penalty)
+
+    def diagnostics(self) -> dict:
+        """bound_diagnostics of the current bounds, and the penalty term zeta * penalty."""
+        with torch.no_grad():
+            return {**bound_diagnostics(self.bounds, self.initial), "penalty": self.zeta * float(self.bound_penalty())}
 
     def mean_bound_ratio(self) -> float:
-        """Mean over bound tensors of mean(bound) / mean(profiled bound) (upper and lower bounds
-        alike); bounds profiled at 0 are skipped."""
-        ratios = []
-        for n, b in self.bounds.items():
-            ref = self.initial[n].float().mean().item()
-            if ref != 0 and (ref > 0 or n.endswith(".lower")):
-                ratios.append(b.detach().float().mean().item() / ref)
-        return float(sum(ratios) / len(ratios)) if ratios else 1.0
+        return bound_diagnostics(self.bounds, self.initial)["mean_bound_ratio"]
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         set_fitrelu_hard(self.model, False)  # smooth form: the bound gets a gradient
         loss = F.cross_entropy(self.model(x), y) + self.zeta * self.bound_penalty()
         self._losses.append(float(loss.detach()))
+        if self.twin is not None:  # + fault_weight x the gradient of the loss under a sampled fault map
+            loss = loss + self.twin.surrogate(x, y, self.global_step)
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         # a negative bound means the same as 0 (every activation cut); keep bounds in the stored range
         with torch.no_grad():
             for m in self.sites.values():
-                _keep_in_range(m)
+                keep_in_range(m)
 
     def on_validation_epoch_start(self):
         set_fitrelu_hard(self.model, self.deploy_hard)  # decide on the deployed form
@@ -143,8 +162,7 @@ class _Selector(L.Callback):
         self.best = None  # (ratio, epoch, bounds)
 
     def consider(self, module: BoundPostTraining, epoch: int, loss: float) -> None:
-        rec = {"epoch": epoch, "loss": loss, "val_acc": module.val_accuracy(),
-               "mean_bound_ratio": module.mean_bound_ratio()}
+        rec = {"epoch": epoch, "loss": loss, "val_acc": module.val_accuracy(), **module.diagnostics()}
         self.history.append(rec)
         if rec["val_acc"] >= self.floor and (self.best is None or rec["mean_bound_ratio"] < self.best[0]):
             self.best = (rec["mean_bound_ratio"], epoch, {n: b.detach().clone() for n, b in module.bounds.items()})
@@ -167,6 +185,9 @@ def check_posttrain_config(cfg: Mapping) -> None:
     expect_number(cfg.get("max_accuracy_drop", 0.0), "posttrain.max_accuracy_drop", 0, 1)
     expect_int(cfg.get("max_batches_per_epoch"), "posttrain.max_batches_per_epoch", 1, allow_none=True)
     expect_bool(cfg.get("progress_bar", False), "posttrain.progress_bar")
+    expect_choice(cfg.get("penalty", DEFAULTS["penalty"]), "posttrain.penalty", PENALTIES)
+    expect_number(cfg.get("fault_rate"), "posttrain.fault_rate", 0, 1, low_open=True, allow_none=True)
+    expect_number(cfg.get("fault_weight", 1.0), "posttrain.fault_weight", 0)
 
 
 def _cfg(cfg) -> dict:
@@ -183,31 +204,28 @@ def _cfg(cfg) -> dict:
     return out
 
 
-def posttrain_bounds(model: nn.Module, datamodule, cfg=None, clean_val_acc: float | None = None) -> dict:
+def posttrain_bounds(model: nn.Module, datamodule, cfg=None, clean_val_acc: float | None = None,
+                     faults: Mapping | None = None) -> dict:
     """Post-train the FitReLU bounds of ``model`` in place; returns history, time and selection.
 
-    ``cfg`` keys: epochs, lr, zeta, max_accuracy_drop, max_batches_per_epoch (optional),
-    progress_bar. ``clean_val_acc`` is the unprotected model's validation accuracy (fraction); when
-    None, the protected model's accuracy at the profiled bounds is used. Nothing is written to disk
-    (no logger, no checkpoint files): the returned history is the record.
+    ``cfg`` keys: those of DEFAULTS (conf/posttrain/default.yaml). ``clean_val_acc`` is the
+    unprotected model's validation accuracy (fraction); when None, the protected model's accuracy at
+    the profiled bounds is used. ``faults``: the stored format of a fault-aware post-training's
+    twin (FaultInjector's fmt, word_bits, frac_bits, include, exclude; default Q15.16). Each history
+    record holds the epoch's loss, validation accuracy and bound_diagnostics. Nothing is written to
+    disk (no logger, no checkpoint files): the returned history is the record.
     """
     c = _cfg(cfg)
-    module = BoundPostTraining(model, lr=c["lr"], zeta=c["zeta"])
+    twin = None
+    if c["fault_rate"] is not None:
+        from .fault_aware import FaultyTwin
+
+        twin = FaultyTwin(model, c["fault_rate"], c["fault_weight"], faults)
+    module = BoundPostTraining(model, lr=c["lr"], zeta=c["zeta"], penalty=c["penalty"], twin=twin)
     datamodule.setup("fit")
     train_loader, val_loader = datamodule.train_dataloader(), datamodule.val_dataloader()
     device = next(model.parameters()).device
-
-    # epoch 0: the profiled bounds (also the fallback when no trained epoch meets the constraint)
-    module.on_validation_epoch_start()
-    with torch.no_grad():
-        for i, (x, y) in enumerate(val_loader):
-            module.validation_step((x.to(device), y.to(device)), i)
-    if clean_val_acc is None:
-        clean_val_acc = module.val_accuracy()
-    selector = _Selector(float(clean_val_acc) - float(c["max_accuracy_drop"]))
-    selector.consider(module, 0, math.nan)
-    if selector.best is None:  # even the profiled bounds miss the floor: keep them anyway
-        selector.best = (1.0, 0, {n: b.clone() for n, b in module.initial.items()})
+    clean_val_acc, selector = _epoch_zero(module, val_loader, device, clean_val_acc, float(c["max_accuracy_drop"]))
 
     accelerator, devices = lightning_accelerator(device)
     trainer = L.Trainer(
@@ -230,5 +248,23 @@ def posttrain_bounds(model: nn.Module, datamodule, cfg=None, clean_val_acc: floa
     for n, p in model.named_parameters():  # the flags the model came with
         p.requires_grad_(module._requires_grad.get(n, p.requires_grad))
     model.eval()
+    kept = module.diagnostics()
     return {"history": selector.history, "time_s": elapsed, "selected_epoch": epoch,
-            "mean_bound_ratio": module.mean_bound_ratio(), "clean_val_acc": float(clean_val_acc)}
+            "mean_bound_ratio": kept["mean_bound_ratio"], "clean_val_acc": float(clean_val_acc),
+            "diagnostics": kept}
+
+
+def _epoch_zero(module: BoundPostTraining, val_loader, device, clean_val_acc: float | None, drop: float):
+    """Validate the profiled bounds as epoch 0, the fallback when no trained epoch meets the
+    constraint; returns (clean_val_acc, the selector that starts from it)."""
+    module.on_validation_epoch_start()
+    with torch.no_grad():
+        for i, (x, y) in enumerate(val_loader):
+            module.validation_step((x.to(device), y.to(device)), i)
+    if clean_val_acc is None:
+        clean_val_acc = module.val_accuracy()
+    selector = _Selector(float(clean_val_acc) - drop)
+    selector.consider(module, 0, math.nan)
+    if selector.best is None:  # even the profiled bounds miss the floor: keep them anyway
+        selector.best = (1.0, 0, {n: b.clone() for n, b in module.initial.items()})
+    return clean_val_acc, selector

@@ -18,8 +18,8 @@ from torch import nn
 from ..registry import ConfigError, Registry
 
 #: What sets the bounds after profiling (stages.py runs them): nothing, FitAct's bound-only
-#: post-training, or the FT-ClipAct threshold search.
-BOUNDS_STAGES = ("none", "posttrain", "search")
+#: post-training, the FT-ClipAct threshold search, or ProAct's progressive site-by-site training.
+BOUNDS_STAGES = ("none", "posttrain", "search", "progressive")
 
 
 def _no_options(cfg: Mapping, sites: list[str]) -> dict[str, Any]:

@@ -58,6 +58,14 @@ def _options(cfg, sites) -> dict:
 
 
 def _check(cfg) -> None:
+    check_fitrelu(cfg)
+    if not isinstance(cfg.get("posttrain", True), bool):
+        raise ConfigError(f"protection.posttrain={cfg.get('posttrain')!r} is not allowed; expected true (post-train "
+                          "the bounds) or false (keep the profiled maxima: the ablation without post-training)")
+
+
+def check_fitrelu(cfg) -> None:
+    """FitReLU's own settings (FitAct and ProAct both deploy it)."""
     k = cfg.get("k")
     if isinstance(k, bool) or not isinstance(k, (int, float)) or not k > 0:
         raise ConfigError(f"protection.k={k!r} is not allowed; FitReLU's slope must be a positive number")
@@ -70,10 +78,24 @@ def _smooth(params) -> bool:
     return params.get("protection.hard") == "False"
 
 
+def _label(params) -> str:
+    """" smooth", " no post-training", and post-training settings other than the defaults."""
+    from ..posttrain import settings_label
+
+    label = " smooth" if _smooth(params) else ""
+    if params.get("protection.posttrain") == "False":
+        return label + " no post-training"
+    return label + settings_label(params)
+
+
+def _posttrains(cfg) -> bool:
+    return bool(cfg.get("posttrain", True))
+
+
 register_protection(Protection(
     "fitact", FitReLU, "smooth max(0, x) * sigmoid(k (b - x)) to train b (other g: g sigmoid(k (b - g)) "
     "sigmoid(k (g - a))); hard (inference) as clipact",
-    config_keys=("granularity", "k", "hard", "fused"), bounds_stage="posttrain",
-    default_granularity="neuron", order=40, options=_options, check=_check, defaults={"hard": True},
-    label=lambda params: " smooth" if _smooth(params) else "",
+    config_keys=("granularity", "k", "hard", "fused", "posttrain"), bounds_stage="posttrain",
+    stage_enabled=_posttrains, default_granularity="neuron", order=40, options=_options, check=_check,
+    defaults={"hard": True}, label=_label,
     inference_form=lambda params: "FitReLU (smooth)" if _smooth(params) else "FitReLU-Naive (hard)"))
