@@ -109,7 +109,8 @@ def _run_logged(cfg: DictConfig, datamodule, device: torch.device, key: str) -> 
 def _run_stages(cfg: DictConfig, datamodule, device: torch.device, rates: list[float]) -> dict[str, Any]:
     prepared = prepare_protected(cfg, datamodule, device)
     _log_profile_site(prepared.profile, cfg.profile_site)
-    bounds_info = stage_bounds(cfg, prepared.protected, datamodule, device, prepared.clean_val_acc)
+    bounds_info = stage_bounds(cfg, prepared.protected, datamodule, device, prepared.clean_val_acc,
+                               reference=prepared.reference)
     protected = prepared.protected.eval()
     apply_datapath(protected, cfg.faults.datapath)
     images, labels = datamodule.eval_tensors(cfg.campaign.eval_split, cfg.campaign.eval_images, cfg.campaign.seed)

@@ -70,7 +70,7 @@ def stage_profile(cfg: DictConfig, model: torch.nn.Module, datamodule, device: t
 
 
 def bounds_stage(cfg: DictConfig) -> str:
-    """The bounds stage this job runs: none, posttrain or search (the protection's registry entry)."""
+    """The bounds stage this job runs: none, posttrain, search or progressive (the protection's registry entry)."""
     return PROTECTIONS[cfg.protection.name].bounds_stage_for(cfg.protection)
 
 
@@ -80,13 +80,24 @@ def search_rates(cfg: DictConfig) -> list[float]:
     return as_rate_list(rates) if rates else as_rate_list(cfg.campaign.rates)
 
 
-def _posttrain(cfg: DictConfig, protected: torch.nn.Module, datamodule, clean_val_acc: float) -> dict:
+def _posttrain(cfg: DictConfig, protected: torch.nn.Module, datamodule, clean_val_acc: float, reference) -> dict:
     from .protect.posttrain import posttrain_bounds
 
-    return posttrain_bounds(protected, datamodule, cfg.posttrain, clean_val_acc)
+    # a fault-aware post-training's twin stores its weights in the campaign's format
+    return posttrain_bounds(protected, datamodule, cfg.posttrain, clean_val_acc, faults=injector_kwargs(cfg.faults))
 
 
-def _search(cfg: DictConfig, protected: torch.nn.Module, datamodule, clean_val_acc: float) -> dict:
+def _progressive(cfg: DictConfig, protected: torch.nn.Module, datamodule, clean_val_acc: float, reference) -> dict:
+    """ProAct: site-by-site bound training distilled from the unprotected model (protect/progressive.py)."""
+    from .protect.progressive import progressive_bounds
+
+    if reference is None:
+        raise ValueError("ProAct's progressive training distils from the unprotected model: pass reference=")
+    return progressive_bounds(protected, reference, datamodule, cfg.protection.progressive, clean_val_acc,
+                              seed=cfg.campaign.seed + 2)
+
+
+def _search(cfg: DictConfig, protected: torch.nn.Module, datamodule, clean_val_acc: float, reference) -> dict:
     """FT-ClipAct on the validation split, on fault maps of its own seed (never the test maps)."""
     from .protect.clipact_search import clipact_search
 
@@ -99,12 +110,13 @@ def _search(cfg: DictConfig, protected: torch.nn.Module, datamodule, clean_val_a
     return {"thresholds": thresholds}
 
 
-BOUNDS_STAGES = {"posttrain": _posttrain, "search": _search}
+BOUNDS_STAGES = {"posttrain": _posttrain, "search": _search, "progressive": _progressive}
 
 
 def stage_bounds(cfg: DictConfig, protected: torch.nn.Module, datamodule, device: torch.device,
-                 clean_val_acc: float) -> dict:
-    """The protection's bounds stage, on ``device`` (``protected`` must be there). It only changes
+                 clean_val_acc: float, reference: torch.nn.Module | None = None) -> dict:
+    """The protection's bounds stage, on ``device`` (``protected`` must be there; ``reference``, the
+    unprotected model, is ProAct's teacher). It only changes
     `.bound` (and `.lower`) tensors, which are cached (on the CPU) so that every fault-rate job of one protection
     reuses them."""
     stage = bounds_stage(cfg)
@@ -112,7 +124,7 @@ def stage_bounds(cfg: DictConfig, protected: torch.nn.Module, datamodule, device
         return {}
 
     def compute():
-        info = BOUNDS_STAGES[stage](cfg, protected, datamodule, clean_val_acc)
+        info = BOUNDS_STAGES[stage](cfg, protected, datamodule, clean_val_acc, reference)
         bounds = {k: v.detach().cpu().clone() for k, v in protected.state_dict().items()
                   if k.endswith((".bound", ".lower"))}
         return bounds, info

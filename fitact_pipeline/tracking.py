@@ -231,9 +231,14 @@ def _per_rate_table(result) -> dict[str, list]:
 
 
 def _log_bounds_info(info: dict, train_time_s: float) -> None:
-    """FitAct post-training curves (one step per epoch) and the post-training overhead."""
+    """Bound-training curves, one step per epoch: FitAct's post-training as ``posttrain/<k>`` (loss,
+    val_acc and the diagnostics of protect/bound_training.py: mean_bound_ratio, zero_fraction,
+    ratio_q05..q95, penalty), ProAct's progressive training as ``progressive/<k>`` (step = its
+    running epoch count over every site); the training time and the kept bounds' ratio."""
+    prefix = info.get("stage", "posttrain")
     for entry in info.get("history", []):
-        mlflow.log_metrics({f"posttrain/{k}": float(v) for k, v in entry.items() if k != "epoch"},
+        mlflow.log_metrics({f"{prefix}/{k}": float(v) for k, v in entry.items()
+                            if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)},
                            step=int(entry["epoch"]))
     if "time_s" in info:
         mlflow.log_metrics({"posttrain_time_s": float(info["time_s"]),
