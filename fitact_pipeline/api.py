@@ -60,10 +60,17 @@ class _Loaders:
     def val_dataloader(self):
         return self.val
 
+    def eval_tensors(self, split: str = "val", num_images: int | None = None, seed: int = 0):
+        """The first ``num_images`` validation images (ProAct's decisions); never a test split."""
+        if split != "val":
+            raise ValueError(f"harden decides on val_loader only, not on {split!r}")
+        return as_tensors(self.val, num_images)
+
 
 def harden(model: nn.Module, protection: str = "fitact", train_loader=None, val_loader=None, *,
            granularity: str | None = None, profile_loader=None, profile_images: int | None = 5000,
            fold_batchnorm: bool = True, posttrain: Mapping | None = None, search: Mapping | None = None,
+           progressive: Mapping | None = None,
            device: str | torch.device | None = None, **options) -> Hardened:
     """Protect a copy of a trained ``model`` with ``protection`` (none, ranger, clipact, gbrelu,
     fitact) from DataLoaders of ``(images, labels)``.
@@ -71,7 +78,8 @@ def harden(model: nn.Module, protection: str = "fitact", train_loader=None, val_
     Bounds come from profiling ``profile_images`` images of ``profile_loader`` (default:
     ``train_loader``; a loader without augmentation is best). FitAct then post-trains its bounds on
     ``train_loader`` and selects them on ``val_loader`` (``posttrain``: the keys of
-    conf/posttrain/default.yaml). Clip-Act searches its thresholds when ``search`` is given (keys
+    conf/posttrain/default.yaml); ProAct trains its bounds site by site distilled from the model
+    (``progressive``: the keys of conf/protection/proact.yaml's ``progressive``). Clip-Act searches its thresholds when ``search`` is given (keys
     ``rates``, ``candidates``, ``iterations``, ``trials``, ``images``, ``seed``, ``faults``).
     ``options`` go to the bounded activations (FitAct's ``k``, ``hard``; ``fused``; GBReLU's
     ``bounds``). The model's activations may be any kind of docs/protections.md.
@@ -94,18 +102,24 @@ def harden(model: nn.Module, protection: str = "fitact", train_loader=None, val_
     profile, lower = profile_ranges(reference, loader, profile_images)
     clean = accuracy(reference, val_loader) if val_loader is not None else None
     protected = protect_model(copy.deepcopy(reference), protection, granularity, profile, lower=lower, **options)
-    info = _bounds_stage(entry, protected, train_loader, val_loader, clean, posttrain, search)
+    info = _bounds_stage(entry, protected, reference, train_loader, val_loader, clean, posttrain, search, progressive)
     return Hardened(protected.eval(), reference, protection, granularity or entry.default_granularity, profile,
                     lower, clean, info)
 
 
-def _bounds_stage(entry, protected, train_loader, val_loader, clean, posttrain, search) -> dict:
+def _bounds_stage(entry, protected, reference, train_loader, val_loader, clean, posttrain, search, progressive) -> dict:
     if entry.bounds_stage == "posttrain":
         from .protect.posttrain import posttrain_bounds
 
         if train_loader is None or val_loader is None:
             raise ValueError(f"{entry.name} post-trains its bounds: pass train_loader and val_loader")
         return posttrain_bounds(protected, _Loaders(train_loader, val_loader), posttrain, clean)
+    if entry.bounds_stage == "progressive":
+        from .protect.progressive import progressive_bounds
+
+        if train_loader is None or val_loader is None:
+            raise ValueError(f"{entry.name} trains its bounds site by site: pass train_loader and val_loader")
+        return progressive_bounds(protected, reference, _Loaders(train_loader, val_loader), progressive, clean)
     if entry.bounds_stage == "search" and search is not None:
         from .protect.clipact_search import clipact_search
 

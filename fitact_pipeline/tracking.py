@@ -244,6 +244,7 @@ def _log_bounds_info(info: dict, train_time_s: float) -> None:
         mlflow.log_metrics({"posttrain_time_s": float(info["time_s"]),
                             "posttrain_overhead": float(info["time_s"]) / train_time_s,
                             "mean_bound_ratio": float(info["mean_bound_ratio"])})
-        mlflow.log_param("posttrain.selected_epoch", info.get("selected_epoch"))
+        if "selected_epoch" in info:
+            mlflow.log_param("posttrain.selected_epoch", info["selected_epoch"])
     if "thresholds" in info:
         mlflow.log_dict({k: float(v) for k, v in info["thresholds"].items()}, "clipact_thresholds.json")

@@ -30,6 +30,10 @@ def _always(cfg: Mapping) -> bool:
     return True
 
 
+def _same_granularity(sites: list[str], granularity: str) -> dict[str, str]:
+    return {}
+
+
 def _no_check(cfg: Mapping) -> None:
     return None
 
@@ -59,6 +63,7 @@ class Protection:
     defaults: Mapping[str, Any] = field(default_factory=dict)  # activation options when not given (FitAct: hard)
     options: Callable[[Mapping, list[str]], dict] = field(default=_no_options)
     stage_enabled: Callable[[Mapping], bool] = field(default=_always)
+    site_granularity: Callable[[list[str], str], dict[str, str]] = field(default=_same_granularity)
     check: Callable[[Mapping], None] = field(default=_no_check)
     # what tells two runs of this protection apart in a curve label, from the run's params (" smooth")
     label: Callable[[Mapping[str, str]], str] = field(default=_no_label)

@@ -28,7 +28,7 @@ def protect_model(model: nn.Module, protection: str, granularity: str | None = N
     """Replace every activation site with the bounded activation of ``protection``; returns the model.
 
     The bound of a site is ``profile[site]`` reduced to ``granularity`` (default: the protection's
-    own) by a max; a site whose activation kind is unbounded below (LeakyReLU, PReLU, ELU) also
+    own; a protection may set some sites' own, ProAct's last site is neuron-wise) by a max; a site whose activation kind is unbounded below (LeakyReLU, PReLU, ELU) also
     gets the lower bound ``lower[site]`` (the profiled minima, ``profile_ranges``) reduced by a min.
     A protection with given bounds (GBReLU) takes ``bounds`` instead: a float for every site, or a
     dict site -> float that protects only the sites it names, at layer granularity.
@@ -41,14 +41,16 @@ def protect_model(model: nn.Module, protection: str, granularity: str | None = N
     if entry.activation is None:
         return model
     sites = [n for n, m in model.named_modules() if n and kind_of(m) is not None and not isinstance(m, BoundedReLU)]
-    site_bounds = _site_bounds(entry, sites, granularity, profile, bounds)
+    per_site = {s: granularity for s in sites}
+    per_site.update({s: check_granularity(g) for s, g in entry.site_granularity(sites, granularity).items()})
+    site_bounds = _site_bounds(entry, sites, per_site, profile, bounds)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    granularity = "layer" if entry.given_bounds else granularity
     for site, bound in site_bounds.items():
         module = model.get_submodule(site)
+        g = "layer" if entry.given_bounds else per_site[site]
         kind = {} if kind_of(module).name == "relu" else \
-            {"activation": module, "lower": _lower_bound(site, kind_of(module), lower, granularity)}
-        act = make_activation(protection, bound.to(device), granularity, inplace=getattr(module, "inplace", False),
+            {"activation": module, "lower": _lower_bound(site, kind_of(module), lower, g)}
+        act = make_activation(protection, bound.to(device), g, inplace=getattr(module, "inplace", False),
                               **kind, **options)
         model.set_submodule(site, act.to(device))
     return model
@@ -72,7 +74,8 @@ def make_activation(protection: str, bound, granularity: str | None = None, **op
     return entry.activation(bound, granularity or entry.default_granularity, **{**entry.defaults, **options})
 
 
-def _site_bounds(entry: Protection, sites: list[str], granularity: str, profile, bounds) -> dict[str, torch.Tensor]:
+def _site_bounds(entry: Protection, sites: list[str], granularity: dict[str, str], profile, bounds
+                 ) -> dict[str, torch.Tensor]:
     """{site: bound tensor} of the sites the protection bounds."""
     if entry.given_bounds:
         if bounds is None:
@@ -85,7 +88,7 @@ def _site_bounds(entry: Protection, sites: list[str], granularity: str, profile,
     missing = [s for s in sites if s not in profile]
     if missing:
         raise ValueError(f"profile has no entry for activation sites: {', '.join(missing)}")
-    return {s: reduce_profile(profile[s], granularity) for s in sites}
+    return {s: reduce_profile(profile[s], granularity[s]) for s in sites}
 
 
 def bound_parameters(model: nn.Module) -> dict[str, nn.Parameter]:

@@ -1,0 +1,176 @@
+"""ProAct's progressive bound training (Mousavi et al., arXiv 2406.06313; docs/protections.md,
+"ProAct", says where it follows the reliable-relu-toolbox and where it differs).
+
+Every weight, bias and BatchNorm statistic is frozen and the model stays in eval mode; the sites'
+bounds train one site at a time, in forward order (``order: reverse``: last site first, as the
+toolbox). At each site, for each Adam weight decay of ``decays`` (largest first; the decay is what
+pulls the bound towards 0), up to ``epochs`` epochs of at most ``max_batches_per_epoch`` steps on
+the training split with
+
+    loss = ce_weight * CE(student, labels) + kd_weight * T^2 * CE(student / T, softmax(teacher / T))
+
+through the smooth FitReLU, the teacher being the unprotected model. After every epoch the deployed
+form is validated on ``val_images`` stratified images of the validation split (never test): accuracy
+>= clean validation accuracy - max_accuracy_drop keeps the epoch's bounds; otherwise the site's
+bounds go back to the last kept ones and the site moves on to the next decay. Bounds stay in their
+range (bound_training.keep_in_range) after every step.
+"""
+from __future__ import annotations
+
+import time
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checks import check_keys, expect_choice, fail, expect_int, expect_list, expect_number
+from ..evaluate import evaluate_accuracy
+from .bound_training import bound_diagnostics, bound_tensors, fitrelus, keep_in_range
+from .protections.fitact import FitReLU, set_fitrelu_hard
+
+DEFAULTS = {"order": "forward", "epochs": 1, "max_batches_per_epoch": 10, "lr": 0.01, "lr_neuron": 0.001,
+            "decays": [0.1, 0.01], "ce_weight": 1.0, "kd_weight": 1.0, "temperature": 1.0,
+            "max_accuracy_drop": 0.01, "val_images": 1000}
+ORDERS = ("forward", "reverse")
+
+
+def check_progressive_config(cfg: Mapping) -> None:
+    """A one-line ConfigError for a bad ``protection.progressive`` value."""
+    p = "protection.progressive"
+    check_keys(cfg, p, DEFAULTS)
+    c = {**DEFAULTS, **dict(cfg)}
+    expect_choice(c["order"], f"{p}.order", ORDERS)
+    expect_int(c["epochs"], f"{p}.epochs", 0)
+    expect_int(c["max_batches_per_epoch"], f"{p}.max_batches_per_epoch", 1, allow_none=True)
+    expect_number(c["lr"], f"{p}.lr", 0, low_open=True)
+    expect_number(c["lr_neuron"], f"{p}.lr_neuron", 0, low_open=True)
+    decays = expect_list(c["decays"], f"{p}.decays", lambda v, path: expect_number(v, path, 0))
+    if not decays:
+        fail(f"{p}.decays", decays, "expected a non-empty list of numbers >= 0")
+    expect_number(c["ce_weight"], f"{p}.ce_weight", 0)
+    expect_number(c["kd_weight"], f"{p}.kd_weight", 0)
+    expect_number(c["temperature"], f"{p}.temperature", 0, low_open=True)
+    expect_number(c["max_accuracy_drop"], f"{p}.max_accuracy_drop", 0, 1)
+    expect_int(c["val_images"], f"{p}.val_images", 1, allow_none=True)
+
+
+def forward_order(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """The FitReLU sites of ``model`` in the order one forward pass calls them."""
+    called: list[str] = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: called.append(n))
+             for n, m in model.named_modules() if isinstance(m, FitReLU)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return list(dict.fromkeys(called))
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cross-entropy of the student's tempered log-softmax against the teacher's tempered softmax, x T^2."""
+    t = float(temperature)
+    soft = F.softmax(teacher / t, dim=1)
+    return -(soft * F.log_softmax(student / t, dim=1)).sum(dim=1).mean() * t * t
+
+
+def progressive_bounds(model: nn.Module, reference: nn.Module, datamodule, cfg: Mapping | None = None,
+                       clean_val_acc: float | None = None, seed: int = 0) -> dict:
+    """Train the bounds of a ProAct (or any FitReLU) ``model`` in place, site by site, distilled from
+    ``reference`` (the unprotected model, not changed). Returns the history (one record per trained
+    epoch: ``epoch`` = running count, the site's index, the decay, loss, val_acc, kept, and the
+    bound diagnostics of all sites), ``time_s``, the kept bounds' ``mean_bound_ratio`` and
+    ``diagnostics``, the site order. ``clean_val_acc`` (fraction) is the reference's validation
+    accuracy on the same images when None. Decisions read ``datamodule.eval_tensors("val", ...)`` only."""
+    c = {**DEFAULTS, **dict(cfg or {})}
+    check_progressive_config(c)
+    device = next(model.parameters()).device
+    datamodule.setup("fit")
+    val_x, val_y = datamodule.eval_tensors("val", c["val_images"], seed)
+    val_x, val_y = val_x.to(device), val_y.to(device)
+    sites = fitrelus(model)
+    if not sites:
+        raise ValueError("progressive training needs a model with FitReLU sites (protection 'proact' or 'fitact')")
+    requires = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    was_training = model.training
+    model.eval()
+    reference.eval()
+    deployed = {n: m.hard for n, m in sites.items()}
+    bounds = bound_tensors(sites)
+    initial = {n: b.detach().clone() for n, b in bounds.items()}
+
+    def validate() -> float:
+        set_fitrelu_hard(model, deployed)
+        return evaluate_accuracy(model, val_x, val_y)
+
+    if clean_val_acc is None:
+        clean_val_acc = evaluate_accuracy(reference, val_x, val_y)
+    floor = float(clean_val_acc) - float(c["max_accuracy_drop"])
+    order = forward_order(model, val_x[:2])
+    if c["order"] == "reverse":
+        order = order[::-1]
+    history = [{"epoch": 0, "site": -1, "decay": float("nan"), "loss": float("nan"), "val_acc": validate(),
+                "kept": 1, **bound_diagnostics(bounds, initial)}]
+    train_loader = datamodule.train_dataloader()
+    started, step = time.perf_counter(), 0
+    for index, name in enumerate(order):
+        site = sites[name]
+        params = list(site.bound_tensors().values())
+        kept = [p.detach().clone() for p in params]
+        lr = c["lr_neuron"] if site.bound.numel() > 1 else c["lr"]
+        for p in params:
+            p.requires_grad_(True)
+        for decay in c["decays"]:
+            optimiser = torch.optim.Adam(params, lr=lr, weight_decay=float(decay))
+            for _ in range(int(c["epochs"])):
+                loss = _train_epoch(model, reference, site, optimiser, train_loader, c, device)
+                acc = validate()
+                ok = acc >= floor
+                with torch.no_grad():
+                    if ok:
+                        kept = [p.detach().clone() for p in params]
+                    else:  # revert to the last kept bounds; the next (weaker) decay starts there
+                        for p, k in zip(params, kept):
+                            p.copy_(k)
+                step += 1
+                history.append({"epoch": step, "site": index, "decay": float(decay), "loss": loss, "val_acc": acc,
+                                "kept": int(ok), **bound_diagnostics(bounds, initial)})
+                if not ok:
+                    break
+        for p in params:
+            p.requires_grad_(False)
+    elapsed = time.perf_counter() - started
+    for n, p in model.named_parameters():
+        p.requires_grad_(requires.get(n, p.requires_grad))
+    set_fitrelu_hard(model, deployed)
+    model.train(was_training)
+    diagnostics = bound_diagnostics(bounds, initial)
+    return {"stage": "progressive", "history": history, "time_s": elapsed, "order": order,
+            "mean_bound_ratio": diagnostics["mean_bound_ratio"], "diagnostics": diagnostics,
+            "clean_val_acc": float(clean_val_acc), "val_acc": validate()}
+
+
+def _train_epoch(model: nn.Module, teacher: nn.Module, site: FitReLU, optimiser, loader, c: Mapping, device) -> float:
+    """One epoch (at most max_batches_per_epoch steps) of the site's bounds; the mean loss."""
+    set_fitrelu_hard(model, False)  # the smooth form: the bound gets a gradient
+    losses = []
+    for i, (x, y) in enumerate(loader):
+        if c["max_batches_per_epoch"] is not None and i >= c["max_batches_per_epoch"]:
+            break
+        x, y = x.to(device), y.to(device)
+        with torch.no_grad():
+            target = teacher(x)
+        logits = model(x)
+        loss = c["ce_weight"] * F.cross_entropy(logits, y) + c["kd_weight"] * distillation_loss(
+            logits, target, c["temperature"])
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        with torch.no_grad():
+            keep_in_range(site)
+        losses.append(float(loss.detach()))
+    return sum(losses) / len(losses) if losses else float("nan")
