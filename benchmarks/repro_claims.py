@@ -4,10 +4,12 @@
     python -m fitact_pipeline -m experiment=repro_cpu_fig1
     python -m fitact_pipeline.report experiment=repro_cpu
     python benchmarks/repro_claims.py                 # --experiment repro_cpu --fig1 repro_cpu_fig1
+    python benchmarks/repro_claims.py --experiment repro_cpu_ablation   # issue 19: variants vs FitAct
 
 Reads the finished job runs of the two experiments (and the report's paired_differences.csv and
 table1_overhead.csv, written by the report command above) and prints, in Markdown: the run ids,
-mean accuracy per rate, and one row per claim of the paper with our number and whether it holds.
+mean accuracy per rate, every variant of FitAct (ablations, ProAct) minus FitAct at every rate with
+its paired CI, and one row per claim of the paper with our number and whether it holds.
 The last line is JSON with the same verdicts.
 
 "Holds" for an ordering A >= B at one rate means: the paired 95 % CI of mean(A - B) over the same
@@ -100,6 +102,27 @@ def ordering(paired_csv: Path, min_rate: float) -> tuple[str, bool, dict]:
                      f"{len(per_rate) - len(better) - len(worse)}, worse at {len(worse)}"
                      + (f" ({', '.join(f'{float(r):.0e}' for r in sorted(worse, key=float))})" if worse else ""))
     return "<br>".join(parts), ok, {k: {r: s for r, (s, _) in v.items()} for k, v in verdict.items()}
+
+
+def versus_fitact(paired_csv: Path) -> tuple[list[str], dict]:
+    """Every other variant of a run (FitAct's ablations: no post-training, channel, layer; ProAct;
+    post-training settings) minus FitAct as published, at every rate: the paired difference over the
+    same fault maps with its CI (issue 19). The report orders each pair so that FitAct is B."""
+    rows = [r for r in read_csv(paired_csv) if r["protection_b"] == "fitact"
+            and r["protection_a"] not in ORDER[:3]]
+    data: dict = defaultdict(dict)
+    for row in rows:
+        data[f"{row['model']}: {row['protection_a']}"][float(row["rate"])] = (
+            float(row["mean_diff"]), float(row["ci_low"]), float(row["ci_high"]))
+    if not data:
+        return [], {}
+    rates = sorted({r for per_rate in data.values() for r in per_rate})
+    lines = ["| model: variant | " + " | ".join(f"{r:.0e}" for r in rates) + " |", "|---" * (1 + len(rates)) + "|"]
+    for name, per_rate in sorted(data.items()):
+        cells = [f"{100 * per_rate[r][0]:+.1f} [{100 * per_rate[r][1]:+.1f}, {100 * per_rate[r][2]:+.1f}]"
+                 if r in per_rate else "-" for r in rates]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines, {k: {f"{r:.0e}": v for r, v in per_rate.items()} for k, v in data.items()}
 
 
 def gbrelu_tradeoff(exp: Experiment | None) -> tuple[str, bool | None, dict]:
@@ -203,10 +226,23 @@ def main() -> None:
         rows, over = overheads(report_dir / "table1_overhead.csv")
         claims.extend(rows)
         claims.append(("Post-training shrinks the bounds (mean bound / profiled max)", "< 1", *bound_shrink(exp)[:2]))
+        variants, versus = versus_fitact(report_dir / "paired_differences.csv")
+        if variants:
+            print("## Variants vs FitAct (accuracy points, variant - FitAct on the same fault maps, paired 95 % CI)\n")
+            print("\n".join(variants) + "\n")
+            proact = {k: v for k, v in versus.items() if k.endswith(": proact")}
+            if proact:
+                worse = sum(hi < 0 for per_rate in proact.values() for _, _, hi in per_rate.values())
+                better = sum(lo > 0 for per_rate in proact.values() for _, lo, _ in per_rate.values())
+                total = sum(len(per_rate) for per_rate in proact.values())
+                claims.append(("ProAct is more resilient than neuron-wise FitAct (arXiv 2406.06313)",
+                               "up to 6.4x better resilience", f"better at {better}/{total} (model, rate) points, "
+                               f"worse at {worse}", better > 0 and worse == 0))
         print("## Claims\n\n| claim | paper | ours | holds? |\n|---|---|---|---|")
         for name, paper, ours, ok in claims:
             print(f"| {name} | {paper} | {ours} | {'-' if ok is None else ('yes' if ok else 'no')} |")
-        print(json.dumps({"claims": {c[0]: c[3] for c in claims}, "ordering": order, "overheads": over}))
+        print(json.dumps({"claims": {c[0]: c[3] for c in claims}, "ordering": order, "overheads": over,
+                          "versus_fitact": versus}))
 
 
 if __name__ == "__main__":

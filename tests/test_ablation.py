@@ -104,3 +104,24 @@ def test_labels_are_distinct_and_paired_rows_compare_each_variant_with_fitact():
     assert set(vs_fitact) == {(label, r) for label in labels.values() if label != "fitact" for r in rates}
     for (label, _), row in vs_fitact.items():
         assert row["mean_diff"] == pytest.approx(acc[label] - acc["fitact"])
+
+
+def test_the_claims_table_lists_each_variant_minus_fitact_at_every_rate(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "repro_claims.py"
+    spec = importlib.util.spec_from_file_location("repro_claims", path)
+    claims = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(claims)
+    csv = tmp_path / "paired_differences.csv"
+    rows = ["model,dataset,fault_model,protection_a,protection_b,rate,mean_diff,ci_low,ci_high"]
+    for a in ("fitact channel", "fitact no post-training", "proact"):
+        for rate in (1e-6, 1e-5):
+            rows.append(f"vgg16,cifar10,memory,{a},fitact,{rate},0.01,-0.002,0.022")
+    rows.append("vgg16,cifar10,memory,fitact,clipact,1e-05,0.05,0.04,0.06")  # not a variant of FitAct
+    csv.write_text("\n".join(rows) + "\n")
+    lines, data = claims.versus_fitact(csv)
+    assert set(data) == {"vgg16: fitact channel", "vgg16: fitact no post-training", "vgg16: proact"}
+    assert lines[0] == "| model: variant | 1e-06 | 1e-05 |" and len(lines) == 5
+    assert "+1.0 [-0.2, +2.2]" in lines[2]
