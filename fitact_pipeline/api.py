@@ -72,7 +72,7 @@ def harden(model: nn.Module, protection: str = "fitact", train_loader=None, val_
            fold_batchnorm: bool = True, posttrain: Mapping | None = None, search: Mapping | None = None,
            progressive: Mapping | None = None,
            device: str | torch.device | None = None, **options) -> Hardened:
-    """Protect a copy of a trained ``model`` with ``protection`` (none, ranger, clipact, gbrelu,
+    """Protect a copy of a trained ``model`` with ``protection`` (none, ranger, clipact, gbrelu, proact,
     fitact) from DataLoaders of ``(images, labels)``.
 
     Bounds come from profiling ``profile_images`` images of ``profile_loader`` (default:
