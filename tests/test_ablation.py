@@ -125,3 +125,11 @@ def test_the_claims_table_lists_each_variant_minus_fitact_at_every_rate(tmp_path
     assert set(data) == {"vgg16: fitact channel", "vgg16: fitact no post-training", "vgg16: proact"}
     assert lines[0] == "| model: variant | 1e-06 | 1e-05 |" and len(lines) == 5
     assert "+1.0 [-0.2, +2.2]" in lines[2]
+
+
+def test_an_experiments_own_posttraining_schedule_is_no_variant():
+    from fitact_pipeline.protect.posttrain import settings_label
+
+    base = {"posttrain.penalty": "mean_square", "posttrain.fault_rate": "None", "posttrain.fault_weight": "1.0"}
+    assert settings_label({**base, "posttrain.epochs": "8", "posttrain.lr": "0.03"}) == ""
+    assert settings_label({**base, "posttrain.fault_weight": "0.5"}) == " (post-training fault_weight=0.5)"

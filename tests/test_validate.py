@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
     (["campaign.rates=[1e-5,2.0]"], "campaign.rates=2.0"),
     (["campaign.rates=-0.1"], "[0, 1]"),
     (["campaign.trials=0"], "campaign.trials=0"),
-    (["protection=bogus"], "unknown protection 'bogus'; choose one of: clipact, clipact_ft, fitact, gbrelu, none, ranger"),
+    (["protection=bogus"], "unknown protection 'bogus'; choose one of: clipact, clipact_ft, fitact, fitact_channel, fitact_layer, fitact_noposttrain, gbrelu, none, proact, ranger"),
     (["-m", "protection=none,bogus"], "unknown protection 'bogus'"),
     (["-m", "campaign.rates=1e-5,3.0"], "campaign.rates=3.0"),
     (["no_such_option=1"], "unknown config option 'no_such_option'"),

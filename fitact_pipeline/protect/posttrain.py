@@ -59,8 +59,9 @@ def result_settings(cfg: Mapping) -> dict:
 
 
 def settings_label(params: Mapping[str, str]) -> str:
-    """`` (post-training epochs=8, penalty=sum)``: the run's post-training settings that differ from
-    the defaults, from its MLflow params (strings). Runs logged before the post-training variants
+    """`` (post-training penalty=sum, fault_rate=1e-05)``: the run's post-training variant settings
+    (penalty, fault_rate, fault_weight) that differ from the defaults, from its MLflow params
+    (strings); a schedule an experiment sets (epochs, lr, ...) is not part of the label. Runs logged before the post-training variants
     existed (no ``posttrain.penalty`` param) keep the plain label: the report superseded them by
     their reruns when a default changed (docs/report.md)."""
     if "posttrain.penalty" not in params:
@@ -72,8 +73,9 @@ def settings_label(params: Mapping[str, str]) -> str:
         except (TypeError, ValueError):
             return value == str(default)
 
+    # only the variants' settings: an experiment's own schedule (epochs, lr, ...) is no variant
     diff = [f"{k}={params[f'posttrain.{k}']}" for k in RESULT_KEYS
-            if f"posttrain.{k}" in params and not same(params[f"posttrain.{k}"], DEFAULTS[k])]
+            if k not in KEYED_ALWAYS and f"posttrain.{k}" in params and not same(params[f"posttrain.{k}"], DEFAULTS[k])]
     return f" (post-training {', '.join(diff)})" if diff else ""
 
 
