@@ -1,4 +1,5 @@
 """Fixtures shared by the test modules."""
+import contextlib
 import copy
 import logging
 
@@ -31,3 +32,41 @@ def trained_digits():
     train_baseline(model, dm, {"epochs": 6, "lr": 0.05, "progress_bar": False}, seed=0)
     model.eval()
     return lambda: (dm, copy.deepcopy(model))
+
+
+@contextlib.contextmanager
+def _mlflow_server(backend_store_uri: str, *extra_args: str):
+    """An MLflow tracking server on a free localhost port (as docs/tracking.md sets one up for SLURM
+    sweeps); yields its URI once /health answers, and stops it afterwards."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", backend_store_uri, "--workers", "1", *extra_args],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(uri + "/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
+                time.sleep(0.5)
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.fixture
+def mlflow_server():
+    """``with mlflow_server(backend_store_uri, *extra_args) as uri``: a tracking server for the test."""
+    return _mlflow_server

@@ -1,9 +1,7 @@
 """The quick start end to end (small overrides), asserting on what lands in MLflow."""
 import json
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -126,39 +124,17 @@ def test_relaunch_skips_finished_jobs(quickstart):
     assert proc.stderr.count("already finished") + proc.stdout.count("already finished") == 4
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_mlflow_server_lists_the_runs(quickstart):
+def test_mlflow_server_lists_the_runs(quickstart, mlflow_server):
     tmp, _, exp, _ = quickstart
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{tmp}/mlruns/mlflow.db", "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(base + "/health", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline, "mlflow server did not start"
-                time.sleep(0.5)
+    with mlflow_server(f"sqlite:///{tmp}/mlruns/mlflow.db") as base:
         body = json.dumps({"experiment_ids": [exp.experiment_id],
                            "filter": "tags.run_kind = 'job'", "max_results": 100}).encode()
         req = urllib.request.Request(base + "/api/2.0/mlflow/runs/search", data=body,
                                      headers={"Content-Type": "application/json"})
         found = json.loads(urllib.request.urlopen(req, timeout=10).read())["runs"]
-        tags = [{t["key"]: t["value"] for t in r["data"]["tags"]} for r in found]
-        assert {t["protection"] for t in tags} == PROTECTIONS
-        assert all(r["info"]["status"] == "FINISHED" for r in found)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    tags = [{t["key"]: t["value"] for t in r["data"]["tags"]} for r in found]
+    assert {t["protection"] for t in tags} == PROTECTIONS
+    assert all(r["info"]["status"] == "FINISHED" for r in found)
 
 
 def test_the_quick_start_report_has_table_1(quickstart):

@@ -136,47 +136,14 @@ def test_two_identical_sweeps_launched_together_run_each_job_once(tmp_path):
     assert skipped == 4  # every job ran in one launcher and was skipped by the other
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def mlflow_server(tmp: Path):
-    """A tracking server on localhost, as docs/tracking.md sets one up for SLURM sweeps."""
-    import urllib.request
-
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{tmp}/server.db", "--artifacts-destination",
-                               str(tmp / "server_artifacts"), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(uri + "/health", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
-                time.sleep(0.5)
-        yield uri
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def test_submitit_sweep_against_a_tracking_server(tmp_path):
+def test_submitit_sweep_against_a_tracking_server(tmp_path, mlflow_server):
     """The cluster path for real: submitit's local executor (the machinery of the SLURM launcher)
     and an MLflow server: parent run, children under it, the sweep figure, and a relaunch that
     resumes (skips every finished job)."""
     overrides = ("hydra/launcher=submitit_local", "protection=none,fitact", "campaign.rates=[1e-4,3e-4]",
                  "campaign.trials=2", "posttrain.epochs=1")
-    with mlflow_server(tmp_path) as uri:
+    with mlflow_server(f"sqlite:///{tmp_path}/server.db", "--artifacts-destination",
+                       str(tmp_path / "server_artifacts")) as uri:
         cmd = sweep_cmd(tmp_path, *overrides, f"tracking.uri={uri}")
         first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
         assert first.returncode == 0, first.stderr[-3000:]
