@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fitact_pipeline.report import Experiment, rate_stats  # noqa: E402
+from fitact_pipeline.report import Experiment, rate_stats, without_design  # noqa: E402
 from fitact_pipeline.report.tables import read_csv  # noqa: E402
 
 ORDER = ["none", "ranger", "clipact", "fitact layer", "fitact"]
@@ -31,14 +30,8 @@ COMPARISONS = [("fitact", "clipact"), ("fitact", "fitact layer"), ("clipact", "r
                ("fitact", "none")]
 
 
-def _protection(label: str) -> str:
-    """``fitact layer`` from the report's ``fitact layer (nested, n=25)``: the campaign design's suffix
-    names how the curve was measured, not what it protects with."""
-    return re.sub(r" \(.*\)$", "", label)
-
-
 def _order(variant: str) -> int:
-    return ORDER.index(_protection(variant)) if _protection(variant) in ORDER else len(ORDER)
+    return ORDER.index(without_design(variant)) if without_design(variant) in ORDER else len(ORDER)
 
 
 def runs_table(exp: Experiment, rates: list[float]) -> list[str]:
@@ -68,7 +61,7 @@ def _paired(rows: list[dict], model: str, a: str, b: str, min_rate: float) -> li
     """(rate, mean, low, high) of A - B; the report lists each pair once, in either order."""
     out = []
     for r in rows:
-        pair = (_protection(r["protection_a"]), _protection(r["protection_b"]))
+        pair = (without_design(r["protection_a"]), without_design(r["protection_b"]))
         if r["model"] != model or float(r["rate"]) < min_rate or pair not in ((a, b), (b, a)):
             continue
         sign = 1 if pair == (a, b) else -1

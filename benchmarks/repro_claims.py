@@ -29,10 +29,21 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fitact_pipeline.report import Experiment, rate_stats  # noqa: E402
+from fitact_pipeline.report import Experiment, rate_stats, without_design  # noqa: E402
 from fitact_pipeline.report.tables import read_csv  # noqa: E402
 
 ORDER = ["none", "ranger", "clipact", "fitact"]
+
+
+def read_table(path: Path) -> list[dict[str, str]]:
+    """A report CSV with its protection columns named by variant alone (the campaign design that
+    measured a curve is not part of what it compares)."""
+    rows = read_csv(path)
+    for row in rows:
+        for key in ("protection", "protection_a", "protection_b"):
+            if key in row:
+                row[key] = without_design(row[key])
+    return rows
 
 
 def load(client: MlflowClient, name: str, workdir: Path) -> Experiment | None:
@@ -46,7 +57,7 @@ def runs_table(exp: Experiment) -> list[str]:
     for job in sorted(exp.jobs, key=lambda j: (j.model, ORDER.index(j.protection) if j.protection in ORDER else 9)):
         stats = rate_stats(job.metrics)
         cells = [f"{100 * stats[r]['mean']:.1f}" if r in stats else "-" for r in rates_of(exp)]
-        lines.append(f"| {job.model} w{job.params.get('model.width', '?')} | {job.protection} | `{job.run_id}` | "
+        lines.append(f"| {job.model} w{job.params.get('model.width', '?')} | {without_design(job.variant)} | `{job.run_id}` | "
                      f"{100 * job.metrics.get('clean_accuracy', float('nan')):.2f} % | " + " | ".join(cells) + " |")
     return lines
 
@@ -82,7 +93,7 @@ def collapse(exp: Experiment) -> tuple[str, bool, dict]:
 
 def ordering(paired_csv: Path, min_rate: float) -> tuple[str, bool, dict]:
     """FitAct >= Clip-Act >= Ranger >= none at every rate >= min_rate, from the paired CIs."""
-    rows = read_csv(paired_csv)
+    rows = read_table(paired_csv)
     pairs = [("fitact", "clipact"), ("clipact", "ranger"), ("ranger", "none"), ("fitact", "none")]
     verdict: dict = defaultdict(dict)
     for row in rows:
@@ -108,7 +119,7 @@ def versus_fitact(paired_csv: Path) -> tuple[list[str], dict]:
     """Every other variant of a run (FitAct's ablations: no post-training, channel, layer; ProAct;
     post-training settings) minus FitAct as published, at every rate: the paired difference over the
     same fault maps with its CI (issue 19). The report orders each pair so that FitAct is B."""
-    rows = [r for r in read_csv(paired_csv) if r["protection_b"] == "fitact"
+    rows = [r for r in read_table(paired_csv) if r["protection_b"] == "fitact"
             and r["protection_a"] not in ORDER[:3]]
     data: dict = defaultdict(dict)
     for row in rows:
@@ -123,6 +134,21 @@ def versus_fitact(paired_csv: Path) -> tuple[list[str], dict]:
                  if r in per_rate else "-" for r in rates]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines, {k: {f"{r:.0e}": v for r, v in per_rate.items()} for k, v in data.items()}
+
+
+def variant_costs(table_csv: Path) -> list[str]:
+    """Bound memory and bounds-stage time of every FitAct variant and ProAct (Table I's rows)."""
+    rows = [r for r in read_table(table_csv) if r["protection"].startswith(("fitact", "proact"))] \
+        if table_csv.exists() else []
+    lines = ["| model | variant | bound memory (+% of the model) | bounds training s | / baseline training |",
+             "|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["model"], r["protection"])):
+        post = r["posttrain_time_s"]
+        share = f"{100 * float(r['posttrain_overhead']):.1f} %" if r["posttrain_overhead"] not in ("", "nan") else "-"
+        lines.append(f"| {r['model']} | {r['protection']} | {100 * float(r['memory_overhead']):+.2f} % | "
+                     f"{float(post):.0f} | {share} |" if post not in ("", "nan") else
+                     f"| {r['model']} | {r['protection']} | {100 * float(r['memory_overhead']):+.2f} % | 0 | - |")
+    return lines if rows else []
 
 
 def gbrelu_tradeoff(exp: Experiment | None) -> tuple[str, bool | None, dict]:
@@ -167,7 +193,7 @@ def neuron_spread(exp: Experiment) -> tuple[str, bool | None, dict]:
 
 def overheads(table_csv: Path) -> tuple[list[tuple], dict]:
     """Table I's claims; an experiment run without overhead.enabled (the fault-model ones) has none."""
-    rows = [r for r in read_csv(table_csv) if r["protection"] == "fitact"] if table_csv.exists() else []
+    rows = [r for r in read_table(table_csv) if r["protection"] == "fitact"] if table_csv.exists() else []
     out = {r["model"]: {k: float(r[k]) for k in ("runtime_overhead", "memory_overhead", "posttrain_overhead",
                                                   "train_time_s", "posttrain_time_s")} for r in rows}
     runtime = "; ".join(f"{m}: {100 * v['runtime_overhead']:+.1f} %" for m, v in sorted(out.items()))
@@ -230,6 +256,8 @@ def main() -> None:
         if variants:
             print("## Variants vs FitAct (accuracy points, variant - FitAct on the same fault maps, paired 95 % CI)\n")
             print("\n".join(variants) + "\n")
+            print("## Variants: bound memory and bounds-training time\n")
+            print("\n".join(variant_costs(report_dir / "table1_overhead.csv")) + "\n")
             proact = {k: v for k, v in versus.items() if k.endswith(": proact")}
             if proact:
                 worse = sum(hi < 0 for per_rate in proact.values() for _, _, hi in per_rate.values())

@@ -275,3 +275,15 @@ def test_a_sweep_over_two_seeds_draws_two_curves(tmp_path):
     panel = sweep_panels(client, parent)[("small_cnn", "digits", "memory")]
     assert sorted(panel) == ["fitact", "fitact (setting #2)"]
     assert sorted(curve[1e-5]["mean"] for curve in panel.values()) == [0.6, 0.8]
+
+
+def test_a_curve_label_without_its_design_names_the_protection_variant():
+    """Scripts that compare variants across experiments match labels without the campaign design."""
+    from fitact_pipeline.report import variant_of, without_design
+
+    params = {"campaign.design": "nested", "campaign.images_per_trial": "25"}
+    label = variant_of({"protection": "fitact", "granularity": "layer"}, params)
+    assert label == "fitact layer (nested, n=25)"
+    assert without_design(label) == "fitact layer"
+    assert without_design("ranger faults in features.0 (nested, n=auto)") == "ranger faults in features.0"
+    assert without_design("fitact (post-training penalty=sum)") == "fitact (post-training penalty=sum)"

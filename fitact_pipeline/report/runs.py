@@ -63,6 +63,12 @@ def variant_of(tags: dict[str, str], params: dict[str, str]) -> str:
     return label
 
 
+def without_design(label: str) -> str:
+    """``fitact layer`` of ``fitact layer (nested, n=25)``: the curve's protection variant without the
+    campaign design that measured it (the suffix variant_of adds)."""
+    return re.sub(r" \([a-z_]+, n=[^)]*\)$", "", label)
+
+
 def context_of(tags: dict[str, str], params: dict[str, str]) -> tuple:
     """(model, dataset, fault model, settings...): runs of one context saw the same fault maps. The
     first three name a panel: figures and tables are split by fault model."""
