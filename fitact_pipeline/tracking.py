@@ -26,10 +26,11 @@ log = logging.getLogger(__name__)
 
 def check_tracking_config(cfg) -> None:
     """A one-line ConfigError for a bad ``tracking`` value, before any work."""
-    check_keys(cfg, "tracking", ("root", "experiment", "resume", "uri"))
+    check_keys(cfg, "tracking", ("root", "experiment", "resume", "uri", "label"))
     expect_str(cfg.get("root"), "tracking.root")
     expect_str(cfg.get("experiment"), "tracking.experiment")
     expect_bool(cfg.get("resume", True), "tracking.resume")
+    expect_str(cfg.get("label"), "tracking.label", allow_none=True)
     uri = cfg.get("uri")
     expect_str(uri, "tracking.uri", allow_none=True)
     if uri is not None and not str(uri).startswith(("http://", "https://")):

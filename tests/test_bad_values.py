@@ -15,7 +15,7 @@ from fitact_pipeline.validate import CONF_DIR, ConfigError, check_config, prefli
 ROOT = Path(__file__).resolve().parent.parent
 # values that are free text by nature: any string is a valid name or path
 FREE_TEXT = {"tracking.experiment", "tracking.root", "cache_dir", "figures_dir", "dataset.name", "dataset.root",
-             "dataset.cache_dir", "model.label"}
+             "dataset.cache_dir", "model.label", "tracking.label"}
 
 
 def composed(*overrides: str) -> DictConfig:

@@ -287,3 +287,14 @@ def test_a_curve_label_without_its_design_names_the_protection_variant():
     assert without_design(label) == "fitact layer"
     assert without_design("ranger faults in features.0 (nested, n=auto)") == "ranger faults in features.0"
     assert without_design("fitact (post-training penalty=sum)") == "fitact (post-training penalty=sum)"
+
+
+def test_a_tracking_label_makes_a_run_its_own_curve():
+    """tracking.label separates runs whose difference the automatic label does not show (e.g. a longer
+    post-training schedule), so the newer does not supersede the other in the report."""
+    from fitact_pipeline.report import variant_of
+
+    tags = {"protection": "fitact", "granularity": "neuron"}
+    assert variant_of(tags, {"tracking.label": "None"}) == "fitact"
+    assert variant_of(tags, {"tracking.label": "8 epochs", "campaign.design": "nested",
+                             "campaign.images_per_trial": "25"}) == "fitact 8 epochs (nested, n=25)"

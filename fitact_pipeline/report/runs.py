@@ -57,6 +57,9 @@ def variant_of(tags: dict[str, str], params: dict[str, str]) -> str:
     include = params.get("faults.include", "[]")
     if include not in ("[]", "", "None"):
         label += " faults in " + patterns(include)
+    user_label = params.get("tracking.label", "None")
+    if user_label not in ("None", ""):
+        label += f" {user_label}"
     design = params.get("campaign.design", "classic")
     if design != "classic":
         label += f" ({design}, n={params.get('campaign.images_per_trial')})"
