@@ -11,10 +11,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from fitact_pipeline.protect import PROTECTIONS as REGISTERED_PROTECTIONS
 from tests.test_devices_and_data import small_tree
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTECTIONS = "none,ranger,clipact,gbrelu,fitact"
+# every registered protection (a new one is tested on the deployed models without editing this file)
+PROTECTIONS = ",".join(REGISTERED_PROTECTIONS)
 
 
 @pytest.fixture(scope="module")
