@@ -73,18 +73,23 @@ def test_nested_trials_pair_maps_and_image_subsets_across_protections(models):
 
 
 @pytest.mark.parametrize("protection", ["none", "ranger", "clipact", "fitact"])
-@pytest.mark.parametrize("sampler", [None, StuckBits("mix"), Bursts(2)], ids=["memory", "stuck_at", "burst"])
-def test_several_maps_per_pass_give_the_one_at_a_time_logits(models, protection, sampler):
+@pytest.mark.parametrize("sampler,fmt", [(None, "fixed"), (StuckBits("mix"), "fixed"), (Bursts(2), "fixed"),
+                                         (None, "int8")], ids=["memory", "stuck_at", "burst", "memory-int8"])
+def test_several_maps_per_pass_give_the_one_at_a_time_logits(models, protection, sampler, fmt):
     nets, images, labels = models
     model = copy.deepcopy(nets[protection])
-    injector = FaultInjector(model, sampler=sampler)
+    # int8: each tensor in its own storage (no one buffer), scales in the fault space
+    injector = FaultInjector(model, fmt=fmt, sampler=sampler,
+                             targets=("weight", "bias", "bound") + (("scale",) if fmt == "int8" else ()))
     trials = [0, 1, 2, 3]
     rows, maps = stacked_fault_space(injector, 1e-2, 5, trials)
     with torch.no_grad():
         vmapped = vmap(lambda p, x: functional_call(model, p, (x,)), in_dims=(0, None))(rows, images[:30])
+    assert all(m.effective_flips for m in maps)  # every map has its row, in trial order
     for k, trial in enumerate(trials):
-        with injector.inject(1e-2, 5, trial), torch.no_grad():
+        with injector.inject(1e-2, 5, trial) as fmap, torch.no_grad():
             alone = model(images[:30])
+        assert fmap.effective_flips == maps[k].effective_flips
         finite = torch.isfinite(alone)
         assert torch.equal(finite, torch.isfinite(vmapped[k]))
         assert torch.allclose(vmapped[k][finite], alone[finite], rtol=1e-4, atol=1e-4)
@@ -94,13 +99,19 @@ def test_several_maps_per_pass_give_the_one_at_a_time_logits(models, protection,
 def test_a_campaign_gives_the_same_trials_with_one_or_several_maps_per_pass(models):
     nets, images, labels = models
     results = {}
+    # at 3e-6 about half the maps change no bit: in a block they are the clean model, as alone
     for design, n in (("classic", None), ("nested", 15)):
         for k in (1, 4):
             model = copy.deepcopy(nets["ranger"])
-            result = run_campaign(model, FaultInjector(model), images, labels, [2e-3, 1e-2], trials=6, seed=1,
-                                  batch_size=40, progress=False, design=design, images_per_trial=n, maps_per_pass=k)
+            result = run_campaign(model, FaultInjector(model), images, labels, [3e-6, 2e-3, 1e-2], trials=8,
+                                  seed=1, batch_size=40, progress=False, design=design, images_per_trial=n,
+                                  maps_per_pass=k)
             results[(design, k)] = [(t["rate"], t["trial"], t["accuracy"], t["flips"]) for t in result.trials]
         assert results[(design, 1)] == results[(design, 4)], design
+        low = [flips for rate, _, _, flips in results[(design, 4)] if rate == 3e-6]
+        assert 0 < low.count(0) < len(low)
+    clean = evaluate_accuracy(nets["ranger"], images, labels)
+    assert all(acc == clean for rate, _, acc, flips in results[("classic", 4)] if flips == 0)
 
 
 def test_stopping_at_the_target_half_width_works_for_both_designs(models):

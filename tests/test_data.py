@@ -12,6 +12,7 @@ import torch
 import torchvision.datasets as tvd
 
 from fitact_pipeline.data import imagefolder as data_mod
+from fitact_pipeline.data.sampling import StratifiedSampler
 from fitact_pipeline.data import (BatchTransform, CIFAR10DataModule, CIFAR100DataModule, DatasetNotFoundError,
                                   DigitsDataModule, ImageFolderDataModule, split_off, stratified_subset)
 
@@ -27,6 +28,28 @@ def test_stratified_subset_keeps_class_proportions_and_is_seeded():
     assert torch.bincount(labels[idx]).tolist() == [20] * 10  # not the first 200 (= two classes)
     assert torch.equal(idx, stratified_subset(labels, 200, seed=1))
     assert not torch.equal(idx, stratified_subset(labels, 200, seed=2))
+
+
+def _reference_subset(labels, num, seed):
+    # the definition, written out plainly: largest-remainder quotas, then per class the first
+    # `quota` of one seeded permutation of its members, classes in order, one generator
+    gen = torch.Generator().manual_seed(seed)
+    classes, counts = torch.unique(labels, return_counts=True)
+    exact = counts.double() * num / len(labels)
+    quota = exact.floor().long()
+    quota[torch.argsort(exact - quota, descending=True, stable=True)[:num - int(quota.sum())]] += 1
+    picked = [torch.nonzero(labels == c).flatten()[torch.randperm(int(n), generator=gen)[:q]]
+              for c, n, q in zip(classes.tolist(), counts.tolist(), quota.tolist())]
+    return torch.sort(torch.cat(picked)).values
+
+
+def test_a_reused_sampler_draws_the_subsets_of_the_definition():
+    labels = torch.randint(0, 7, (300,), generator=torch.Generator().manual_seed(4))
+    sampler = StratifiedSampler(labels)  # its cached quotas must not leak between sizes
+    for num in (20, 5, 20, 299, 1, 0, 137):
+        for seed in (0, 3, 12345):
+            assert torch.equal(sampler.subset(num, seed), _reference_subset(labels, num, seed)), (num, seed)
+    assert torch.equal(sampler.subset(300, 0), torch.arange(300))
 
 
 def test_stratified_subset_uneven_quotas_sum_exactly():

@@ -8,9 +8,9 @@ import torch
 from scipy import stats
 from torch import nn
 
-from fitact_pipeline.evaluate import count_correct, evaluate_accuracy
+from fitact_pipeline.evaluate import correct_rows, count_correct, evaluate_accuracy
 from fitact_pipeline.faults import SAMPLER, FaultInjector, FaultMap
-from fitact_pipeline.faults.sampler import _GAMMA, bernoulli_positions, field_keys, mix64
+from fitact_pipeline.faults.sampler import _GAMMA, Bursts, StuckBits, bernoulli_positions, field_keys, mix64
 
 
 class Bounded(nn.Module):
@@ -202,6 +202,20 @@ def test_vectorised_draw_equals_the_one_draw_at_a_time_definition(rate, batch_sc
             assert fid.size == n_bits.sum()  # every bit flips
 
 
+@pytest.mark.parametrize("sampler", [None, StuckBits("mix"), Bursts(3)], ids=["memory", "stuck_at", "burst"])
+@pytest.mark.parametrize("rate", [0.0, 1e-4, 0.02, 1.0])
+def test_a_block_of_maps_drawn_together_is_each_trials_own_map(sampler, rate):
+    inj = FaultInjector(tiny_model(), sampler=sampler)
+    trials = [7, 0, 3, 3, 12]  # any order, repeats allowed
+    block = inj.sample_block(rate, 5, trials)
+    for trial, fmap in zip(trials, block):
+        alone = inj.sample(rate, 5, trial)
+        assert fmap.trial == trial and fmap.records == alone.records
+        assert fmap.summary() == alone.summary()
+    if rate == 0.02:
+        assert len({tuple(m.records) for m in block}) == 4 and all(len(m) for m in block)
+
+
 def test_same_seed_same_map_other_trial_or_seed_differs():
     inj = FaultInjector(tiny_model())
     a, b = inj.sample(0.01, 5, 2), inj.sample(0.01, 5, 2)
@@ -347,6 +361,27 @@ def test_count_correct_treats_non_finite_rows_as_misses():
     logits = torch.tensor([[2.0, 1.0], [float("nan"), 1.0], [0.0, float("inf")], [1.0, 3.0]])
     labels = torch.tensor([0, 1, 1, 1])
     assert count_correct(logits, labels) == 2
+
+
+def test_count_correct_reads_the_last_dimension_for_stacked_maps():
+    logits = torch.tensor([[[0.0, 1.0], [2.0, 0.0]], [[float("nan"), 1.0], [0.0, 3.0]]])  # (maps, images, classes)
+    labels = torch.tensor([[1, 0], [1, 0]])
+    assert correct_rows(logits, labels).tolist() == [[True, True], [False, False]]
+
+
+def test_evaluation_restores_each_modules_own_mode():
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 3))
+    model.train()
+    model[1].eval()  # a frozen BatchNorm inside a training model
+    seen = []
+    model[2].register_forward_hook(lambda m, i, o: seen.append(m.training))
+    images, labels = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    evaluate_accuracy(model, images, labels, 5)
+    assert seen == [False] * 4  # eval mode inside, every batch
+    assert [m.training for m in model] == [True, False, True, True]
+    model.eval()
+    evaluate_accuracy(model, images, labels, 5)
+    assert not any(m.training for m in model.modules())
 
 
 def test_nan_fault_is_a_miss_not_a_crash():

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import stats
+from ..data.sampling import StratifiedSampler
 from ..checks import (check_keys, expect_bool, expect_choice, expect_int, expect_list, expect_number, fail,
                       is_number)
 from ..evaluate import correct_mask, evaluate_accuracy
@@ -108,9 +109,17 @@ class _Pool:
     labels: torch.Tensor
     clean_correct: torch.Tensor
 
+    def __post_init__(self):
+        self.sampler = StratifiedSampler(self.labels)
+
+    def trial_ids(self, design: CampaignDesign, n: int | None, seed: int, trial: int) -> torch.Tensor:
+        """Pool indices of one trial's images."""
+        index = design.trial_images(self.sampler, n, seed, trial)
+        return torch.arange(len(self.labels)) if index is None else index
+
     def trial_set(self, design: CampaignDesign, n: int | None, seed: int, trial: int):
         """(images, labels, pool indices) of one trial."""
-        index = design.trial_images(self.labels, n, seed, trial)
+        index = design.trial_images(self.sampler, n, seed, trial)
         if index is None:
             return self.images, self.labels, torch.arange(len(self.labels))
         return self.images[index], self.labels[index], index
@@ -181,7 +190,7 @@ def _faulty_accuracy(model, injector, rate: float, seed: int, trial: int, trial_
 
 
 def _images(plan: CampaignDesign, n: int | None, pool: _Pool) -> int:
-    return len(pool.labels) if plan.trial_images(pool.labels, n, 0, 0) is None else min(int(n), len(pool.labels))
+    return len(pool.labels) if plan.trial_images(pool.sampler, n, 0, 0) is None else min(int(n), len(pool.labels))
 
 
 def _run_rate(model, injector, pool: _Pool, plan: CampaignDesign, rate: float, n, seed: int, batch_size: int,
@@ -219,10 +228,16 @@ def _evaluate_one(model, injector, pool: _Pool, plan, rate, n, seed, batch_size,
 
 def _evaluate_block(model, injector, pool: _Pool, plan, rate, n, seed, batch_size, block):
     rows, maps = stacked_fault_space(injector, rate, seed, block)
-    sets = [pool.trial_set(plan, n, seed, t) for t in block]
-    if plan.trial_images(pool.labels, n, seed, 0) is None:  # every map on the same images
-        accs = evaluate_stacked(model, rows, pool.images, pool.labels, batch_size)
-    else:
-        accs = evaluate_stacked(model, rows, torch.stack([s[0] for s in sets]), torch.stack([s[1] for s in sets]),
-                                batch_size, per_map_images=True)
-    return [(t, acc, fmap, len(s[2])) for t, acc, fmap, s in zip(block, accs, maps, sets)]
+    ids = [pool.trial_ids(plan, n, seed, t) for t in block]
+    # maps that change no bit have no row: the clean model's accuracy on their images, as in _evaluate_one
+    faulty = [k for k, fmap in enumerate(maps) if fmap.effective_flips != 0]
+    accs = [None if fmap.effective_flips != 0 else int(pool.clean_correct[i].sum()) / len(i)
+            for fmap, i in zip(maps, ids)]
+    if faulty:
+        shared = plan.trial_images(pool.sampler, n, seed, 0) is None  # every map on the same images
+        index = None if shared else torch.stack([ids[k] for k in faulty])  # one gather for the block
+        images = pool.images if shared else pool.images[index]
+        labels = pool.labels if shared else pool.labels[index]
+        for k, acc in zip(faulty, evaluate_stacked(model, rows, images, labels, batch_size, not shared)):
+            accs[k] = acc
+    return [(t, acc, fmap, len(i)) for t, acc, fmap, i in zip(block, accs, maps, ids)]

@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..data.sampling import stratified_subset
+from ..data.sampling import StratifiedSampler
 from ..registry import Registry
 
 #: seed offset of the per-trial image subsets (kept apart from the fault maps' streams)
@@ -38,8 +38,9 @@ SUBSET_SEED = 7_919
 class CampaignDesign:
     name: str
     summary: str
-    #: (pool labels, images per trial, campaign seed, trial) -> indices into the pool, or None: all
-    trial_images: Callable[[torch.Tensor, int | None, int, int], torch.Tensor | None]
+    #: (pool labels or their StratifiedSampler, images per trial, campaign seed, trial) -> indices
+    #: into the pool, or None: all
+    trial_images: Callable[[torch.Tensor | StratifiedSampler, int | None, int, int], torch.Tensor | None]
     #: what one trial's accuracy is, for box-plot captions
     trial_meaning: str
 
@@ -48,10 +49,11 @@ def _pool(labels, n, seed, trial):
     return None
 
 
-def _subset(labels: torch.Tensor, n: int | None, seed: int, trial: int) -> torch.Tensor:
+def _subset(labels: torch.Tensor | StratifiedSampler, n: int | None, seed: int, trial: int) -> torch.Tensor:
     """Trial ``trial``'s stratified subset: a pure function of (seed, trial, n). Per class it is a
     prefix of one seeded permutation, so the subsets of different n share their first images."""
-    return stratified_subset(labels, n, seed * 1_000_003 + trial * 7 + SUBSET_SEED)
+    sampler = labels if isinstance(labels, StratifiedSampler) else StratifiedSampler(labels)
+    return sampler.subset(n, seed * 1_000_003 + trial * 7 + SUBSET_SEED)
 
 
 DESIGNS: Registry[CampaignDesign] = Registry("campaign design")

@@ -105,6 +105,28 @@ class WordFamily:
         return changed
 
 
+def rows_under_maps(space: "FaultSpace", maps: list) -> tuple[torch.Tensor, list[int]]:
+    """The one buffer under each of a block of maps, the model untouched: (one row per map that
+    changes a bit, bits changed per map). The maps' faults go through one encode/XOR/decode
+    together, where a flip and a restore per map cost as much as the pass of a small model
+    (several maps per pass, multimap.py). One value per word: a fault changes only its own word."""
+    store, size = space.store, space.store.numel()
+    per_map = [_element_faults(space, m.field_idx, m.elements, m.bits, m.values) for m in maps]
+    uniq = np.concatenate([u for u, _ in per_map])
+    owner = np.repeat(np.arange(len(maps)), [u.size for u, _ in per_map])
+    stuck = None if maps and maps[0].values is None else np.concatenate([f.stuck for _, f in per_map])
+    faults = Faults(np.concatenate([f.masks for _, f in per_map]), stuck)
+    words = space.codec.encode_np(store.index_select(0, torch.from_numpy(uniq).to(store.device)).cpu().numpy())
+    xor = faults.xor(words)
+    changed = np.bincount(owner, weights=np.bitwise_count(xor), minlength=len(maps)).astype(np.int64)
+    row = np.cumsum(changed > 0) - 1  # row of each map that changed a bit
+    hit = changed[owner] > 0
+    rows = store.expand(int((changed > 0).sum()), size).clone()
+    at = torch.from_numpy(row[owner[hit]] * size + uniq[hit]).to(store.device)
+    rows.view(-1).index_copy_(0, at, torch.from_numpy(space.codec.decode_np(words[hit] ^ xor[hit])).to(store.device))
+    return rows, changed.tolist()
+
+
 def _flip_per_slot(space: "FaultSpace", uniq: torch.Tensor, faults: Faults, saved: list) -> int:
     """Tensors not in one buffer (mixed devices or dtypes): gather from each, flip together, scatter."""
     offsets = torch.tensor([s.elem_offset for s in space.slots] + [space.total_elements], dtype=torch.int64)

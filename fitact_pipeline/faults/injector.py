@@ -84,9 +84,18 @@ class FaultInjector:
     def sample(self, rate: float, seed: int, trial: int = 0) -> FaultMap:
         """The fault map of (rate, seed, trial) without applying it."""
         rate, seed, trial = check_rate(rate), check_int(seed, "seed"), check_int(trial, "trial")
+        return self._as_map(self.sampler(self.space, rate, seed, trial), rate, seed, trial)
+
+    def sample_block(self, rate: float, seed: int, trials: Sequence[int]) -> list[FaultMap]:
+        """The maps of several trials (drawn together where the sampler can): ``sample`` of each."""
+        rate, seed = check_rate(rate), check_int(seed, "seed")
+        trials = [check_int(t, "trial") for t in trials]
+        draws = self.sampler.draw_block(self.space, rate, seed, trials)
+        return [self._as_map(columns, rate, seed, trial) for columns, trial in zip(draws, trials)]
+
+    def _as_map(self, columns, rate: float, seed: int, trial: int) -> FaultMap:
         space = self.space
-        field_idx, elements, bits, values = (np.asarray(c) if c is not None else None
-                                             for c in self.sampler(space, rate, seed, trial))
+        field_idx, elements, bits, values = (np.asarray(c) if c is not None else None for c in columns)
         as_t = torch.from_numpy
         fmap = FaultMap._from_tensors([f.name for f in space.fields], [f.bits for f in space.fields],
                                       as_t(field_idx), as_t(elements), as_t(bits), space.num_bits, rate, seed, trial,
@@ -101,6 +110,13 @@ class FaultInjector:
         fmap = self.sample(rate, seed, trial)
         with self._applied(fmap):
             yield fmap
+
+    @contextlib.contextmanager
+    def inject_sampled(self, fault_map: FaultMap) -> Iterator[FaultMap]:
+        """``inject`` of a map this injector drew (``sample``/``sample_block``): not validated again.
+        Maps from anywhere else go through ``apply``."""
+        with self._applied(fault_map):
+            yield fault_map
 
     @contextlib.contextmanager
     def apply(self, fault_map: FaultMap) -> Iterator[FaultMap]:

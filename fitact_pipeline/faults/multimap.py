@@ -17,22 +17,41 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from ..evaluate import count_correct
+from ..evaluate import correct_rows, eval_mode, float32_inference
+from .flip import rows_under_maps
 
 
 def stacked_fault_space(injector, rate: float, seed: int, trials: Sequence[int]) -> tuple[dict, list]:
-    """({tensor name: (K, *shape) values under each trial's faults}, [each trial's fault map])."""
+    """({tensor name: (F, *shape) values under the faults of each of the F trials whose map changes
+    a bit}, [each trial's fault map]). A map that changes no bit is the clean model: it gets no row
+    (the campaign reads its accuracy off the clean pass, as with one map per pass)."""
     space = injector.space
+    maps = injector.sample_block(rate, seed, trials)
+    if space.store is not None:
+        rows, changed = rows_under_maps(space, maps)
+        for fmap, bits in zip(maps, changed):
+            fmap.effective_flips = bits
+        flat = {slot.name: rows[:, slot.elem_offset:slot.elem_offset + slot.flat.numel()] for slot in space.slots}
+    else:
+        flat = _rows_per_tensor(injector, maps)
     shapes = _shapes(injector.model)
-    rows = {slot.name: torch.empty((len(trials),) + shapes[slot.name], dtype=slot.flat.dtype,
-                                   device=slot.flat.device) for slot in space.slots}
-    maps = []
-    for k, trial in enumerate(trials):
-        with injector.inject(rate, seed, trial) as fmap:
-            for slot in space.slots:
-                rows[slot.name][k].view(-1).copy_(slot.flat)
-        maps.append(fmap)
-    return rows, maps
+    # contiguous per tensor, once per block (the pass reads each tensor once per batch)
+    return {name: rows.reshape(rows.shape[:1] + shapes[name]).clone() for name, rows in flat.items()}, maps
+
+
+def _rows_per_tensor(injector, maps: list) -> dict[str, torch.Tensor]:
+    """{tensor name: rows of its values under each map that changed a bit} where each tensor has
+    its own storage (int8: a scale fault changes a whole channel)."""
+    slots = injector.space.slots
+    stacks = [slot.flat.new_empty((len(maps), slot.flat.numel())) for slot in slots]
+    count = 0
+    for fmap in maps:
+        with injector.inject_sampled(fmap):
+            if fmap.effective_flips != 0:
+                for stack, slot in zip(stacks, slots):
+                    stack[count].copy_(slot.flat)
+                count += 1
+    return {slot.name: stack[:count] for stack, slot in zip(stacks, slots)}
 
 
 def _shapes(model: nn.Module) -> dict[str, torch.Size]:
@@ -44,17 +63,14 @@ def evaluate_stacked(model: nn.Module, rows: dict, images: torch.Tensor, labels:
                      batch_size: int, per_map_images: bool = False) -> list[float]:
     """Accuracy of each of the K stacked models. ``images`` (N, ...) are shared by every map, or
     (K, n, ...) with ``per_map_images`` (each map its own images, the nested design)."""
-    model.eval()
     count = next(iter(rows.values())).shape[0]
     forward = vmap(lambda params, x: functional_call(model, params, (x,)), in_dims=(0, 0 if per_map_images else None))
-    correct = [0] * count
+    correct = torch.zeros(count, dtype=torch.int64)
     total = images.shape[1] if per_map_images else images.shape[0]
     device = next(iter(rows.values())).device
-    with torch.autocast(device.type, enabled=False):
+    with eval_mode(model), float32_inference(device):
         for start in range(0, total, batch_size):
             x = (images[:, start:start + batch_size] if per_map_images else images[start:start + batch_size])
             y = labels[:, start:start + batch_size] if per_map_images else labels[start:start + batch_size]
-            logits = forward(rows, x.to(device, torch.float32)).float()
-            for k in range(count):
-                correct[k] += count_correct(logits[k], y[k] if per_map_images else y)
-    return [c / total for c in correct]
+            correct += correct_rows(forward(rows, x.to(device, torch.float32)).float(), y).sum(dim=-1).cpu()
+    return [c / total for c in correct.tolist()]

@@ -120,6 +120,19 @@ def sample_positions(name_hashes: np.ndarray, n_bits: np.ndarray, rate: float, s
     return bernoulli_positions(field_keys(name_hashes, seed, trial), n_bits, rate)
 
 
+def sample_positions_block(name_hashes: np.ndarray, n_bits: np.ndarray, rate: float, seed: int,
+                           trials: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``sample_positions`` of each of ``trials``, drawn together: every (trial, field) is a field of
+    one draw with its own stream key, so each trial's positions are exactly its own draw's."""
+    fields = n_bits.size
+    if rate == 0.0 or not trials:
+        return [sample_positions(name_hashes, n_bits, rate, seed, t) for t in trials]
+    keys = np.concatenate([field_keys(name_hashes, seed, t) for t in trials])
+    field_idx, pos = bernoulli_positions(keys, np.tile(n_bits, len(trials)), rate)
+    bounds = np.searchsorted(field_idx, np.arange(len(trials) + 1) * fields)
+    return [(field_idx[a:b] - k * fields, pos[a:b]) for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+
+
 def salted(name_hashes: np.ndarray, salt: str) -> np.ndarray:
     """Name hashes of an independent stream family (another fault model's draws, stuck values)."""
     return name_hashes ^ np.uint64(hash64(salt))
@@ -155,6 +168,15 @@ class BitFlips:
     def __call__(self, space, rate: float, seed: int, trial: int):
         field_idx, pos = sample_positions(space.field_name_hash, space.field_n_bits, rate, seed, trial)
         return (field_idx, *split_positions(space, field_idx, pos), None)
+
+    def draw_block(self, space, rate: float, seed: int, trials: list[int]) -> list[tuple]:
+        """``self(space, rate, seed, t)`` for each of ``trials``: one vectorised draw for plain bit
+        flips (several maps per pass draw a block of maps; drawing them one by one cost as much as
+        the pass of a small model), one call per trial for the fault models that draw more."""
+        if type(self) is not BitFlips:
+            return [self(space, rate, seed, t) for t in trials]
+        return [(field_idx, *split_positions(space, field_idx, pos), None) for field_idx, pos in
+                sample_positions_block(space.field_name_hash, space.field_n_bits, rate, seed, list(trials))]
 
     def units(self, space) -> int:
         return space.num_bits

@@ -196,7 +196,7 @@ class FaultSpace:
 
     @property
     def num_bits(self) -> int:
-        return sum(f.numel * f.bits for f in self.fields)
+        return int(self.field_n_bits.sum())
 
     @property
     def total_elements(self) -> int:
