@@ -144,8 +144,8 @@ def maps_per_pass(setting, model: torch.nn.Module, device: torch.device) -> int:
     return AUTO_MAPS_PER_PASS if device.type == "cuda" or small else 1
 
 
-# on 2 CPU cores 8 maps per pass gave 1.45x on small_cnn (29 k parameters) and 0.9x on vgg16_w025
-# (0.92 M): docs/campaigns.md
+# on 2 CPU cores 8 maps per pass pay on small_cnn (34 k parameters) and lose on vgg16_w025 (0.92 M):
+# docs/campaigns.md
 AUTO_MAPS_PER_PASS, AUTO_MAX_PARAMS = 8, 100_000
 
 

@@ -190,7 +190,7 @@ def _faulty_accuracy(model, injector, rate: float, seed: int, trial: int, trial_
 
 
 def _images(plan: CampaignDesign, n: int | None, pool: _Pool) -> int:
-    return len(pool.labels) if plan.trial_images(pool.sampler, n, 0, 0) is None else min(int(n), len(pool.labels))
+    return len(pool.labels) if plan.shares_pool else min(int(n), len(pool.labels))
 
 
 def _run_rate(model, injector, pool: _Pool, plan: CampaignDesign, rate: float, n, seed: int, batch_size: int,
@@ -234,7 +234,7 @@ def _evaluate_block(model, injector, pool: _Pool, plan, rate, n, seed, batch_siz
     accs = [None if fmap.effective_flips != 0 else int(pool.clean_correct[i].sum()) / len(i)
             for fmap, i in zip(maps, ids)]
     if faulty:
-        shared = plan.trial_images(pool.sampler, n, seed, 0) is None  # every map on the same images
+        shared = plan.shares_pool  # every map on the same images
         index = None if shared else torch.stack([ids[k] for k in faulty])  # one gather for the block
         images = pool.images if shared else pool.images[index]
         labels = pool.labels if shared else pool.labels[index]

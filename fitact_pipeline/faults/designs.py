@@ -43,6 +43,8 @@ class CampaignDesign:
     trial_images: Callable[[torch.Tensor | StratifiedSampler, int | None, int, int], torch.Tensor | None]
     #: what one trial's accuracy is, for box-plot captions
     trial_meaning: str
+    #: every trial evaluates the whole pool (``trial_images`` gives None)
+    shares_pool: bool = False
 
 
 def _pool(labels, n, seed, trial):
@@ -59,7 +61,7 @@ def _subset(labels: torch.Tensor | StratifiedSampler, n: int | None, seed: int, 
 DESIGNS: Registry[CampaignDesign] = Registry("campaign design")
 for _design in (
     CampaignDesign("classic", "M fault maps, each evaluated on the same n images", _pool,
-                   "one fault map on all n evaluation images"),
+                   "one fault map on all n evaluation images", shares_pool=True),
     CampaignDesign("nested", "trial i = fault map i + its own stratified random subset of n images (paired across "
                    "protections)", _subset, "one fault map on its own n random images"),
 ):

@@ -1,9 +1,11 @@
 """Several fault maps in one forward pass: ``torch.func.functional_call`` under ``vmap`` over the
 fault-space tensors of K trials stacked along a new leading dimension.
 
-Only the fault-space tensors differ between trials, so each trial's map is applied in place as usual
-(the injector's flip path, every fault model that persists over a pass), its tensors are copied into
-row k of the stacks, and the map is removed; then one vmapped pass evaluates all K models. vmap
+Only the fault-space tensors differ between trials. The K maps are drawn together
+(``FaultInjector.sample_block``) and become K rows of those tensors: for the word formats, which
+keep the fault space in one buffer, each row is the clean buffer with its map's faulty words, all
+K maps' words computed in one go (flip.rows_under_maps); otherwise each map is applied in place,
+its tensors copied into row k, and removed. Then one vmapped pass evaluates all K models. vmap
 turns a convolution whose weight is stacked into one grouped convolution, and a linear layer into a
 batched matmul, so the fixed cost of a pass (Python, kernel launches, small layers that use the
 cores badly) is paid once for K maps. The logits equal the one-map-at-a-time logits up to float
