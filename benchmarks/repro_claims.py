@@ -142,12 +142,14 @@ def variant_costs(table_csv: Path) -> list[str]:
         if table_csv.exists() else []
     lines = ["| model | variant | bound memory (+% of the model) | bounds training s | / baseline training |",
              "|---|---|---|---|---|"]
+    def known(value: str) -> bool:
+        return value not in ("", "nan")
+
     for r in sorted(rows, key=lambda r: (r["model"], r["protection"])):
-        post = r["posttrain_time_s"]
-        share = f"{100 * float(r['posttrain_overhead']):.1f} %" if r["posttrain_overhead"] not in ("", "nan") else "-"
+        seconds = f"{float(r['posttrain_time_s']):.0f}" if known(r["posttrain_time_s"]) else "0"
+        share = f"{100 * float(r['posttrain_overhead']):.1f} %" if known(r["posttrain_overhead"]) else "-"
         lines.append(f"| {r['model']} | {r['protection']} | {100 * float(r['memory_overhead']):+.2f} % | "
-                     f"{float(post):.0f} | {share} |" if post not in ("", "nan") else
-                     f"| {r['model']} | {r['protection']} | {100 * float(r['memory_overhead']):+.2f} % | 0 | - |")
+                     f"{seconds} | {share} |")
     return lines if rows else []
 
 

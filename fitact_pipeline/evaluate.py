@@ -93,15 +93,11 @@ def accuracy(model: nn.Module, data, batch_size: int = 512) -> float:
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         return evaluate_accuracy(model, data[0], data[1], batch_size)
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     correct = total = 0
-    try:
+    with eval_mode(model):
         for x, y in data:
             correct += count_correct(model(x.to(device)), y)
             total += len(y)
-    finally:
-        model.train(was_training)
     if total == 0:
         raise ValueError("accuracy() got no samples")
     return correct / total

@@ -45,8 +45,6 @@ def stratified_subset(labels: torch.Tensor, num: int | None, seed: int) -> torch
 
     Per-class quotas use largest remainders, so the quotas sum to exactly ``num``.
     """
-    if num is None or num >= len(labels):
-        return torch.arange(len(labels))
     return StratifiedSampler(labels).subset(num, seed)
 
 

@@ -119,10 +119,10 @@ class _Pool:
 
     def trial_set(self, design: CampaignDesign, n: int | None, seed: int, trial: int):
         """(images, labels, pool indices) of one trial."""
-        index = design.trial_images(self.sampler, n, seed, trial)
-        if index is None:
-            return self.images, self.labels, torch.arange(len(self.labels))
-        return self.images[index], self.labels[index], index
+        ids = self.trial_ids(design, n, seed, trial)
+        if design.shares_pool:
+            return self.images, self.labels, ids
+        return self.images[ids], self.labels[ids], ids
 
 
 def run_campaign(model: torch.nn.Module, injector: FaultInjector, images: torch.Tensor,

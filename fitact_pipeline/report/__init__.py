@@ -5,5 +5,5 @@ from .runs import Experiment, JobRun, rate_stats, variant_of, without_design
 from .select import latest_per_slot, merge_curves
 from .sweep import sweep_resilience_figure
 
-__all__ = ["without_design", "Experiment", "JobRun", "Report", "build_report", "latest_per_slot", "main", "merge_curves",
-           "rate_stats", "sweep_resilience_figure", "variant_of"]
+__all__ = ["Experiment", "JobRun", "Report", "build_report", "latest_per_slot", "main", "merge_curves",
+           "rate_stats", "sweep_resilience_figure", "variant_of", "without_design"]
