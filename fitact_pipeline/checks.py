@@ -24,13 +24,15 @@ def is_number(value: Any) -> bool:
 
 
 def expect_int(value: Any, path: str, minimum: int | None = None, maximum: int | None = None,
-               allow_none: bool = False) -> None:
-    if value is None and allow_none:
+               allow_none: bool = False, words: tuple[str, ...] = ()) -> None:
+    """An integer within the bounds, or null (``allow_none``), or one of ``words`` (e.g. ``auto``)."""
+    if (value is None and allow_none) or (isinstance(value, str) and value in words):
         return
     if not is_int(value) or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         bounds = " and ".join(b for b in (f">= {minimum}" if minimum is not None else "",
                                           f"<= {maximum}" if maximum is not None else "") if b)
-        fail(path, value, f"expected an integer{' ' + bounds if bounds else ''}" + (" or null" if allow_none else ""))
+        others = [*words, *(["null"] if allow_none else [])]
+        fail(path, value, f"expected an integer{' ' + bounds if bounds else ''}" + "".join(f" or {w}" for w in others))
 
 
 def expect_number(value: Any, path: str, low: float | None = None, high: float | None = None, *,

@@ -87,6 +87,10 @@ def test_a_wrong_type_anywhere_is_refused_with_one_line_naming_it(setting):
     (["faults.model=activation", "faults.sites=[classifier.*]"], "faults.sites='classifier.*' is not allowed; the pattern matches no module"),
     (["faults.model=activation", "faults.datapath.fmt=int8"], "faults.datapath.fmt='int8' is not allowed"),
     (["faults.datapath.fmt=fixed", "faults.datapath.frac_bits=40"], "faults.datapath.frac_bits=40 is not allowed"),
+    # the allowed words are named with the numbers
+    (["campaign.maps_per_pass=many"], "campaign.maps_per_pass='many' is not allowed; expected an integer >= 1 or auto"),
+    (["campaign.design=nested", "campaign.images_per_trial=0"],
+     "campaign.images_per_trial=0 is not allowed; expected an integer >= 1 or auto or null"),
 ])
 def test_values_that_used_to_fail_after_training_fail_in_preflight(argv, fragment):
     with pytest.raises(ConfigError) as err:

@@ -71,15 +71,13 @@ def check_campaign_config(cfg: Mapping) -> None:
 def _check_design(cfg: Mapping) -> None:
     DESIGNS.check("campaign.design", cfg.get("design", "classic"))
     n = cfg.get("images_per_trial")
-    if n != "auto":
-        expect_int(n, "campaign.images_per_trial", 1, allow_none=True)
+    expect_int(n, "campaign.images_per_trial", 1, allow_none=True, words=("auto",))
     if cfg.get("design", "classic") == "nested" and n is None:
         fail("campaign.images_per_trial", None, "the nested design needs the images of a trial: an integer, or auto "
              "(a short pilot picks n per rate)")
     if n not in (None, "auto") and cfg.get("eval_images") is not None and n > cfg["eval_images"]:
         fail("campaign.images_per_trial", n, f"must be <= campaign.eval_images={cfg['eval_images']} (the pool)")
-    if cfg.get("maps_per_pass", 1) != "auto":
-        expect_int(cfg.get("maps_per_pass", 1), "campaign.maps_per_pass", 1)
+    expect_int(cfg.get("maps_per_pass", 1), "campaign.maps_per_pass", 1, words=("auto",))
 
 
 @dataclass
