@@ -102,6 +102,7 @@ def bounds_key(cfg: DictConfig, datamodule, device: torch.device) -> str:
 def job_key(cfg: DictConfig, datamodule, device: torch.device) -> str:
     """Key of a job's result: a finished run with this key makes the job a skip."""
     from .faults import SAMPLER
+    from .faults.designs import SUBSETS
 
     campaign = _pick(cfg.campaign, CAMPAIGN_RESULT_KEYS)
     if cfg.campaign.adaptive.enabled:
@@ -109,7 +110,8 @@ def job_key(cfg: DictConfig, datamodule, device: torch.device) -> str:
     # the design settings only when not today's (classic, one map per pass): existing keys stay
     design = cfg.campaign.get("design", "classic")
     if design != "classic":
-        campaign.update(design=design, images_per_trial=cfg.campaign.images_per_trial)
+        # the subset scheme: nested results from the old fixed-quota subsets are not reused
+        campaign.update(design=design, images_per_trial=cfg.campaign.images_per_trial, subsets=SUBSETS)
     if cfg.campaign.get("maps_per_pass", 1) != 1:
         campaign["maps_per_pass"] = cfg.campaign.maps_per_pass
     return config_hash({"bounds": bounds_key(cfg, datamodule, device), "campaign": campaign,

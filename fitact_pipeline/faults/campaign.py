@@ -8,8 +8,6 @@ paired samples (DESIGN.md §2.1).
 from __future__ import annotations
 
 import logging
-import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -21,7 +19,7 @@ from ..data.sampling import StratifiedSampler
 from ..checks import (check_keys, expect_bool, expect_choice, expect_int, expect_list, expect_number, fail,
                       is_number)
 from ..evaluate import correct_mask, evaluate_accuracy
-from .designs import DESIGNS, CampaignDesign, Pilot, pilot_estimates
+from .designs import DESIGNS, CampaignDesign, resolve_images
 from .injector import FaultInjector
 from .multimap import evaluate_stacked, stacked_fault_space
 
@@ -74,7 +72,7 @@ def _check_design(cfg: Mapping) -> None:
     expect_int(n, "campaign.images_per_trial", 1, allow_none=True, words=("auto",))
     if cfg.get("design", "classic") == "nested" and n is None:
         fail("campaign.images_per_trial", None, "the nested design needs the images of a trial: an integer, or auto "
-             "(a short pilot picks n per rate)")
+             "(the same n for every protection and rate)")
     if n not in (None, "auto") and cfg.get("eval_images") is not None and n > cfg["eval_images"]:
         fail("campaign.images_per_trial", n, f"must be <= campaign.eval_images={cfg['eval_images']} (the pool)")
     expect_int(cfg.get("maps_per_pass", 1), "campaign.maps_per_pass", 1, words=("auto",))
@@ -131,9 +129,10 @@ def run_campaign(model: torch.nn.Module, injector: FaultInjector, images: torch.
     """Run `trials` fault maps per rate (or adaptively between min and max trials).
 
     ``design`` (designs.py): ``classic`` evaluates every map on all of ``images``; ``nested`` gives
-    trial i its own stratified subset of ``images_per_trial`` images of them (an int, or a dict
-    rate -> int). With ``adaptive = {"target_halfwidth": h, "min_trials": a, "max_trials": b}`` a
-    rate stops as soon as the confidence interval of its mean accuracy is narrower than ±h.
+    trial i its own stratified subset of ``images_per_trial`` images of them (an int, a dict
+    rate -> int, or auto / None: designs.AUTO_IMAGES). With
+    ``adaptive = {"target_halfwidth": h, "min_trials": a, "max_trials": b}`` a rate stops as soon as
+    the confidence interval of its mean accuracy is narrower than ±h.
     ``maps_per_pass`` > 1 evaluates that many maps in one vmapped pass (multimap.py; fault models
     that persist over a pass)."""
     model.eval()
@@ -146,45 +145,26 @@ def run_campaign(model: torch.nn.Module, injector: FaultInjector, images: torch.
     bar = tqdm(total=len(rates) * max_trials, desc="fault campaign", disable=not progress, leave=False)
     for rate in result.rates:
         n = images_per_trial.get(rate) if isinstance(images_per_trial, dict) else images_per_trial
-        if n == "auto":
-            n = pilot(model, injector, pool, rate, seed, batch_size).best_n(len(labels))
+        n = None if plan.shares_pool else resolve_images(n, len(labels))
         accs = _run_rate(model, injector, pool, plan, rate, n, seed, batch_size, max_trials, maps_per_pass,
                          adaptive, level, result.trials, bar)
-        result.per_rate[rate] = {**stats.summarize(accs, level), "images_per_trial": _images(plan, n, pool)}
+        result.per_rate[rate] = {**stats.summarize(accs, level, len(labels)),
+                                 "images_per_trial": _images(plan, n, pool)}
+        _warn_few_maps(plan, rate, len(accs))
         log.info("rate %g: mean accuracy %.4f over %d trials", rate, result.per_rate[rate]["mean"], len(accs))
     bar.close()
     return result
 
 
-PILOT_MAPS, PILOT_IMAGES, PILOT_TRIALS = 10, 200, 10**6  # pilot trials: indices no campaign trial uses
+#: below this many maps a classic t-interval (ci_low/ci_high) is not trusted: rare catastrophic maps
+#: may all be missing from the sample (docs/campaigns.md, "Intervals")
+MIN_CLASSIC_MAPS = 100
 
 
-def pilot(model, injector, pool: _Pool, rate: float, seed: int, batch_size: int) -> Pilot:
-    """A short pilot at one rate: PILOT_MAPS maps, each on its own PILOT_IMAGES images (spread
-    between maps and per image), and each once on a single image (the fixed cost of a map:
-    draw, inject, restore, pass overhead), in image-evaluation units. Timing makes the chosen n
-    depend on the machine: the job logs it, and a rerun that must match bit for bit sets it."""
-    nested = DESIGNS["nested"]
-    n = min(PILOT_IMAGES, len(pool.labels))
-    accs, full, single = [], [], []
-    for p in range(PILOT_MAPS):
-        trial = PILOT_TRIALS + p
-        x, y, ids = pool.trial_set(nested, n, seed, trial)
-        start = time.perf_counter()
-        accs.append(_faulty_accuracy(model, injector, rate, seed, trial, (x, y, ids), batch_size))
-        full.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        _faulty_accuracy(model, injector, rate, seed, trial, (x[:1], y[:1], ids[:1]), batch_size)
-        single.append(time.perf_counter() - start)
-    image_s = max((statistics.median(full) - statistics.median(single)) / max(n - 1, 1), 1e-9)
-    return pilot_estimates(accs, n, statistics.median(single) - image_s, image_s)
-
-
-def _faulty_accuracy(model, injector, rate: float, seed: int, trial: int, trial_set, batch_size: int) -> float:
-    x, y, ids = trial_set
-    before = injector.begin_batch if getattr(injector, "per_pass", False) else None
-    with injector.inject(rate, seed, trial):
-        return evaluate_accuracy(model, x, y, batch_size, before, ids)
+def _warn_few_maps(plan: CampaignDesign, rate: float, maps: int) -> None:
+    if plan.shares_pool and maps < MIN_CLASSIC_MAPS:
+        log.warning("rate %g: %d classic fault maps (< %d): the t-interval ci_low/ci_high may miss rare catastrophic "
+                    "maps; ci_bounded_low/high holds for any distribution of accuracies", rate, maps, MIN_CLASSIC_MAPS)
 
 
 def _images(plan: CampaignDesign, n: int | None, pool: _Pool) -> int:

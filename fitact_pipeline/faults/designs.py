@@ -3,9 +3,11 @@
 - ``classic``: M fault maps, each on the same n evaluation images (the pool).
 - ``nested``: trial i is fault map i plus its own class-stratified random subset of n images of the
   pool, seeded by (campaign seed, i): the same map and the same images for trial i in every
-  protection (paired). The per-trial accuracies are i.i.d. draws of "a random map on random images",
-  so the t-interval over trials is a valid CI of the mean accuracy over maps and images; their
-  spread also holds image-sampling noise.
+  protection (paired). Quotas are rounded at random (``StratifiedSampler.unbiased_subset``), so every
+  pool image is in a trial with probability exactly n / pool and a trial's expected accuracy is the
+  map's accuracy on the whole pool. The per-trial accuracies are i.i.d. draws of "a random map on
+  random images of the pool", so the t-interval over trials is a valid CI of the mean accuracy over
+  maps on this pool; their spread also holds image-sampling noise.
 
 Why nested pays: with sigma_b the spread of accuracy between fault maps and sigma_w^2 = a(1 - a) the
 per-image variance, the mean over M maps of n images each has variance sigma_b^2 / M +
@@ -15,8 +17,10 @@ map (draw, inject, restore, pass overhead) in images. The variance per unit of c
     n* = sqrt(c sigma_w^2 / sigma_b^2)
 
 (the classic optimal allocation of a two-stage sample), typically 10 to 50 images where the
-protections differ. ``images_per_trial: auto`` measures sigma_b, sigma_w and c in a short pilot
-(docs/campaigns.md gives the rule and its evidence).
+protections differ. ``images_per_trial: auto`` is AUTO_IMAGES (the pool if smaller): one n for every
+protection and rate, so paired differences compare the same images, and no timing, so a rerun gives
+the same numbers. ``Pilot`` measures n* for one model (a diagnostic; docs/campaigns.md says why auto
+does not use it).
 """
 from __future__ import annotations
 
@@ -32,6 +36,18 @@ from ..registry import Registry
 
 #: seed offset of the per-trial image subsets (kept apart from the fault maps' streams)
 SUBSET_SEED = 7_919
+#: how the nested subsets are drawn: part of a nested job's key (the subsets decide its numbers)
+SUBSETS = "stratified-randomised-quotas"
+#: images per trial under ``images_per_trial: auto``: the middle of the pilot's n* on the quick start
+#: (5 to 57) and VGG16 (a few tens where protections differ); n within a factor 2 of n* costs at most
+#: 12.5 % more than n* (docs/campaigns.md)
+AUTO_IMAGES = 25
+
+
+def resolve_images(n: int | str | None, pool: int) -> int:
+    """The images per trial of a nested campaign: ``auto`` (or unset) -> AUTO_IMAGES within the pool;
+    the same for every protection and rate (a paired comparison needs one n in every arm)."""
+    return min(AUTO_IMAGES, pool) if n in (None, "auto") else min(int(n), pool)
 
 
 @dataclass(frozen=True)
@@ -52,18 +68,19 @@ def _pool(labels, n, seed, trial):
 
 
 def _subset(labels: torch.Tensor | StratifiedSampler, n: int | None, seed: int, trial: int) -> torch.Tensor:
-    """Trial ``trial``'s stratified subset: a pure function of (seed, trial, n). Per class it is a
-    prefix of one seeded permutation, so the subsets of different n share their first images."""
+    """Trial ``trial``'s stratified subset, every pool image in it with probability n / pool: a pure
+    function of (pool labels, seed, trial, n), so every protection evaluates trial i on the same images."""
     sampler = labels if isinstance(labels, StratifiedSampler) else StratifiedSampler(labels)
-    return sampler.subset(n, seed * 1_000_003 + trial * 7 + SUBSET_SEED)
+    return sampler.unbiased_subset(n, seed * 1_000_003 + trial * 7 + SUBSET_SEED)
 
 
 DESIGNS: Registry[CampaignDesign] = Registry("campaign design")
 for _design in (
     CampaignDesign("classic", "M fault maps, each evaluated on the same n images", _pool,
                    "one fault map on all n evaluation images", shares_pool=True),
-    CampaignDesign("nested", "trial i = fault map i + its own stratified random subset of n images (paired across "
-                   "protections)", _subset, "one fault map on its own n random images"),
+    CampaignDesign("nested", "trial i = fault map i + its own stratified random subset of n images, each pool image "
+                   "in it with probability n / pool (paired across protections)", _subset,
+                   "one fault map on its own n random images"),
 ):
     DESIGNS.register(_design.name, _design)
 
