@@ -70,14 +70,18 @@ def test_resilience_auc_and_critical_rate():
 def test_adaptive_stopping_stops_earlier_on_low_variance_and_never_before_min():
     rng = np.random.default_rng(5)
 
-    def trials_needed(sd):
+    def trials_needed(sd, min_trials=5, target=0.01):
         values = []
-        while not stats.should_stop(values, target_halfwidth=0.01, min_trials=5, max_trials=200):
+        while not stats.should_stop(values, target_halfwidth=target, min_trials=min_trials, max_trials=600):
             values.append(float(rng.normal(0.5, sd)))
         return len(values)
 
-    low, high = trials_needed(0.005), trials_needed(0.05)
-    assert low == 5  # tight data: stops exactly at min_trials
-    assert high > low
+    # tight data stops once unseen maps could not move the mean by the target: the first M with
+    # (1 - 0.025^(1/M)) * 0.5 <= 0.01, i.e. M = 183 (not at min_trials: a run of equal trials is no proof)
+    assert trials_needed(0.005) == math.ceil(math.log(0.025) / math.log(1 - 0.01 / 0.5)) == 183
+    assert trials_needed(0.005, min_trials=250) == 250
+    assert trials_needed(0.1) > 300  # wide data: t decides, (1.97 * 0.1 / 0.01)^2 = 388 trials
+    assert trials_needed(0.001, target=0.1) == 17  # a loose target: (1 - 0.025^(1/M)) * 0.5 <= 0.1 from M = 17
     assert not stats.should_stop([0.5] * 4, 0.01, min_trials=5, max_trials=10)
+    assert not stats.should_stop([1.0] * 30, 0.01, min_trials=5, max_trials=1000)  # all equal: not yet
     assert stats.should_stop([0.1, 0.9] * 5, 0.0001, min_trials=2, max_trials=10)
