@@ -11,8 +11,8 @@ Each protection's model comes from the job's own cached stages (baseline, profil
   measures the spread s of per-map accuracy and the time of one map; the maps it needs are
   M = max(30, ceil((1.96 s / target)^2)), its image evaluations M x n and its time M x (time of one map).
 - nested: run to the target half-width (adaptive stopping, at most --max-trials trials), n per trial
-  chosen by the pilot rule (images_per_trial=auto; the pilot's own evaluations are counted) or fixed
-  with --images-per-trial, --maps-per-pass maps per vmapped pass; its trials, images and wall time.
+  images_per_trial=auto (designs.AUTO_IMAGES; before issue 24 a pilot per rate, whose evaluations
+  were counted) or fixed with --images-per-trial, --maps-per-pass maps per vmapped pass; its trials, images and wall time.
 - agree: whether the two means differ by less than 1.96 x the standard error of their difference.
 
 The last line is JSON: per model, per protection and rate, both designs' figures and the ratio of
@@ -70,10 +70,9 @@ def nested(model, injector, images, labels, rate, args, batch) -> dict:
                           design="nested", images_per_trial=args.images_per_trial, maps_per_pass=args.maps_per_pass,
                           adaptive={"target_halfwidth": args.target, "min_trials": MIN_TRIALS, "max_trials": args.max_trials})
     st = result.per_rate[rate]
-    pilot = 0 if args.images_per_trial != "auto" else 10 * (min(200, len(labels)) + 1)
     return {"mean": st["mean"], "se": st["std"] / math.sqrt(st["trials"]), "trials": st["trials"],
             "images_per_trial": st["images_per_trial"], "halfwidth": st["ci_halfwidth"],
-            "image_evals": st["trials"] * st["images_per_trial"] + pilot, "seconds": time.perf_counter() - start}
+            "image_evals": st["trials"] * st["images_per_trial"], "seconds": time.perf_counter() - start}
 
 
 def compare(experiment: str, model_option: str | None, args) -> dict:

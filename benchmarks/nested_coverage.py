@@ -170,13 +170,17 @@ def main() -> None:
     ap.add_argument("--matrices", default="/tmp/nested_coverage/matrices.npz")
     ap.add_argument("--cifar-cache", default=None, help="a cache_dir holding the repro_cpu VGG16 baseline")
     ap.add_argument("--only", nargs="*", default=None, help="run only these parts: coverage bias cifar")
+    ap.add_argument("--keys", nargs="*", default=None, help="coverage of these protection/rate only, e.g. none/0")
+    ap.add_argument("--designs", nargs="*", default=None, help="these designs only, e.g. nested/5 classic/20")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. cache_dir=/tmp/x/cache threads=1")
     args = ap.parse_args()
     parts = set(args.only or ["coverage", "bias", "cifar"])
     found, report = matrices(args), {}
     labels = found["labels"]
-    designs = [("classic", 20), ("classic", 100), ("nested", 5), ("nested", 7), ("nested", 25)]
-    keys = [f"{p}/{rate:g}" for p in args.protections for rate in RATES[p]]
+    designs = [d for d in (("classic", 20), ("classic", 100), ("nested", 5), ("nested", 7), ("nested", 25))
+               if args.designs is None or f"{d[0]}/{d[1]}" in args.designs]
+    keys = [f"{p}/{rate:g}" for p in args.protections for rate in RATES[p]
+            if args.keys is None or f"{p}/{rate:g}" in args.keys]
     for key in (k for k in keys if "coverage" in parts):
         for design in designs:
             start = time.perf_counter()

@@ -267,4 +267,7 @@ def fig6_grid(curves: dict[tuple, dict[str, dict[float, dict[str, float]]]]):
             drawn[key] = plot_resilience(ax, curves[key], panel_title(key), key[2])
     fig.tight_layout()
     _legend_below(fig, axes)
+    if fig.legends:  # which interval the bands are (docs/campaigns.md, "Intervals")
+        fig.legends[-1].set_title("bands: 95 % t-interval over trials of the mean over fault maps on the evaluation "
+                                  "pool (ci_low/ci_high)", prop={"size": 8})
     return fig, drawn

@@ -158,7 +158,10 @@ def precision(exp: "Experiment", cfg: Any, out: "Report") -> None:
                                          "trials M", "images per trial n", "image evaluations M x n", "mean accuracy",
                                          "95 % CI half-width"], rows, fmt,
                                         "classic: every fault map on the same n images; nested: trial i = map i "
-                                        "plus its own random stratified subset of n images (docs/campaigns.md).")]
+                                        "plus its own random stratified subset of n images (docs/campaigns.md). "
+                                        "95 % CI: Student t over trials, of the mean over fault maps on the "
+                                        "evaluation pool (ci_low/ci_high; MLflow also holds ci_bounded_*, any "
+                                        "distribution, and ci_pop_*, over maps and images).")]
     out.drawn["precision"] = rows
 
 
