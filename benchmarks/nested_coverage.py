@@ -97,12 +97,34 @@ def campaign(correct, labels, pool, design, rng, rep, args) -> list[float]:
         return correct[rng.integers(len(correct), size=value)][:, pool].mean(axis=1).tolist()
     sampler, accs = StratifiedSampler(torch.as_tensor(labels[pool])), []
     maps = rng.integers(len(correct), size=args.max_trials)
-    for trial in range(args.max_trials):
-        ids = DESIGNS["nested"].trial_images(sampler, value, rep, trial).numpy()
-        accs.append(float(correct[maps[trial], pool[ids]].mean()))
-        if stats.should_stop(accs, args.target, 10, args.max_trials):
-            break
+    while len(accs) < args.max_trials:
+        for trial in range(len(accs), min(len(accs) + CHUNK, args.max_trials)):
+            ids = DESIGNS["nested"].trial_images(sampler, value, rep, trial).numpy()
+            accs.append(float(correct[maps[trial], pool[ids]].mean()))
+        stop = first_stop(accs, args)
+        if stop is not None:
+            # the vectorised rule is stats.should_stop's: check it where it stopped and just before
+            assert stats.should_stop(accs[:stop], args.target, MIN_TRIALS, args.max_trials)
+            assert stop == MIN_TRIALS or not stats.should_stop(accs[:stop - 1], args.target, MIN_TRIALS,
+                                                                args.max_trials)
+            return accs[:stop]
     return accs
+
+
+MIN_TRIALS, CHUNK = 10, 50
+
+
+def first_stop(accs: list[float], args) -> int | None:
+    """The first trial count at which stats.should_stop stops (t half-width and unseen tail within
+    the target, at least MIN_TRIALS, at most --max-trials), for all prefixes at once; None: not yet."""
+    x = np.asarray(accs)
+    m = np.arange(1, x.size + 1)
+    mean = np.cumsum(x) / m
+    var = np.maximum(np.cumsum(x * x) - m * mean**2, 0) / np.maximum(m - 1, 1)
+    half = sps.t.ppf(0.975, np.maximum(m - 1, 1)) * np.sqrt(var) / np.sqrt(m)
+    tail = (1 - 0.025 ** (1 / m)) * np.maximum(mean, 1 - mean)
+    ok = ((np.maximum(half, tail) <= args.target) & (m >= MIN_TRIALS)) | (m >= args.max_trials)
+    return int(m[ok][0]) if ok.any() else None
 
 
 def coverage(correct, labels, design, args) -> dict:
