@@ -40,7 +40,7 @@ from campaign_efficiency import protected_model  # noqa: E402
 from posttrain_settings import load_config  # noqa: E402
 
 from fitact_pipeline import pipeline, stats  # noqa: E402
-from fitact_pipeline.data.sampling import StratifiedSampler  # noqa: E402
+from fitact_pipeline.data.sampling import StratifiedSampler, randomised_quotas  # noqa: E402
 from fitact_pipeline.faults import FAULT_MODELS  # noqa: E402
 from fitact_pipeline.faults.designs import DESIGNS, SUBSET_SEED  # noqa: E402
 
@@ -155,9 +155,21 @@ def old_subset(sampler: StratifiedSampler, n: int, seed: int, trial: int) -> tor
     return sampler.subset(n, seed * 1_000_003 + trial * 7 + SUBSET_SEED)
 
 
+def expected_accuracy(correct: np.ndarray, labels: np.ndarray, quotas_per_start: list[list[int]], n: int) -> float:
+    """A subset's exact expected accuracy: quotas averaged over the given (equally likely) draws, times
+    each class's accuracy (its images are drawn uniformly)."""
+    quotas = np.mean(quotas_per_start, axis=0)
+    return float(sum(q * correct[labels == c].mean() for c, q in enumerate(quotas)) / n)
+
+
 def bias(correct: np.ndarray, labels: np.ndarray, n: int, trials: int) -> dict:
-    """Nested mean of ``trials`` trials of n images on the clean model against the pool accuracy."""
+    """Nested mean of ``trials`` trials of n images on the clean model against the pool accuracy, and
+    the exact expectation of both samplers (randomised: enumerating every start of the rounding)."""
     sampler, out = StratifiedSampler(torch.as_tensor(labels)), {"pool": float(correct.mean())}
+    counts, order = sampler.counts.tolist(), list(range(len(sampler.counts)))
+    out["exact randomised"] = 100 * (expected_accuracy(correct, labels, [randomised_quotas(
+        counts, n, order, start) for start in range(len(labels))], n) - out["pool"])
+    out["exact fixed (old)"] = 100 * (expected_accuracy(correct, labels, [sampler.quotas(n)], n) - out["pool"])
     for name, draw in (("randomised", lambda t: DESIGNS["nested"].trial_images(sampler, n, 0, t)),
                        ("fixed (old)", lambda t: old_subset(sampler, n, 0, t))):
         mean, low, high = stats.mean_ci([float(correct[draw(t).numpy()].mean()) for t in range(trials)])
@@ -220,7 +232,8 @@ def main() -> None:
         for n in (5, 25):
             res = bias(correct, pool_labels, n, args.bias_trials)
             report[f"bias {name} n={n}"] = res
-            print(f"bias {name}, n = {n}, pool {100 * res['pool']:.2f} %: " + "; ".join(
+            print(f"bias {name}, n = {n}, pool {100 * res['pool']:.2f} %: exact expectation - pool: randomised "
+                  f"{res['exact randomised']:+.4f}, fixed (old) {res['exact fixed (old)']:+.4f} points; simulated: " + "; ".join(
                 f"{k} {r['bias_points']:+.3f} [{r['ci_points'][0]:+.3f}, {r['ci_points'][1]:+.3f}] points"
                 for k, r in res.items() if isinstance(r, dict)), flush=True)
     print(json.dumps(report))
