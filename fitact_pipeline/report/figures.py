@@ -89,7 +89,7 @@ def fig1_gbrelu(points: dict[float, dict], title: str):
         xs = [b for b in bounds if rate in points[b]["rates"]]
         st = [points[b]["rates"][rate] for b in xs]
         means = [100 * s["mean"] for s in st]
-        err = np.array([[100 * (s["mean"] - s["ci_low"]) for s in st], [100 * (s["ci_high"] - s["mean"]) for s in st]])
+        err = np.array([[100 * (s["mean"] - band(s)[0]) for s in st], [100 * (band(s)[1] - s["mean"]) for s in st]])
         ax.errorbar(xs, means, yerr=np.clip(err, 0, None), fmt="-s", capsize=3,
                     color=cmap(i / max(1, len(rates))), label=f"under faults, BER {rate:.0e} (mean, 95 % CI)")
         drawn[rate] = means
@@ -213,6 +213,14 @@ def rate_axis(fault_model: str) -> str:
     return FAULT_MODELS[fault_model].rate_axis if fault_model in FAULT_MODELS else RATE_AXIS
 
 
+def band(st: dict[str, float]) -> tuple[float, float]:
+    """The interval a figure draws: the bounded one (holds for any distribution of accuracies over
+    maps, docs/campaigns.md "Intervals") where the run logged it, else the t-interval (older runs)."""
+    if "ci_bounded_low" in st and "ci_bounded_high" in st:
+        return st["ci_bounded_low"], st["ci_bounded_high"]
+    return st["ci_low"], st["ci_high"]
+
+
 def plot_resilience(ax, curve_by_variant: dict[str, dict[float, dict[str, float]]], title: str,
                     fault_model: str = "memory") -> dict:
     """Mean accuracy vs fault rate (log axis), one line per variant, 95 % CI band.
@@ -231,8 +239,8 @@ def plot_resilience(ax, curve_by_variant: dict[str, dict[float, dict[str, float]
         entry = {"rates": rates, "mean": means}
         if all("ci_low" in s and "ci_high" in s for s in stats):
             # The t-interval can pass 0 or 100 %; accuracy cannot, so the band is drawn clipped.
-            entry["ci_low"] = [max(0.0, 100 * s["ci_low"]) for s in stats]
-            entry["ci_high"] = [min(100.0, 100 * s["ci_high"]) for s in stats]
+            entry["ci_low"] = [max(0.0, 100 * band(s)[0]) for s in stats]
+            entry["ci_high"] = [min(100.0, 100 * band(s)[1]) for s in stats]
             ax.fill_between(rates, entry["ci_low"], entry["ci_high"], color=color, alpha=0.2, linewidth=0)
         drawn[variant] = entry
     ax.set_xscale("log")
@@ -268,6 +276,6 @@ def fig6_grid(curves: dict[tuple, dict[str, dict[float, dict[str, float]]]]):
     fig.tight_layout()
     _legend_below(fig, axes)
     if fig.legends:  # which interval the bands are (docs/campaigns.md, "Intervals")
-        fig.legends[-1].set_title("bands: 95 % t-interval over trials of the mean over fault maps on the evaluation "
-                                  "pool (ci_low/ci_high)", prop={"size": 8})
+        fig.legends[-1].set_title("bands: 95 % CI of the mean over fault maps on the evaluation pool, bounded "
+                                  "(ci_bounded_*; t-interval ci_low/ci_high for runs without it)", prop={"size": 8})
     return fig, drawn
