@@ -79,8 +79,9 @@ def summarize(values: Sequence[float], level: float = 0.95, pool: int | None = N
     """The per-rate statistics DESIGN.md §2.5 asks for, with three intervals of the mean accuracy:
 
     - ``ci_low/ci_high`` (and ``ci_halfwidth``, which adaptive stopping reads): Student t over
-      trials; estimand the mean over fault maps on this evaluation pool (nested: valid, trials are
-      i.i.d.; classic: assumes the maps' accuracies are not heavy-tailed);
+      trials; estimand the mean over fault maps on this evaluation pool (valid asymptotically, nested
+      trials being i.i.d.; it under-covers with heavy tails, e.g. 20 classic maps, and with skewed
+      trials near 0 or 100 %);
     - ``ci_bounded_low/high``: the same estimand, valid for any distribution in [0, 1]
       (``bounded_mean_ci``): the one to trust for a few classic maps with rare catastrophic ones;
     - ``ci_pop_low/high``: over maps and images, the ``pool`` images as a sample of the population
