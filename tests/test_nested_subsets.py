@@ -3,6 +3,7 @@ exactly n / pool, for any n and class sizes; a trial's images and n do not depen
 ``campaign.design=nested`` alone is a valid configuration; the intervals of stats.summarize."""
 import copy
 import itertools
+import logging
 from fractions import Fraction
 
 import numpy as np
@@ -155,3 +156,15 @@ def test_population_interval_adds_the_pools_own_error():
     s = stats.summarize([0.7, 0.8, 0.75, 0.9], pool=500)
     assert s["ci_pop_low"] < s["ci_bounded_low"] <= s["ci_bounded_high"] < s["ci_pop_high"]
     assert np.isnan(stats.summarize([0.7, 0.8])["ci_pop_low"])
+
+
+def test_few_classic_maps_warn_that_the_t_interval_may_miss(protected, caplog):
+    nets, images, labels = protected
+    model = copy.deepcopy(nets["none"])
+    with caplog.at_level(logging.WARNING, logger="fitact_pipeline.faults.campaign"):
+        run_campaign(model, FaultInjector(model), images, labels, [1e-3], trials=3, seed=0, progress=False)
+        assert "ci_bounded_low/high" in caplog.text
+        caplog.clear()
+        run_campaign(model, FaultInjector(model), images, labels, [1e-3], trials=3, seed=0, progress=False,
+                     design="nested", images_per_trial=9)
+        assert "ci_bounded" not in caplog.text  # nested trials are i.i.d. draws of maps and images
