@@ -132,7 +132,8 @@ def run_campaign(model: torch.nn.Module, injector: FaultInjector, images: torch.
     trial i its own stratified subset of ``images_per_trial`` images of them (an int, a dict
     rate -> int, or auto / None: designs.AUTO_IMAGES). With
     ``adaptive = {"target_halfwidth": h, "min_trials": a, "max_trials": b}`` a rate stops as soon as
-    the confidence interval of its mean accuracy is narrower than ±h.
+    the confidence interval of its mean accuracy, and what maps not yet seen could change, are within
+    ±h (stats.should_stop).
     ``maps_per_pass`` > 1 evaluates that many maps in one vmapped pass (multimap.py; fault models
     that persist over a pass)."""
     model.eval()
