@@ -21,6 +21,7 @@ from .device import resolve_device
 from .faults import FAULT_MODELS, FORMATS, apply_datapath, as_rate_list, run_campaign
 from .identity import context_key, plain, result_identity, slot_key, stage_keys
 from .models import model_tag
+from .overhead import overhead
 from .protect.sites import select_sites
 from .stages import prepare_protected, stage_bounds
 from .validate import check_config
@@ -169,8 +170,6 @@ def _log_profile_site(profile: dict[str, torch.Tensor], site_index: int | None) 
 
 def _log_overhead(reference: torch.nn.Module, protected: torch.nn.Module, images: torch.Tensor,
                   overhead_cfg: DictConfig) -> None:
-    from .overhead import overhead
-
     reps = -(-overhead_cfg.batch_size // images.shape[0])
     batch = images.repeat(reps, 1, 1, 1)[: overhead_cfg.batch_size]
     mlflow.log_metrics(overhead(reference, protected, batch, repeats=overhead_cfg.repeats))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .checks import check_keys, expect_bool, expect_int, expect_number
@@ -111,13 +112,8 @@ class ClassifierModule(L.LightningModule):
 
 
 def _plain_cfg(train_cfg) -> dict:
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(train_cfg, DictConfig):
-            train_cfg = OmegaConf.to_container(train_cfg, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf ships with hydra
-        pass
+    if isinstance(train_cfg, DictConfig):
+        train_cfg = OmegaConf.to_container(train_cfg, resolve=True)
     if train_cfg is not None and not isinstance(train_cfg, Mapping):
         raise TypeError(f"train_cfg must be a mapping, got {type(train_cfg).__name__}")
     unknown = set(train_cfg or {}) - set(DEFAULTS)

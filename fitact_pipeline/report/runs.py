@@ -13,6 +13,8 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from ..protect import PROTECTIONS
+
 _RATE_METRIC = re.compile(r"^acc_(?P<stat>[a-z0-9_]+)/ber_(?P<rate>[0-9.e+-]+)$")
 
 def rate_stats(metrics: dict[str, float]) -> dict[float, dict[str, float]]:
@@ -35,8 +37,6 @@ def variant_of(tags: dict[str, str], params: dict[str, str]) -> str:
     different curves (a granularity other than the protection's default, FitAct's smooth form, the
     GBReLU bound, a restricted fault space). Runs that differ only in other settings share a label
     (and a rerun supersedes the older run, see select.latest_per_slot)."""
-    from ..protect import PROTECTIONS
-
     protection = tags.get("protection", "?")
     label = protection
     granularity = tags.get("granularity")
