@@ -34,16 +34,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_keys, expect_bool, expect_choice, expect_int, expect_number
+from ..configs import group_config
 from ..device import lightning_accelerator
 from ..evaluate import count_correct
 from .bound_training import bound_diagnostics, bound_penalty, bound_tensors, fitrelus, keep_in_range
 from .fault_aware import FaultyTwin
 from .protections.fitact import set_fitrelu_hard
 
-# Evidence for these defaults: docs/protections.md ("Post-training defaults").
-DEFAULTS = {"epochs": 2, "lr": 0.005, "zeta": 0.1, "max_accuracy_drop": 0.01,
-            "max_batches_per_epoch": 40, "progress_bar": False,
-            "penalty": "mean_square", "fault_rate": None, "fault_weight": 1.0}
+#: the post-training settings and their defaults, as declared in conf/posttrain/default.yaml (evidence
+#: for them: docs/protections.md, "Post-training defaults"); no progress bar outside a job
+DEFAULTS = {**group_config("posttrain", "default"), "progress_bar": False}
 #: settings that change the post-trained bounds (the bounds' cache key reads these)
 RESULT_KEYS = tuple(k for k in DEFAULTS if k != "progress_bar")
 PENALTIES = ("mean_square", "sum")
