@@ -73,7 +73,12 @@ def _faults(cfg: DictConfig) -> dict:
     from .faults import FAULT_MODELS
     from .faults.fault_models import COMMON_KEYS
 
-    return _pick(cfg.faults, COMMON_KEYS + FAULT_MODELS[cfg.faults.model].config_keys)
+    entry = FAULT_MODELS[cfg.faults.model]
+    parts = _pick(cfg.faults, COMMON_KEYS + entry.config_keys)
+    unit = entry.unit(cfg.faults)  # only a unit other than the model's own: existing keys stay
+    if unit != entry.rate_units[0]:
+        parts["rate_unit"] = unit
+    return parts
 
 
 def bounds_key(cfg: DictConfig, datamodule, device: torch.device) -> str:

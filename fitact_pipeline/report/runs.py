@@ -57,6 +57,7 @@ def variant_of(tags: dict[str, str], params: dict[str, str]) -> str:
     include = params.get("faults.include", "[]")
     if include not in ("[]", "", "None"):
         label += " faults in " + patterns(include)
+    label += unit_suffix(tags)
     user_label = params.get("tracking.label", "None")
     if user_label not in ("None", ""):
         label += f" {user_label}"
@@ -64,6 +65,23 @@ def variant_of(tags: dict[str, str], params: dict[str, str]) -> str:
     if design != "classic":
         label += f" ({design}, n={params.get('campaign.images_per_trial')})"
     return label
+
+
+def rate_unit(tags: dict[str, str]) -> tuple[str, str]:
+    """(the run's rate unit, its fault model's own): runs logged before the unit was a setting
+    counted in the model's own."""
+    from ..faults import FAULT_MODELS
+
+    fault_model = tags.get("fault_model", "memory")
+    native = FAULT_MODELS[fault_model].rate_units[0] if fault_model in FAULT_MODELS else "bit"
+    return tags.get("rate_unit", native), native
+
+
+def unit_suffix(tags: dict[str, str]) -> str:
+    """' (per stored word)' for a run whose rate unit is not its fault model's own, else ''."""
+    from ..faults.units import suffix
+
+    return suffix(*rate_unit(tags))
 
 
 def without_design(label: str) -> str:
@@ -77,8 +95,9 @@ def context_of(tags: dict[str, str], params: dict[str, str]) -> tuple:
     first three name a panel: figures and tables are split by fault model."""
     keys = [k for k in params if k.startswith(_CONTEXT_PREFIXES) or k in _CONTEXT_PARAMS]
     keys = [k for k in keys if not any(word in k for word in _IGNORED)]
+    unit, native = rate_unit(tags)  # another unit draws other maps: another context
     return (tags.get("model"), tags.get("dataset"), tags.get("fault_model", "memory")) + \
-        tuple(sorted((k, params[k]) for k in keys))
+        tuple(sorted((k, params[k]) for k in keys)) + ((("rate_unit", unit),) if unit != native else ())
 
 
 @dataclass
