@@ -69,7 +69,7 @@ def job_tags(cfg: DictConfig, dataset: str, key: str, rates: list[float], device
     return {"device": device.type, "model": model_tag(cfg.model), "dataset": dataset, "protection": cfg.protection.name,
             "granularity": cfg.protection.get("granularity", "layer"),
             "fault_format": FORMATS[faults.fmt].label(faults.word_bits, faults.frac_bits),
-            "fault_model": faults.model, "rate_unit": FAULT_MODELS[faults.model].unit(faults), "fault_rates": ",".join(tracking.rate_label(r) for r in rates),
+            "fault_model": faults.model, "fault_rates": ",".join(tracking.rate_label(r) for r in rates),
             "campaign_design": cfg.campaign.design, "job_key": key, "seed": str(cfg.seed),
             "width": str(cfg.model.get("width", 1.0))}
 

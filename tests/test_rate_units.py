@@ -152,3 +152,17 @@ def test_curve_label_and_context_say_the_unit():
     assert variant_of({**tags, "rate_unit": "word"}, {}) == "fitact (per stored word)"
     assert context_of(tags, {}) != context_of({**tags, "rate_unit": "word"}, {})
     assert variant_of({**tags, "fault_model": "burst", "rate_unit": "word"}, {}) == "fitact"
+
+
+def test_the_unit_is_tagged_on_the_logged_run(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from fitact_pipeline.api import measure_resilience
+
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 3, (16,))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = measure_resilience(net(), (x, y), rates=[1e-3], trials=2, faults={"rate_unit": "word"},
+                             mlflow={"tracking_uri": uri, "experiment": "units"})
+    assert out.fault_space["rate_unit"] == "word"
+    assert MlflowClient(uri).get_run(out.run_id).data.tags["rate_unit"] == "word"
