@@ -15,6 +15,7 @@ DATA = Path("/work/shared/data/cifar10")
 @pytest.mark.skipif(not (DATA / "train").is_dir(), reason="needs the CIFAR-10 copy")
 def test_tiny_run_writes_every_record_and_resumes_from_its_checkpoint(tmp_path):
     import gpu_paper_scale
+    import gpu_summary
     import pack_cifar_copy
 
     counts = pack_cifar_copy.pack(DATA, tmp_path / "pack.npz", per_class=12)
@@ -37,6 +38,8 @@ def test_tiny_run_writes_every_record_and_resumes_from_its_checkpoint(tmp_path):
     # paired maps: Ranger's fault space is none's plus its bounds, so never fewer faults
     assert all(by[("ranger", "bit")][r] >= by[("none", "bit")][r] for r in by[("none", "bit")])
     assert any(r["kind"] == "paired" for r in records)
+    table = gpu_summary.tables(records)
+    assert "| alexnet | fitact | per word | 4 x 120 |" in table and "| alexnet |" in table.splitlines()[2]
     # a rerun loads the finished model instead of training it again
     assert gpu_paper_scale.main(argv) == 0
     train = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()
