@@ -175,24 +175,33 @@ def _faults_config(faults: str | Mapping | None) -> dict:
 @dataclass
 class Resilience:
     """What a campaign measured: the same statistics a pipeline job logs (``per_rate``: mean, std,
-    median, q1, q3, min, max, ci_low, ci_high, trials of the accuracy at each fault rate; ``trials``:
-    one record per fault map), the fault space, and the MLflow run when it was logged."""
+    median, q1, q3, min, max, ci_low, ci_high, trials of the accuracy at each fault rate; ``outcomes``:
+    rate -> {sdc, critical, wrong_to_right} -> the same statistics of those per-trial rates,
+    faults/outcomes.py; ``trials``: one record per fault map), the fault space, and the MLflow run
+    when it was logged."""
 
     clean_accuracy: float
     per_rate: dict[float, dict[str, float]]
     trials: list[dict[str, Any]]
     fault_space: dict
     run_id: str | None = None
+    outcomes: dict[float, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     def mean(self, rate: float) -> float:
         return self.per_rate[float(rate)]["mean"]
 
+    def sdc(self, rate: float) -> float:
+        """Mean SDC rate at ``rate``: the fraction of images whose faulty top-1 differs from the clean one."""
+        return self.outcomes[float(rate)]["sdc"]["mean"]
+
     def table(self) -> str:
-        """A Markdown table: mean accuracy and its confidence interval per fault rate."""
-        rows = [f"| clean | {100 * self.clean_accuracy:.2f} | | |"]
-        rows += [f"| {rate:g} | {100 * s['mean']:.2f} | [{100 * s['ci_low']:.2f}, {100 * s['ci_high']:.2f}] | "
-                 f"{int(s['trials'])} |" for rate, s in sorted(self.per_rate.items())]
-        return "\n".join(["| fault rate | mean accuracy % | CI % | trials |", "|---|---|---|---|", *rows])
+        """A Markdown table per fault rate: mean accuracy, SDC and critical rates, with their CIs."""
+        rows = [f"| clean | {100 * self.clean_accuracy:.2f} | 0 | 0 | |"]
+        rows += [f"| {rate:g} | {_pct_ci(s)} | {_pct_ci(self.outcomes.get(rate, {}).get('sdc'))} | "
+                 f"{_pct_ci(self.outcomes.get(rate, {}).get('critical'))} | {int(s['trials'])} |"
+                 for rate, s in sorted(self.per_rate.items())]
+        return "\n".join(["| fault rate | mean accuracy % [CI] | SDC % [CI] | critical % [CI] | trials |",
+                          "|---|---|---|---|---|", *rows])
 
 
 def measure_resilience(model: nn.Module | Hardened, data, rates: Sequence[float], trials: int = 20, *, seed: int = 0,
@@ -219,12 +228,17 @@ def measure_resilience(model: nn.Module | Hardened, data, rates: Sequence[float]
     started = time.perf_counter()
     result = run_campaign(net, injector, x, y, [float(r) for r in rates], trials, seed, batch_size,
                           adaptive=dict(adaptive) if adaptive else None, progress=False, level=confidence)
-    out = Resilience(result.clean_accuracy, result.per_rate, result.trials, injector.fault_space)
+    out = Resilience(result.clean_accuracy, result.per_rate, result.trials, injector.fault_space,
+                     outcomes=result.outcomes)
     if mlflow is not None:
         out.run_id = _log(mlflow, result, injector.fault_space, hardened, float_accuracy,
                           time.perf_counter() - started, {"rates": list(rates), "trials": trials, "seed": seed,
                                                           "faults": cfg})
     return out
+
+
+def _pct_ci(s: Mapping | None) -> str:
+    return "" if not s else f"{100 * s['mean']:.2f} [{100 * s['ci_low']:.2f}, {100 * s['ci_high']:.2f}]"
 
 
 def _log(target: Mapping, result, fault_space: dict, hardened: Hardened | None, float_accuracy: float,
