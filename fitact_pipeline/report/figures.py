@@ -244,6 +244,26 @@ def plot_resilience(ax, curve_by_variant: dict[str, dict[float, dict[str, float]
     return drawn
 
 
+def fig_sdc_grid(outcomes: dict[tuple, dict[str, dict[float, dict[str, dict[str, float]]]]]):
+    """Rows = panels (model, dataset, fault model); columns = SDC rate, critical rate: mean over
+    trials vs fault rate with its CI band, one line per variant. outcomes: {panel: {variant: {rate:
+    {outcome: stats}}}}. Returns (figure, {panel: {outcome: drawn}})."""
+    panels = sorted(outcomes)
+    columns = (("sdc", "SDC rate (%): faulty top-1 != fault-free top-1"),
+               ("critical", "critical rate (%): right -> wrong"))
+    fig, axes = plt.subplots(len(panels), 2, figsize=(9.2, 3.6 * len(panels)), squeeze=False)
+    drawn: dict = {}
+    for i, panel in enumerate(panels):
+        for j, (outcome, label) in enumerate(columns):
+            curves = {v: {r: per[outcome] for r, per in curve.items() if outcome in per}
+                      for v, curve in outcomes[panel].items()}
+            drawn.setdefault(panel, {})[outcome] = plot_resilience(axes[i][j], curves, panel_title(panel), panel[2])
+            axes[i][j].set_ylabel(label, fontsize=8)
+    fig.tight_layout()
+    _legend_below(fig, axes)
+    return fig, drawn
+
+
 def panel_title(panel: tuple) -> str:
     """"vgg16 on cifar10_copy", with the fault model when it is not the default memory faults."""
     model, dataset, fault_model = (tuple(panel) + ("memory",))[:3]

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import figures, tables
 from .select import (PAIRED, PRECISION, SUMMARY, TABLE1, by_panel, fig1_groups, fig1_points, merge_curves,
-                     paired_rows, panels, pick_panel, precision_rows, summary_rows, table1_rows, trial_accuracies)
+                     merge_outcomes, paired_rows, panels, pick_panel, precision_rows, summary_rows, table1_rows,
+                     trial_accuracies)
 
 if TYPE_CHECKING:
     from .build import Report
@@ -84,6 +85,14 @@ def fig6(exp: "Experiment", cfg: Any, out: "Report") -> None:
     out.save_figure(fig, "fig6_resilience_grid")
 
 
+def sdc(exp: "Experiment", cfg: Any, out: "Report") -> None:
+    outcomes = merge_outcomes(exp.jobs)
+    if not outcomes:
+        return out.skip("SDC figure", "no job run logged sdc_mean/ber_<rate> (runs from before SDC was measured)")
+    fig, out.drawn["sdc"] = figures.fig_sdc_grid(panels(outcomes, []))
+    out.save_figure(fig, "fig_sdc_critical")
+
+
 def table1(exp: "Experiment", cfg: Any, out: "Report") -> None:
     rows = table1_rows(exp.jobs)
     if not rows:
@@ -110,7 +119,9 @@ def table1(exp: "Experiment", cfg: Any, out: "Report") -> None:
 _PP = lambda v: f"{100 * v:+.2f} pp"  # noqa: E731
 RESILIENCE_FORMATS = {"rate_min": tables.fmt_rate, "rate_max": tables.fmt_rate, "critical_rate": tables.fmt_rate,
                       "rate": tables.fmt_rate, "mean_diff": _PP, "ci_low": _PP, "ci_high": _PP,
-                      "clean_accuracy": lambda v: f"{100 * v:.2f} %", "critical_level": lambda v: f"{100 * v:.1f} %"}
+                      "clean_accuracy": lambda v: f"{100 * v:.2f} %", "critical_level": lambda v: f"{100 * v:.1f} %",
+                      "sdc_at_max": lambda v: "-" if v != v else f"{100 * v:.2f} %",
+                      "critical_sdc_at_max": lambda v: "-" if v != v else f"{100 * v:.2f} %"}
 
 
 def resilience(exp: "Experiment", cfg: Any, out: "Report") -> None:
@@ -126,12 +137,16 @@ def resilience(exp: "Experiment", cfg: Any, out: "Report") -> None:
     out.files.append(tables.write_csv(stem.with_suffix(".csv"), SUMMARY, rows))
     out.files.append(tables.write_csv(out.out_dir / "paired_differences.csv", PAIRED, paired))
     md = tables.markdown("Resilience summary", ["model", "dataset", "fault model", "protection", "clean accuracy", "rates",
-                         "lowest rate", "highest rate", "AUC", "critical level", "critical rate"], SUMMARY, rows,
+                         "lowest rate", "highest rate", "AUC", "critical level", "critical rate",
+                         "SDC at highest rate", "critical (right -> wrong) at highest rate"], SUMMARY, rows,
                          RESILIENCE_FORMATS,
                          "AUC: area under mean accuracy vs log10(fault rate) over the curve's own rates, "
                          "divided by the decades spanned (1 = no loss at 100 %). Critical rate: where mean "
                          f"accuracy first falls below {level_text} (log-interpolated; 'never' = not within "
-                         "the rates run; equal to the lowest rate = already below there).")
+                         "the rates run; equal to the lowest rate = already below there). SDC: mean fraction of "
+                         "images whose faulty top-1 differs from the fault-free top-1 of the same image (a "
+                         "non-finite logit counts); critical: right without faults, wrong with them "
+                         "(fig_sdc_critical has both at every rate, with CIs).")
     md += "\n" + tables.markdown("Paired differences on the same fault maps", ["model", "dataset", "fault model", "A", "B",
                                  "fault rate", "pairs", "mean A - B", "95 % CI low", "95 % CI high", "Wilcoxon p"],
                                  PAIRED, paired, RESILIENCE_FORMATS,
@@ -162,4 +177,4 @@ def precision(exp: "Experiment", cfg: Any, out: "Report") -> None:
     out.drawn["precision"] = rows
 
 
-OUTPUTS = (fig1, fig2, fig3, fig5, fig6, table1, resilience, precision)
+OUTPUTS = (fig1, fig2, fig3, fig5, fig6, sdc, table1, resilience, precision)

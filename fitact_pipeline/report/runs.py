@@ -14,6 +14,9 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 _RATE_METRIC = re.compile(r"^acc_(?P<stat>[a-z0-9_]+)/ber_(?P<rate>[0-9.e+-]+)$")
+# sdc_mean/ber_1e-05, critical_ci_low/..., wrong_to_right_std/... (faults/outcomes.py, tracking.py)
+_OUTCOME_METRIC = re.compile(r"^(?P<outcome>sdc|critical|wrong_to_right)_(?P<stat>mean|std|ci_low|ci_high|ci_halfwidth)"
+                             r"/ber_(?P<rate>[0-9.e+-]+)$")
 # Params that decide which fault maps a trial gets and which model they hit: runs that agree on all
 # of them saw the same fault map at the same (rate, trial) in their shared tensors (DESIGN §2.1).
 _CONTEXT_PARAMS = ("seed", "model.width", "campaign.seed", "campaign.eval_split", "campaign.eval_images",
@@ -32,6 +35,16 @@ def rate_stats(metrics: dict[str, float]) -> dict[float, dict[str, float]]:
         if match:
             out[float(match["rate"])][match["stat"]] = value
     return dict(out)
+
+
+def outcome_stats(metrics: dict[str, float]) -> dict[float, dict[str, dict[str, float]]]:
+    """{rate: {outcome: {stat: value}}} of the SDC, critical and wrong-to-right rates a run logged."""
+    out: dict[float, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    for name, value in metrics.items():
+        match = _OUTCOME_METRIC.match(name)
+        if match:
+            out[float(match["rate"])][match["outcome"]][match["stat"]] = value
+    return {rate: dict(per) for rate, per in out.items()}
 
 
 def patterns(param: str) -> str:
@@ -95,13 +108,14 @@ class JobRun:
     metrics: dict[str, float]
     curve: dict[float, dict[str, float]] = field(default_factory=dict)
     start_time: int = 0  # ms since the epoch, as MLflow stores it
+    outcomes: dict[float, dict[str, dict[str, float]]] = field(default_factory=dict)  # SDC etc. per rate
 
     @classmethod
     def from_run(cls, run) -> "JobRun":
         tags, params = run.data.tags, run.data.params
         return cls(run.info.run_id, tags.get("model", "?"), tags.get("dataset", "?"), tags.get("protection", "?"),
                    tags.get("fault_model", "memory"), variant_of(tags, params), context_of(tags, params), dict(params), dict(run.data.metrics),
-                   rate_stats(run.data.metrics), int(run.info.start_time or 0))
+                   rate_stats(run.data.metrics), int(run.info.start_time or 0), outcome_stats(run.data.metrics))
 
 
 def finished_jobs(runs) -> list[JobRun]:
