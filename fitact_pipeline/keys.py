@@ -112,5 +112,9 @@ def job_key(cfg: DictConfig, datamodule, device: torch.device) -> str:
         campaign.update(design=design, images_per_trial=cfg.campaign.images_per_trial)
     if cfg.campaign.get("maps_per_pass", 1) != 1:
         campaign["maps_per_pass"] = cfg.campaign.maps_per_pass
-    return config_hash({"bounds": bounds_key(cfg, datamodule, device), "campaign": campaign,
-                        "faults": _faults(cfg), "sampler": SAMPLER})
+    parts = {"bounds": bounds_key(cfg, datamodule, device), "campaign": campaign, "faults": _faults(cfg),
+             "sampler": SAMPLER}
+    weights = plain(cfg.get("weight_protection")) or {"name": "none"}
+    if weights["name"] != "none":  # only when used: the keys of every existing job stay
+        parts["weight_protection"] = weights
+    return config_hash(parts)

@@ -122,3 +122,18 @@ def test_bad_weight_protection_values():
         check_weight_protection_config({"name": "clamp", "granularity": "neuron"})
     with pytest.raises(ConfigError, match="parity_zero needs stored-parameter faults in a word format"):
         check_weight_protection_config({"name": "parity_zero"}, {"model": "memory", "fmt": "int8"})
+
+
+def test_every_weight_protection_has_its_config_file_and_the_job_key_holds_it():
+    from omegaconf import OmegaConf
+
+    from test_keys import CONF, keys
+
+    for name, entry in WEIGHT_PROTECTIONS.items():
+        cfg = OmegaConf.to_container(OmegaConf.load(CONF / "weight_protection" / f"{name}.yaml"))
+        assert cfg["name"] == name and set(cfg) == {"name", *entry.config_keys}
+    plain = keys()
+    assert keys("weight_protection=none") == plain  # the default changes no existing key
+    clamp, parity = keys("weight_protection=clamp"), keys("weight_protection=parity_zero")
+    assert clamp["bounds"] == plain["bounds"] and len({clamp["job"], parity["job"], plain["job"]}) == 3
+    assert keys("weight_protection=clamp", "weight_protection.granularity=channel")["job"] != clamp["job"]

@@ -73,6 +73,10 @@ def variant_of(tags: dict[str, str], params: dict[str, str]) -> str:
     user_label = params.get("tracking.label", "None")
     if user_label not in ("None", ""):
         label += f" {user_label}"
+    weights = params.get("weight_protection.name", "none")
+    if weights != "none":
+        label += f" + weights {weights}" + (f" {params['weight_protection.granularity']}"
+                                            if params.get("weight_protection.granularity", "tensor") != "tensor" else "")
     design = params.get("campaign.design", "classic")
     if design != "classic":
         label += f" ({design}, n={params.get('campaign.images_per_trial')})"
