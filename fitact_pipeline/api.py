@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .evaluate import accuracy, evaluate_accuracy
+from .protect.weights import WEIGHT_PROTECTIONS
 
 #: the faults of a campaign when none are given: conf/faults/<DEFAULT_FAULTS>.yaml, the paper's Q15.16
 #: bit flips in weights, biases and bounds
@@ -207,13 +208,14 @@ class Resilience:
 def measure_resilience(model: nn.Module | Hardened, data, rates: Sequence[float], trials: int = 20, *, seed: int = 0,
                        faults: str | Mapping | None = None, images: int | None = None, batch_size: int = 256,
                        confidence: float = 0.95, adaptive: Mapping | None = None,
-                       mlflow: Mapping | None = None) -> Resilience:
+                       weight_protection: str | Mapping | None = None, mlflow: Mapping | None = None) -> Resilience:
     """A fault campaign on a copy of ``model`` (or of a ``Hardened`` model): ``trials`` fault maps per
     rate, each kept for one pass over the evaluation images (``data``: a DataLoader or an
     ``(images, labels)`` pair; ``images`` caps their number). ``faults``: a name of conf/faults/
     (``q15_16``, ``float32``, ``int8``, ...) or keys over the default, Q15.16 bit flips in weights,
     biases and bounds. ``adaptive``: ``{"target_halfwidth", "min_trials", "max_trials"}`` stops a rate
-    early. ``mlflow``: ``{"experiment": name, "tracking_uri": uri, "run_name": name}`` logs the run as
+    early. ``weight_protection``: ``clamp``, ``parity_zero`` or a dict (conf/weight_protection/), on top
+    of the model's activation protection (protect/weights.py). ``mlflow``: ``{"experiment": name, "tracking_uri": uri, "run_name": name}`` logs the run as
     a job logs its campaign (docs/tracking.md)."""
     from .faults import FAULT_MODELS, run_campaign
 
@@ -223,8 +225,12 @@ def measure_resilience(model: nn.Module | Hardened, data, rates: Sequence[float]
     device = next((p.device for p in net.parameters()), torch.device("cpu"))
     x, y = x.to(device), y.to(device)
     cfg = _faults_config(faults)
+    weights = _weight_protection(weight_protection, cfg)
+    weights_entry = WEIGHT_PROTECTIONS[weights["name"]]
+    weights_entry.protect(net, weights)
     float_accuracy = evaluate_accuracy(net, x, y, batch_size)  # before the fault space is quantised
     injector = FAULT_MODELS[cfg["model"]].build(net, cfg)
+    weights_entry.attach(injector, weights)
     started = time.perf_counter()
     result = run_campaign(net, injector, x, y, [float(r) for r in rates], trials, seed, batch_size,
                           adaptive=dict(adaptive) if adaptive else None, progress=False, level=confidence)
@@ -235,6 +241,14 @@ def measure_resilience(model: nn.Module | Hardened, data, rates: Sequence[float]
                           time.perf_counter() - started, {"rates": list(rates), "trials": trials, "seed": seed,
                                                           "faults": cfg})
     return out
+
+
+def _weight_protection(setting: str | Mapping | None, faults: Mapping) -> dict:
+    from .protect.weights import check_weight_protection_config
+
+    cfg = {"name": setting} if isinstance(setting, str) else dict(setting or {"name": "none"})
+    check_weight_protection_config(cfg, faults)
+    return cfg
 
 
 def _pct_ci(s: Mapping | None) -> str:

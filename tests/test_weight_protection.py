@@ -137,3 +137,17 @@ def test_every_weight_protection_has_its_config_file_and_the_job_key_holds_it():
     clamp, parity = keys("weight_protection=clamp"), keys("weight_protection=parity_zero")
     assert clamp["bounds"] == plain["bounds"] and len({clamp["job"], parity["job"], plain["job"]}) == 3
     assert keys("weight_protection=clamp", "weight_protection.granularity=channel")["job"] != clamp["job"]
+
+
+def test_measure_resilience_takes_a_weight_protection(net):
+    from fitact_pipeline import measure_resilience
+
+    torch.manual_seed(3)
+    images, labels = torch.randn(40, 1, 8, 8), torch.randint(0, 10, (40,))
+    results = {w: measure_resilience(net, (images, labels), rates=[1e-3], trials=3, seed=1, weight_protection=w)
+               for w in ("none", "clamp", "parity_zero")}
+    assert any(t["name"].endswith("weight_min") for t in results["clamp"].fault_space["tensors"])
+    assert "parity" in results["parity_zero"].fault_space and "parity" not in results["none"].fault_space
+    assert [t["accuracy"] for t in results["none"].trials] != [t["accuracy"] for t in results["parity_zero"].trials]
+    with pytest.raises(ConfigError, match="weight_protection.name='x' is not allowed"):
+        measure_resilience(net, (images, labels), rates=[1e-3], weight_protection="x")
