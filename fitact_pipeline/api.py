@@ -243,6 +243,54 @@ def measure_resilience(model: nn.Module | Hardened, data, rates: Sequence[float]
     return out
 
 
+def vulnerability(model: nn.Module | Hardened, data, *, faults: str | Mapping | None = None, images: int | None = None,
+                  half_width: float = 0.05, confidence: float = 0.95, seed: int = 0, max_faults: int = 2000,
+                  tensors: Sequence[str] | None = None, bits: Sequence[int] | None = None,
+                  weight_protection: str | Mapping | None = None, batch_size: int = 256,
+                  mlflow: Mapping | None = None):
+    """Where single faults hurt a copy of ``model``: for every fault-space tensor x bit position,
+    P(SDC) and the mean accuracy loss of one flip, with exact intervals of at most ``half_width``
+    (faults/vulnerability.py). ``faults`` and ``weight_protection`` as in ``measure_resilience``
+    (a word format); ``tensors``/``bits`` restrict the cells. ``mlflow`` (as in
+    ``measure_resilience``) logs ``vulnerability.json`` to a run tagged ``run_kind=vulnerability``,
+    which the report draws (heat map and ranked table)."""
+    from .faults import FAULT_MODELS
+    from .faults.vulnerability import vulnerability_map
+
+    net = copy.deepcopy(model.model if isinstance(model, Hardened) else model).eval()
+    x, y = as_tensors(data, images)
+    device = next((p.device for p in net.parameters()), torch.device("cpu"))
+    cfg = _faults_config(faults)
+    if cfg["model"] != "memory":
+        raise ValueError(f"the vulnerability map flips single stored bits: faults.model must be memory, not {cfg['model']!r}")
+    weights = _weight_protection(weight_protection, cfg)
+    WEIGHT_PROTECTIONS[weights["name"]].protect(net, weights)
+    injector = FAULT_MODELS["memory"].build(net, cfg)
+    WEIGHT_PROTECTIONS[weights["name"]].attach(injector, weights)
+    vmap_ = vulnerability_map(net, injector, x.to(device), y.to(device), half_width=half_width, confidence=confidence,
+                              seed=seed, max_faults=max_faults, tensors=list(tensors) if tensors else None,
+                              bits=list(bits) if bits else None, batch_size=batch_size)
+    if mlflow is not None:
+        _log_vulnerability(mlflow, vmap_, model, weights["name"], {"faults": cfg, "seed": seed, "half_width": half_width,
+                                                                   "confidence": confidence, "max_faults": max_faults})
+    return vmap_
+
+
+def _log_vulnerability(target: Mapping, vmap_, model, weights: str, settings: dict) -> None:
+    import mlflow as ml
+
+    from . import tracking
+
+    if target.get("tracking_uri"):
+        ml.set_tracking_uri(target["tracking_uri"])
+    ml.set_experiment(target.get("experiment", "fitact_api"))
+    tags = {"run_kind": "vulnerability", "source": "fitact_pipeline.api", "weight_protection": weights,
+            "protection": model.protection if isinstance(model, Hardened) else "none"}
+    with ml.start_run(run_name=target.get("run_name", "vulnerability"), tags=tags):
+        ml.log_params(tracking.flatten(settings))
+        ml.log_dict(vmap_.to_dict(), "vulnerability.json")
+
+
 def _weight_protection(setting: str | Mapping | None, faults: Mapping) -> dict:
     from .protect.weights import check_weight_protection_config
 
@@ -276,4 +324,4 @@ def _log(target: Mapping, result, fault_space: dict, hardened: Hardened | None, 
         return run.info.run_id
 
 
-__all__ = ["DEFAULT_FAULTS", "Hardened", "Resilience", "as_tensors", "harden", "measure_resilience"]
+__all__ = ["DEFAULT_FAULTS", "Hardened", "Resilience", "as_tensors", "harden", "measure_resilience", "vulnerability"]

@@ -288,3 +288,31 @@ def fig6_grid(curves: dict[tuple, dict[str, dict[float, dict[str, float]]]]):
     fig.tight_layout()
     _legend_below(fig, axes)
     return fig, drawn
+
+
+# --- vulnerability map ----------------------------------------------------------------------------
+
+def vulnerability_heatmap(tensors: Sequence[str], bits: Sequence[int], sdc: np.ndarray, loss: np.ndarray,
+                          title: str):
+    """Two heat maps, tensors (rows, fault-space order) x bit positions (columns): P(SDC) of a single
+    fault, and the mean accuracy it loses. Returns (figure, {"sdc", "loss": the arrays drawn, %})."""
+    height = max(2.5, 0.32 * len(tensors) + 1.5)
+    fig, axes = plt.subplots(1, 2, figsize=(14, height), sharey=True)
+    drawn = {}
+    for ax, (key, data, label, cmap, low) in zip(axes, (
+            ("sdc", sdc, "P(SDC | one fault) (%)", "magma_r", 0.0),
+            ("loss", loss, "mean accuracy loss per fault (pp)", "RdBu_r", -100.0))):
+        values = 100 * np.asarray(data, dtype=np.float64)
+        image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap=cmap, vmin=low, vmax=100,
+                          interpolation="nearest")
+        ax.set_xticks(range(len(bits)))
+        ax.set_xticklabels([str(b) for b in bits], fontsize=6)
+        ax.set_xlabel("bit position (0 = least significant)")
+        fig.colorbar(image, ax=ax, label=label, fraction=0.04, pad=0.02)
+        drawn[key] = values
+    axes[0].set_yticks(range(len(tensors)))
+    axes[0].set_yticklabels(tensors, fontsize=7)
+    axes[0].set_ylabel("fault-space tensor")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig, drawn

@@ -93,6 +93,40 @@ def sdc(exp: "Experiment", cfg: Any, out: "Report") -> None:
     out.save_figure(fig, "fig_sdc_critical")
 
 
+def vulnerability(exp: "Experiment", cfg: Any, out: "Report") -> None:
+    """Each vulnerability map logged to the experiment (api.vulnerability with mlflow=...): its heat
+    map and its cells ranked by P(SDC). Optional: an experiment without one gets no note."""
+    from ..faults.vulnerability import VulnerabilityMap
+    from .runs import search_all
+
+    runs = search_all(exp.client, exp.experiment_id, "tags.run_kind = 'vulnerability' and attributes.status = 'FINISHED'")
+    out.drawn["vulnerability"] = {}
+    for run in runs:
+        data = exp.artifact(run.info.run_id, "vulnerability.json")
+        if not data:
+            continue
+        vmap_ = VulnerabilityMap.from_dict(data)
+        name = f"vulnerability_{run.info.run_name or run.info.run_id}"
+        tensors, bits, sdc = vmap_.matrix("sdc")
+        title = (f"{run.info.run_name}: single faults, P(SDC) and accuracy loss per tensor and bit "
+                 f"({vmap_.images} images; exact {100 * vmap_.confidence:g} % CI half-width <= "
+                 f"{100 * vmap_.half_width:g} pp per cell)")
+        fig, drawn = figures.vulnerability_heatmap(tensors, bits, sdc, vmap_.matrix("loss")[2], title)
+        out.drawn["vulnerability"][name] = drawn
+        out.save_figure(fig, name)
+        rows = [dict(vars(c), rank=i + 1) for i, c in enumerate(vmap_.ranked(top=int(cfg.get("vulnerability_top", 20))))]
+        pct = lambda v: f"{100 * v:.1f} %"  # noqa: E731
+        path = out.out_dir / f"{name}.md"
+        path.write_text(tables.markdown(
+            f"Most vulnerable cells ({run.info.run_name})", ["rank", "tensor", "kind", "bit", "faults", "P(SDC)",
+                                                              "CI low", "CI high", "accuracy loss"],
+            ("rank", "tensor", "kind", "bit", "faults", "sdc", "sdc_low", "sdc_high", "loss"), rows,
+            {"sdc": pct, "sdc_low": pct, "sdc_high": pct, "loss": lambda v: f"{100 * v:+.1f} pp"},
+            "P(SDC): one flip of that bit in a uniformly drawn word of the tensor changes the top-1 of a "
+            "uniformly drawn image; exact Clopper-Pearson interval. Loss: mean accuracy lost by that flip."))
+        out.files.append(path)
+
+
 def table1(exp: "Experiment", cfg: Any, out: "Report") -> None:
     rows = table1_rows(exp.jobs)
     if not rows:
@@ -177,4 +211,4 @@ def precision(exp: "Experiment", cfg: Any, out: "Report") -> None:
     out.drawn["precision"] = rows
 
 
-OUTPUTS = (fig1, fig2, fig3, fig5, fig6, sdc, table1, resilience, precision)
+OUTPUTS = (fig1, fig2, fig3, fig5, fig6, sdc, vulnerability, table1, resilience, precision)
