@@ -71,7 +71,7 @@ class _Loaders:
 def harden(model: nn.Module, protection: str = "fitact", train_loader=None, val_loader=None, *,
            granularity: str | None = None, profile_loader=None, profile_images: int | None = 5000,
            fold_batchnorm: bool = True, posttrain: Mapping | None = None, search: Mapping | None = None,
-           progressive: Mapping | None = None,
+           progressive: Mapping | None = None, site_granularity: Mapping[str, str] | None = None,
            device: str | torch.device | None = None, **options) -> Hardened:
     """Protect a copy of a trained ``model`` with ``protection`` (none, ranger, clipact, gbrelu, proact,
     fitact) from DataLoaders of ``(images, labels)``.
@@ -83,7 +83,9 @@ def harden(model: nn.Module, protection: str = "fitact", train_loader=None, val_
     (``progressive``: the keys of conf/protection/proact.yaml's ``progressive``). Clip-Act searches its thresholds when ``search`` is given (keys
     ``rates``, ``candidates``, ``iterations``, ``trials``, ``images``, ``seed``, ``faults``).
     ``options`` go to the bounded activations (FitAct's ``k``, ``hard``; ``fused``; GBReLU's
-    ``bounds``). The model's activations may be any kind of docs/protections.md.
+    ``bounds``). ``site_granularity`` {site: granularity} overrides the granularity of the sites it names
+    (protect/map_choice.py chooses them from a vulnerability map). The model's activations may be any
+    kind of docs/protections.md.
     """
     from .protect import PROTECTIONS, fold_batchnorm as fold, profile_ranges, protect_model
 
@@ -102,7 +104,8 @@ def harden(model: nn.Module, protection: str = "fitact", train_loader=None, val_
         raise ValueError("harden needs images to profile: pass train_loader (or profile_loader)")
     profile, lower = profile_ranges(reference, loader, profile_images)
     clean = accuracy(reference, val_loader) if val_loader is not None else None
-    protected = protect_model(copy.deepcopy(reference), protection, granularity, profile, lower=lower, **options)
+    protected = protect_model(copy.deepcopy(reference), protection, granularity, profile, lower=lower,
+                              site_granularity=dict(site_granularity or {}), **options)
     info = _bounds_stage(entry, protected, reference, train_loader, val_loader, clean, posttrain, search, progressive)
     return Hardened(protected.eval(), reference, protection, granularity or entry.default_granularity, profile,
                     lower, clean, info)
