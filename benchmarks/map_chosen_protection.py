@@ -66,15 +66,17 @@ def main() -> None:
     faults = OmegaConf.to_container(cfg.faults, resolve=True)
     val = dm.eval_tensors("val", args.val_images, cfg.campaign.seed)
     test = dm.eval_tensors(cfg.campaign.eval_split, cfg.campaign.eval_images, cfg.campaign.seed)
-    train, val_loader = dm.train_dataloader(), dm.val_dataloader()
     posttrain = OmegaConf.to_container(cfg.posttrain, resolve=True)
     progressive = OmegaConf.to_container(cfg.protection.progressive, resolve=True)
 
     vm = vulnerability(reference, val, faults=faults, half_width=args.half_width, seed=cfg.campaign.seed)
 
     def hardened_as(protection: str, **kwargs):
-        torch.manual_seed(cfg.seed)  # every variant's bound training starts from the same generator state
-        return harden(reference, protection, train, val_loader, profile_images=cfg.profile_images,
+        # fresh loaders (a loader's shuffling generator advances with use) and the same seed: two
+        # variants of one layout get the same bounds
+        torch.manual_seed(cfg.seed)
+        return harden(reference, protection, dm.train_dataloader(), dm.val_dataloader(),
+                      profile_loader=dm.profile_dataloader(cfg.profile_images), profile_images=None,
                       fold_batchnorm=False, **kwargs)
 
     fitact = hardened_as("fitact", granularity="neuron", posttrain=posttrain)
