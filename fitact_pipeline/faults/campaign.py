@@ -223,7 +223,7 @@ def _run_rate(model, injector, pool: _Pool, plan: CampaignDesign, rate: float, n
 
 def _evaluate_one(model, injector, pool: _Pool, plan, rate, n, seed, batch_size, block):
     trial = block[0]
-    x, y, ids = pool.trial_set(plan, n, seed, trial)
+    x, _, ids = pool.trial_set(plan, n, seed, trial)
     before_batch = injector.begin_batch if getattr(injector, "per_pass", False) else None
     with injector.inject(rate, seed, trial) as fault_map:
         # No changed bit means the clean model: its predictions are known, skip the pass
