@@ -242,7 +242,7 @@ def measure_resilience(model: nn.Module | Hardened, data, rates: Sequence[float]
     if mlflow is not None:
         out.run_id = _log(mlflow, result, injector.fault_space, hardened, float_accuracy,
                           time.perf_counter() - started, {"rates": list(rates), "trials": trials, "seed": seed,
-                                                          "faults": cfg})
+                                                          "faults": cfg, "weight_protection": weights})
     return out
 
 
