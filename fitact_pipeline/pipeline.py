@@ -23,6 +23,7 @@ from .identity import context_key, plain, result_identity, slot_key, stage_keys
 from .models import model_tag
 from .overhead import overhead
 from .protect.sites import select_sites
+from .protect.weights import WEIGHT_PROTECTIONS
 from .stages import prepare_protected, stage_bounds
 from .validate import check_config
 
@@ -77,6 +78,7 @@ def job_tags(cfg: DictConfig, dataset: str, identity: dict, rates: list[float], 
             "fault_format": FORMATS[faults.fmt].label(faults.word_bits, faults.frac_bits),
             "fault_model": faults.model, "fault_rates": ",".join(tracking.rate_label(r) for r in rates),
             "campaign_design": cfg.campaign.design, "job_key": key, "seed": str(cfg.seed),
+            "weight_protection": (cfg.get("weight_protection") or {}).get("name", "none"),
             "width": str(cfg.model.get("width", 1.0))}
 
 
@@ -126,8 +128,11 @@ def _run_stages(cfg: DictConfig, datamodule, device: torch.device, rates: list[f
     images, labels = images.to(device), labels.to(device)
     if cfg.overhead.enabled:
         _log_overhead(prepared.reference, protected, images, cfg.overhead)
+    weights = cfg.get("weight_protection") or {"name": "none"}
+    WEIGHT_PROTECTIONS[weights["name"]].protect(protected, weights)
     float_acc = evaluate_accuracy(protected, images, labels, cfg.campaign.batch_size)
     injector = FAULT_MODELS[cfg.faults.model].build(protected, cfg.faults)
+    _attach_weight_protection(weights, injector, protected, images, labels, cfg.campaign.batch_size)
     campaign = cfg.campaign
     adaptive = plain(campaign.adaptive) if campaign.adaptive.enabled else None
     started = time.perf_counter()
@@ -140,6 +145,16 @@ def _run_stages(cfg: DictConfig, datamodule, device: torch.device, rates: list[f
                              campaign_time_s=time.perf_counter() - started)
     return {"clean_accuracy": result.clean_accuracy,
             "mean_accuracy": {r: s["mean"] for r, s in result.per_rate.items()}}
+
+
+def _attach_weight_protection(weights, injector, model, images, labels, batch_size: int) -> None:
+    """The weight protection's step on the stored model (parity_zero: the parity bits), and what it
+    costs without faults: ``weight_protection_cost`` = clean accuracy before - after (parity's lost bit)."""
+    if weights["name"] == "none":
+        return
+    before = evaluate_accuracy(model, images, labels, batch_size)
+    WEIGHT_PROTECTIONS[weights["name"]].attach(injector, weights)
+    mlflow.log_metric("weight_protection_cost", before - evaluate_accuracy(model, images, labels, batch_size))
 
 
 def maps_per_pass(setting, model: torch.nn.Module, device: torch.device) -> int:

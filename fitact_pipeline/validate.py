@@ -33,6 +33,7 @@ def check_config(cfg: DictConfig, structure: bool = True) -> None:
     from .models import check_model_config
     from .overhead import check_overhead_config
     from .protect.posttrain import check_posttrain_config
+    from .protect.weights import check_weight_protection_config
     from .tracking import check_tracking_config
     from .training import check_train_config
 
@@ -44,6 +45,7 @@ def check_config(cfg: DictConfig, structure: bool = True) -> None:
     check_campaign_config(cfg.campaign)
     _check_protection(cfg.protection)
     check_faults_config(cfg.faults)
+    check_weight_protection_config(cfg.get("weight_protection"), cfg.faults)
     check_overhead_config(cfg.overhead)
     check_tracking_config(cfg.tracking)
     if structure:
