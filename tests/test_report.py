@@ -299,7 +299,8 @@ def test_a_sweep_over_two_seeds_draws_two_curves(tmp_path):
     parent = client.create_run(exp, tags={"run_kind": "sweep"}).info.run_id
     for seed, acc in ((0, 0.8), (1, 0.6)):
         run = client.create_run(exp, tags={"run_kind": "job", "mlflow.parentRunId": parent, "model": "small_cnn",
-                                           "dataset": "digits", "protection": "fitact", "granularity": "neuron"})
+                                           "dataset": "digits", "protection": "fitact", "granularity": "neuron",
+                                           "result_slot": f"slot-{seed}", "result_context": f"context-{seed}"})
         client.log_param(run.info.run_id, "seed", seed)
         client.log_metric(run.info.run_id, "acc_mean/ber_1e-05", acc)
         client.set_terminated(run.info.run_id, "FINISHED")
