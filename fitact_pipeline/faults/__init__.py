@@ -6,6 +6,7 @@ from .datapath import apply_datapath
 from .fault_models import FAULT_MODELS, FaultModel, check_faults_config, injector_kwargs
 from .faultmap import FaultMap
 from .formats import FORMATS, NumberFormat, make_codec
+from . import lowbit  # registers the FP8 and MX formats in FORMATS
 from .injector import FaultInjector
 from .sampler import SAMPLER
 from .space import TARGET_KINDS, FaultSpace
