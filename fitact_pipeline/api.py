@@ -195,7 +195,8 @@ class Resilience:
         return "\n".join(["| fault rate | mean accuracy % | CI % | trials |", "|---|---|---|---|", *rows])
 
 
-def measure_resilience(model: nn.Module | Hardened, data, rates: Sequence[float], trials: int = 20, *, seed: int = 0,
+def measure_resilience(model: nn.Module | Hardened, data, rates: Sequence[float] | None = None, trials: int = 20, *,
+                       seed: int = 0,
                        faults: str | Mapping | None = None, images: int | None = None, batch_size: int = 256,
                        confidence: float = 0.95, adaptive: Mapping | None = None,
                        mlflow: Mapping | None = None) -> Resilience:
@@ -203,10 +204,12 @@ def measure_resilience(model: nn.Module | Hardened, data, rates: Sequence[float]
     rate, each kept for one pass over the evaluation images (``data``: a DataLoader or an
     ``(images, labels)`` pair; ``images`` caps their number). ``faults``: a name of conf/faults/
     (``q15_16``, ``float32``, ``int8``, ...) or keys over the default, Q15.16 bit flips in weights,
-    biases and bounds. ``adaptive``: ``{"target_halfwidth", "min_trials", "max_trials"}`` stops a rate
-    early. ``mlflow``: ``{"experiment": name, "tracking_uri": uri, "run_name": name}`` logs the run as
+    biases and bounds; with ``"list": path`` the campaign replays that CSV fault list (docs/faults.md,
+    "Fault lists"): its rates and trials replace ``rates`` and ``trials``. ``adaptive``:
+    ``{"target_halfwidth", "min_trials", "max_trials"}`` stops a rate early. ``mlflow``: ``{"experiment": name, "tracking_uri": uri, "run_name": name}`` logs the run as
     a job logs its campaign (docs/tracking.md)."""
     from .faults import FAULT_MODELS, run_campaign
+    from .faults.faultlist import check_fault_list, replay
 
     hardened = model if isinstance(model, Hardened) else None
     net = copy.deepcopy(hardened.model if hardened else model).eval()
@@ -214,8 +217,13 @@ def measure_resilience(model: nn.Module | Hardened, data, rates: Sequence[float]
     device = next((p.device for p in net.parameters()), torch.device("cpu"))
     x, y = x.to(device), y.to(device)
     cfg = _faults_config(faults)
+    check_fault_list(cfg, {"adaptive": {"enabled": bool(adaptive)}})
+    if cfg.get("list") is None and rates is None:
+        raise ValueError("rates=None is not allowed without a fault list; give the fault rates to measure")
     float_accuracy = evaluate_accuracy(net, x, y, batch_size)  # before the fault space is quantised
-    injector = FAULT_MODELS[cfg["model"]].build(net, cfg)
+    injector = replay(FAULT_MODELS[cfg["model"]].build(net, cfg), cfg)
+    if cfg.get("list") is not None:
+        rates, trials = injector.faults.rates, injector.faults.trials_per_rate
     started = time.perf_counter()
     result = run_campaign(net, injector, x, y, [float(r) for r in rates], trials, seed, batch_size,
                           adaptive=dict(adaptive) if adaptive else None, progress=False, level=confidence)
@@ -225,6 +233,23 @@ def measure_resilience(model: nn.Module | Hardened, data, rates: Sequence[float]
                           time.perf_counter() - started, {"rates": list(rates), "trials": trials, "seed": seed,
                                                           "faults": cfg})
     return out
+
+
+def write_fault_list(model: nn.Module | Hardened, path, rates: Sequence[float], trials: int = 20, *, seed: int = 0,
+                     faults: str | Mapping | None = None):
+    """Write the fault maps that ``measure_resilience(model, data, rates, trials, seed=seed,
+    faults=faults)`` draws as a CSV fault list (docs/faults.md, "Fault lists"), evaluating nothing;
+    ``measure_resilience(..., faults={..., "list": path})`` replays it. Returns the path."""
+    from .faults import FAULT_MODELS
+    from .faults import faultlist
+
+    cfg = _faults_config(faults)
+    if cfg["model"] not in faultlist.MODEL_COLUMNS:
+        raise ValueError(f"faults model={cfg['model']!r} is not allowed; a fault list holds persistent faults: "
+                         f"{', '.join(faultlist.MODEL_COLUMNS)}")
+    injector = FAULT_MODELS[cfg["model"]].build(copy.deepcopy(model.model if isinstance(model, Hardened) else model), cfg)
+    maps = [injector.sample(float(rate), seed, trial) for rate in rates for trial in range(trials)]
+    return faultlist.write_fault_list(maps, path)
 
 
 def _log(target: Mapping, result, fault_space: dict, hardened: Hardened | None, float_accuracy: float,
@@ -248,4 +273,5 @@ def _log(target: Mapping, result, fault_space: dict, hardened: Hardened | None, 
         return run.info.run_id
 
 
-__all__ = ["DEFAULT_FAULTS", "Hardened", "Resilience", "as_tensors", "harden", "measure_resilience"]
+__all__ = ["DEFAULT_FAULTS", "Hardened", "Resilience", "as_tensors", "harden", "measure_resilience",
+           "write_fault_list"]

@@ -72,8 +72,12 @@ def _faults(cfg: DictConfig) -> dict:
     """The keys every fault model shares and the chosen model's own (faults/fault_models.py)."""
     from .faults import FAULT_MODELS
     from .faults.fault_models import COMMON_KEYS
+    from .faults.faultlist import read_fault_list
 
-    return _pick(cfg.faults, COMMON_KEYS + FAULT_MODELS[cfg.faults.model].config_keys)
+    picked = _pick(cfg.faults, COMMON_KEYS + FAULT_MODELS[cfg.faults.model].config_keys)
+    if cfg.faults.get("list") is not None:  # the replayed list by content; a job without one keeps its key
+        picked["list"] = read_fault_list(cfg.faults.list).digest()
+    return picked
 
 
 def bounds_key(cfg: DictConfig, datamodule, device: torch.device) -> str:

@@ -72,6 +72,11 @@ def check_structure(cfg: DictConfig) -> None:
                  f"names look like: {', '.join(names[:4])}")
     if not select_tensors(model, kinds, tuple(faults.include), tuple(faults.exclude)):
         fail("faults.exclude", list(faults.exclude), "it leaves an empty fault space")
+    if faults.get("list") is not None:  # the list's tensors, indices and bits against the job's fault space
+        from .faults import FAULT_MODELS
+        from .faults.faultlist import replay
+
+        replay(FAULT_MODELS[faults.model].build(model, OmegaConf.to_container(faults, resolve=True)), faults)
 
 
 def _check_activation_sites(model, patterns: list[str]) -> None:
