@@ -43,6 +43,9 @@ def write_fault_list(maps: Iterable[FaultMap], path: str | Path) -> Path:
     if len(models) > 1 or not models <= set(MODEL_COLUMNS):
         raise FaultListError(f"a fault list holds maps of one of {list(MODEL_COLUMNS)}; got {sorted(models)}")
     extra = MODEL_COLUMNS[models.pop()] if maps else None
+    unplaced = next((m for m in maps if m.rate is None or m.trial is None), None)
+    if unplaced is not None:
+        raise FaultListError(f"{unplaced!r} has no rate or trial; a fault list places every map at a (rate, trial)")
     path = Path(path)
     with path.open("w", newline="") as handle:
         out = csv.writer(handle)

@@ -60,13 +60,13 @@ class E2M1Codec(Codec):
     def encode(self, values: torch.Tensor) -> torch.Tensor:
         v = values.to(torch.float64)
         mag = v.abs()
-        code = torch.zeros(v.shape, dtype=torch.int64)
+        code = torch.zeros(v.shape, dtype=torch.int64, device=v.device)
         for mid, tie_up in self._MIDPOINTS:  # beyond 6 (inf included) saturates to code 7
             code += ((mag >= mid) if tie_up else (mag > mid)).to(torch.int64)
         return code | (torch.signbit(v).to(torch.int64) << 3)
 
     def decode(self, words: torch.Tensor) -> torch.Tensor:
-        table = torch.tensor(self.VALUES, dtype=torch.float32)
+        table = torch.tensor(self.VALUES, dtype=torch.float32, device=words.device)
         mag = table[words & 7]
         return torch.where((words & 8) != 0, -mag, mag)
 
@@ -115,7 +115,9 @@ class MXCodec(Codec):
         return (self.element.decode(words).to(torch.float64) * scales.to(torch.float64)).to(torch.float32)
 
     def quantize_tensor(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(stored float32 values, per-block scales) of a whole tensor."""
+        """(stored float32 values, per-block scales) of a whole tensor, computed on the CPU (as the
+        scaled family's flips are)."""
+        values = values.detach().cpu()
         scales = self.block_scales(values)
         row, block = self.layout(values.shape)
         flat = values.reshape(-1)
