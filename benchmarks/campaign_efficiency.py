@@ -47,8 +47,7 @@ def protected_model(cfg, device):
     datamodule = instantiate(cfg.dataset)
     datamodule.setup()
     prepared = stages.prepare_protected(cfg, datamodule, device)
-    stages.stage_bounds(cfg, prepared.protected, datamodule, device, prepared.clean_val_acc,
-                        reference=prepared.reference)
+    stages.stage_bounds(cfg, prepared, datamodule, device)
     images, labels = datamodule.eval_tensors(cfg.campaign.eval_split, cfg.campaign.eval_images, cfg.campaign.seed)
     return prepared.protected.eval(), images.to(device), labels.to(device)
 

@@ -137,7 +137,7 @@ def reset_parameters(model: nn.Module, seed: int) -> None:
                 module.reset_running_stats()
 
 
-def _quiet_lightning(progress_bar: bool) -> None:
+def quiet_lightning(progress_bar: bool) -> None:
     # Lightning's "GPU available / TPU available" banners are noise in tests and sweeps.
     if not progress_bar:
         for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
@@ -159,7 +159,7 @@ def train_baseline(model: nn.Module, datamodule, train_cfg=None, seed: int = 0,
     if cfg["init_from_seed"]:
         reset_parameters(model, seed)
     L.seed_everything(seed, workers=True, verbose=False)
-    _quiet_lightning(cfg["progress_bar"])
+    quiet_lightning(cfg["progress_bar"])
     if cfg["batch_size"]:
         datamodule.batch_size = int(cfg["batch_size"])
 

@@ -229,23 +229,27 @@ def test_unknown_experiment_is_a_one_line_error(sweep):
     assert "no MLflow experiment named 'nope'" in proc.stdout + proc.stderr
 
 
-def test_a_rerun_slot_keeps_only_the_newest_run():
-    from fitact_pipeline.report import JobRun, latest_per_slot, merge_curves
+def test_a_rerun_slot_keeps_only_the_newest_run_and_another_slot_is_another_curve():
+    from fitact_pipeline.report import JobRun, current_jobs, merge_curves
 
-    def job(run_id, start, curve, variant="fitact"):
-        return JobRun(run_id, "vgg16", "cifar10", variant, "memory", variant, ("vgg16", "cifar10", "memory"), {}, {},
-                      {r: {"mean": acc} for r, acc in curve.items()}, start)
+    ctx = ("vgg16", "cifar10", "memory", "c1")
+
+    def job(run_id, start, curve, variant="fitact", slot="s-fitact"):
+        return JobRun(run_id, "vgg16", "cifar10", variant, "memory", variant, ctx, {}, {},
+                      {r: {"mean": acc} for r, acc in curve.items()}, start, slot)
 
     old = job("old", 1, {1e-6: 0.5, 1e-5: 0.3})
     new = job("new", 2, {1e-6: 0.6, 1e-5: 0.4})
     other_rates = job("one_rate", 0, {1e-4: 0.1})  # a job of another rate of the same curve: merged
-    clipact = job("clipact", 3, {1e-6: 0.55, 1e-5: 0.35}, variant="clipact")
-    kept, superseded = latest_per_slot([new, clipact, old, other_rates])
+    clipact = job("clipact", 3, {1e-6: 0.55, 1e-5: 0.35}, variant="clipact", slot="s-clipact")
+    # the same label, another result identity (e.g. other fault-space targets): never superseded
+    other_setting = job("k10", 4, {1e-6: 0.7, 1e-5: 0.5}, slot="s-fitact-k10")
+    kept, superseded = current_jobs([new, clipact, old, other_rates, other_setting])
     assert [j.run_id for j in superseded] == ["old"]
-    assert [j.run_id for j in kept] == ["one_rate", "new", "clipact"]
+    assert [j.run_id for j in kept] == ["one_rate", "new", "clipact", "k10"]
     curves = merge_curves(kept)
-    assert {r: s["mean"] for r, s in curves[(("vgg16", "cifar10", "memory"), "fitact")].items()} == {
-        1e-4: 0.1, 1e-6: 0.6, 1e-5: 0.4}
+    assert {r: s["mean"] for r, s in curves[(ctx, "fitact")].items()} == {1e-4: 0.1, 1e-6: 0.6, 1e-5: 0.4}
+    assert {r: s["mean"] for r, s in curves[(ctx, "fitact (setting #2)")].items()} == {1e-6: 0.7, 1e-5: 0.5}
 
 
 def test_variant_labels_keep_granularities_and_forms_apart():

@@ -45,17 +45,14 @@ DEFAULTS = {"epochs": 2, "lr": 0.005, "zeta": 0.1, "max_accuracy_drop": 0.01,
             "penalty": "mean_square", "fault_rate": None, "fault_weight": 1.0}
 #: settings that change the post-trained bounds (the bounds' cache key reads these)
 RESULT_KEYS = tuple(k for k in DEFAULTS if k != "progress_bar")
-#: the settings every post-training key has held since the first one; the later ones enter a key
-#: only when they differ from their default, so existing keys (and cached bounds) stay valid
-KEYED_ALWAYS = ("epochs", "lr", "zeta", "max_accuracy_drop", "max_batches_per_epoch")
 PENALTIES = ("mean_square", "sum")
+#: the post-training variants (docs/protections.md): a run's curve label names those not at default
+VARIANT_KEYS = ("penalty", "fault_rate", "fault_weight")
 
 
 def result_settings(cfg: Mapping) -> dict:
     """The post-training settings a bounds key holds (docs/tracking.md)."""
-    out = {k: cfg[k] for k in KEYED_ALWAYS if k in cfg}
-    out.update({k: cfg[k] for k in RESULT_KEYS if k not in KEYED_ALWAYS and k in cfg and cfg[k] != DEFAULTS[k]})
-    return out
+    return {k: cfg[k] for k in RESULT_KEYS if k in cfg}
 
 
 def settings_label(params: Mapping[str, str]) -> str:
@@ -74,8 +71,8 @@ def settings_label(params: Mapping[str, str]) -> str:
             return value == str(default)
 
     # only the variants' settings: an experiment's own schedule (epochs, lr, ...) is no variant
-    diff = [f"{k}={params[f'posttrain.{k}']}" for k in RESULT_KEYS
-            if k not in KEYED_ALWAYS and f"posttrain.{k}" in params and not same(params[f"posttrain.{k}"], DEFAULTS[k])]
+    diff = [f"{k}={params[f'posttrain.{k}']}" for k in VARIANT_KEYS
+            if f"posttrain.{k}" in params and not same(params[f"posttrain.{k}"], DEFAULTS[k])]
     return f" (post-training {', '.join(diff)})" if diff else ""
 
 

@@ -24,20 +24,6 @@ def variant_sort_key(variant: str) -> tuple:
     return (PROTECTIONS.index(variant.split(" ")[0]), float(bound.group(1)) if bound else -math.inf, variant)
 
 
-def latest_per_slot(jobs: list[JobRun]) -> tuple[list[JobRun], list[JobRun]]:
-    """(kept, superseded): of finished runs of the same slot (context, curve label and rate set),
-    only the newest is kept. A slot is rerun when a setting the report does not tell apart changed
-    (e.g. the post-training defaults): merging both runs would mix two settings in one curve."""
-    latest: dict[tuple, JobRun] = {}
-    superseded = []
-    for job in sorted(jobs, key=lambda j: j.start_time):
-        slot = (job.context, job.variant, tuple(sorted(job.curve)))
-        if slot in latest:
-            superseded.append(latest[slot])
-        latest[slot] = job
-    return sorted(latest.values(), key=lambda j: j.start_time), superseded
-
-
 def merge_curves(jobs: list[JobRun]) -> dict[tuple, Curve]:
     """{(context, variant): {rate: stats}}: jobs of one rate each merge into one curve; runs of
     another context (seed, training, fault settings) stay separate curves. Oldest first, so a newer
