@@ -179,6 +179,8 @@ class ReplayInjector:
         self.maps = {key: self._map(key, rows) for key, rows in faults.trials.items()}
 
     def __getattr__(self, name):  # space, model, codec, num_bits, sampler, ...: the injector's
+        if name in ("injector", "faults", "maps"):  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.injector, name)
 
     @property
