@@ -1,9 +1,15 @@
 """CSV fault lists (faults/faultlist.py): a campaign's maps written as a list and replayed give the
 same trials; the columns as documented; a list that does not fit the model is refused in one line."""
 import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
 from torch import nn
 
 from fitact_pipeline import measure_resilience, write_fault_list
@@ -12,9 +18,11 @@ from fitact_pipeline.faults import write_fault_list as write_maps
 from fitact_pipeline.faults.faultlist import FaultListError
 from fitact_pipeline.faults.sampler import Bursts, StuckBits
 from fitact_pipeline.registry import ConfigError
-from fitact_pipeline.validate import preflight
+from fitact_pipeline.structure import skeleton
+from fitact_pipeline.validate import CONF_DIR, preflight
 
 RATES = [1e-5, 1e-3, 1e-2]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def tiny_model() -> nn.Module:
@@ -127,3 +135,27 @@ def test_cli_refuses_a_list_naming_a_tensor_the_job_does_not_have(tmp_path, one_
     assert "row 2: tensor 'features.0.weight' is not in the fault space" in str(err.value)
     with pytest.raises(ConfigError, match="campaign.adaptive.enabled=true"):
         preflight(["experiment=quickstart", f"faults.list={path}", "campaign.adaptive.enabled=true"])
+
+
+def cli_job(tmp, *overrides) -> None:
+    cmd = [sys.executable, "-m", "fitact_pipeline", "experiment=quickstart", "protection=none", "train.epochs=1",
+           "campaign.eval_images=60", "campaign.seed=7", "overhead.enabled=false", "progress_bar=false", "threads=1",
+           f"tracking.root={tmp}/mlruns", f"cache_dir={tmp}/cache", f"figures_dir={tmp}/figures", *overrides]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_cli_replays_a_list_as_the_campaign_it_was_drawn_from(tmp_path):
+    """A sampled job, then a job replaying a list of the same maps (written through the job's own
+    skeleton, whose tensor names and shapes are the trained model's): the same trials."""
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=quickstart", "protection=none"])
+    path = write_fault_list(skeleton(cfg)[1], tmp_path / "l.csv", [1e-4, 3e-4], trials=2, seed=7)
+    cli_job(tmp_path, "campaign.rates=[1e-4,3e-4]", "campaign.trials=2")
+    cli_job(tmp_path, f"faults.list={path}")
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
+    assert len(runs) == 2 and len({r.data.tags["job_key"] for r in runs}) == 2  # the list is in the key
+    trials = [json.loads(Path(client.download_artifacts(r.info.run_id, "trials.json", str(tmp_path))).read_text())
+              for r in runs]
+    assert trials[0] == trials[1] and len(trials[0]["data"]) == 4
