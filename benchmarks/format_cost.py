@@ -4,6 +4,10 @@ in every registered format in turn, evaluated without faults on the campaign's e
 
     python benchmarks/format_cost.py [--experiment quickstart] [--cache-dir .cache] [overrides ...]
     python benchmarks/format_cost.py --experiment repro_cpu --cache-dir /work/cache model=vgg16_w025
+    python benchmarks/format_cost.py --experiment repro_cpu --state <cache>/baseline/<key>/model.pt model=vgg16_w025
+
+``--state`` loads a trained baseline's state dict directly (e.g. one cached under an earlier key
+scheme) instead of running the baseline stage.
 
 The fault space is the default (weights, biases; no bounds in an unprotected model), so only those
 tensors change format; everything else stays float32. Prints one row per format: accuracy, the
@@ -28,6 +32,8 @@ from fitact_pipeline import stages  # noqa: E402
 from fitact_pipeline.device import resolve_device  # noqa: E402
 from fitact_pipeline.evaluate import evaluate_accuracy  # noqa: E402
 from fitact_pipeline.faults import FORMATS, FaultInjector  # noqa: E402
+from fitact_pipeline.models import model_from_config  # noqa: E402
+from fitact_pipeline.protect import fold_batchnorm  # noqa: E402
 
 
 def job_config(experiment: str, overrides: list[str]):
@@ -45,10 +51,23 @@ def stored_accuracy(reference: torch.nn.Module, fmt: str, images, labels, batch_
     return evaluate_accuracy(model, images, labels, batch_size), space["total_bits"] / values
 
 
+def baseline(cfg, datamodule, device, state: str | None) -> torch.nn.Module:
+    """The unprotected, BatchNorm-folded baseline: the stage's, or the state dict in ``state``."""
+    if state is None:
+        return stages.prepare_protected(cfg, datamodule, device).reference.eval()
+    model = model_from_config(cfg.model, datamodule.num_classes, datamodule.in_channels, cfg.seed)
+    model.load_state_dict(torch.load(state, weights_only=True))
+    model.eval()
+    if cfg.faults.fold_batchnorm:
+        fold_batchnorm(model)
+    return model.to(device)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--experiment", default="quickstart")
     ap.add_argument("--cache-dir", default=str(ROOT / ".cache"))
+    ap.add_argument("--state", help="a baseline's model.pt to load instead of the baseline stage")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the job config")
     args = ap.parse_args()
     cfg = job_config(args.experiment, [f"cache_dir={args.cache_dir}", *args.overrides])
@@ -56,7 +75,7 @@ def main() -> None:
     device = resolve_device(cfg.get("device", "auto"))
     datamodule = instantiate(cfg.dataset)
     datamodule.setup()
-    reference = stages.prepare_protected(cfg, datamodule, device).reference.eval()
+    reference = baseline(cfg, datamodule, device, args.state)
     images, labels = datamodule.eval_tensors(cfg.campaign.eval_split, cfg.campaign.eval_images, cfg.campaign.seed)
     images, labels = images.to(device), labels.to(device)
     float_acc = evaluate_accuracy(reference, images, labels, cfg.campaign.batch_size)
