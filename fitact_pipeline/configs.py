@@ -19,11 +19,12 @@ def group_options(group: str) -> list[str]:
 
 def group_config(group: str, name: str) -> dict:
     """conf/<group>/<name>.yaml as a plain dict, its Hydra ``defaults`` list dropped (a file that
-    extends another is read with it: the base first, this file on top)."""
+    extends another is read with it: the base first, this file on top). Interpolations of the
+    whole job config (``${progress_bar}``) stay as written: they have no value outside a job."""
     path = CONF_DIR / group / f"{name}.yaml"
     if not path.exists():
         raise ValueError(f"unknown {group} {name!r}; choose one of: {', '.join(group_options(group))}")
-    node = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    node = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     out: dict = {}
     for base in node.pop("defaults", None) or []:
         if isinstance(base, str) and base != "_self_":

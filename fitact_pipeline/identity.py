@@ -10,7 +10,7 @@ report's grouping (report/runs.py).
     bounds    the protection and its own keys (its registry entry's config_keys, less the kernel
               choice), and what its bounds stage declares (protect/bounds_stages.py)
     job       the campaign's result keys, the fault model's keys (faults/fault_models.py: the keys
-              every fault model shares and the chosen model's own), the sampler
+              every fault model shares and the chosen model's own) and its rate unit, the sampler
 
 A run's *slot* in the report (which curve it belongs to) is the identity without the fault rates;
 its *context* (which runs saw the same fault maps, so that comparisons pair) is the identity
@@ -61,7 +61,9 @@ def result_identity(cfg: DictConfig, datamodule, device: torch.device) -> dict[s
     campaign = pick(cfg.campaign, CAMPAIGN_RESULT_KEYS)
     if cfg.campaign.adaptive.enabled:
         campaign["adaptive"] = plain(cfg.campaign.adaptive)
-    faults = pick(cfg.faults, COMMON_KEYS + FAULT_MODELS[cfg.faults.model].config_keys)
+    fault_model = FAULT_MODELS[cfg.faults.model]
+    # the unit the rate is counted in, resolved (auto = the fault model's own unit)
+    faults = {**pick(cfg.faults, COMMON_KEYS + fault_model.config_keys), "rate_unit": fault_model.unit(cfg.faults)}
     if cfg.faults.get("list") is not None:  # a replayed fault list by content; without one, no entry
         faults["list"] = read_fault_list(cfg.faults.list).digest()
     return {

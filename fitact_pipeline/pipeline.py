@@ -22,6 +22,7 @@ from .faults import FAULT_MODELS, FORMATS, apply_datapath, as_rate_list, run_cam
 from .faults.faultlist import read_fault_list, replay
 from .identity import context_key, plain, result_identity, slot_key, stage_keys
 from .models import model_tag
+from .overhead import overhead
 from .protect.sites import select_sites
 from .stages import prepare_protected, stage_bounds
 from .validate import check_config
@@ -71,7 +72,8 @@ def job_tags(cfg: DictConfig, dataset: str, identity: dict, rates: list[float], 
     it (its job key, its slot: the curve it belongs to, its context: which runs it pairs with)."""
     faults = cfg.faults
     key = stage_keys(identity)["job"]
-    return {"result_slot": slot_key(identity), "result_context": context_key(identity), "device": device.type, "model": model_tag(cfg.model), "dataset": dataset, "protection": cfg.protection.name,
+    return {"result_slot": slot_key(identity), "result_context": context_key(identity), "device": device.type,
+            "model": model_tag(cfg.model), "dataset": dataset, "protection": cfg.protection.name,
             "granularity": cfg.protection.get("granularity", "layer"),
             "fault_format": FORMATS[faults.fmt].label(faults.word_bits, faults.frac_bits),
             "fault_model": faults.model, "fault_rates": ",".join(tracking.rate_label(r) for r in rates),
@@ -116,15 +118,16 @@ def _run_logged(cfg: DictConfig, datamodule, device: torch.device, identity: dic
         mlflow.log_dict(OmegaConf.to_container(cfg, resolve=True), "config.yaml")
         mlflow.log_dict(identity, "identity.json")
         mlflow.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
-        summary = _run_stages(cfg, datamodule, device, rates)
+        summary = _run_stages(cfg, datamodule, device, rates, stage_keys(identity))
         summary.update(run_id=run.info.run_id, job_key=key, skipped=False)
     return summary
 
 
-def _run_stages(cfg: DictConfig, datamodule, device: torch.device, rates: list[float]) -> dict[str, Any]:
-    prepared = prepare_protected(cfg, datamodule, device)
+def _run_stages(cfg: DictConfig, datamodule, device: torch.device, rates: list[float], keys: dict[str, str]
+                ) -> dict[str, Any]:
+    prepared = prepare_protected(cfg, datamodule, device, keys)
     _log_profile_site(prepared.profile, cfg.profile_site)
-    bounds_info = stage_bounds(cfg, prepared, datamodule, device)
+    bounds_info = stage_bounds(cfg, prepared, datamodule, keys)
     protected = prepared.protected.eval()
     apply_datapath(protected, cfg.faults.datapath)
     images, labels = datamodule.eval_tensors(cfg.campaign.eval_split, cfg.campaign.eval_images, cfg.campaign.seed)
@@ -178,8 +181,6 @@ def _log_profile_site(profile: dict[str, torch.Tensor], site_index: int | None) 
 
 def _log_overhead(reference: torch.nn.Module, protected: torch.nn.Module, images: torch.Tensor,
                   overhead_cfg: DictConfig) -> None:
-    from .overhead import overhead
-
     reps = -(-overhead_cfg.batch_size // images.shape[0])
     batch = images.repeat(reps, 1, 1, 1)[: overhead_cfg.batch_size]
     mlflow.log_metrics(overhead(reference, protected, batch, repeats=overhead_cfg.repeats))

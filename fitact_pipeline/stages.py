@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from .cache import cached_stage
 from .evaluate import evaluate_accuracy
-from .keys import baseline_key, bounds_key, plain, profile_key
+from .identity import plain
 from .models import model_from_config, owns_init
 from .protect import PROTECTIONS, profile_ranges
 from .protect.bounds_stages import BOUNDS_STAGES, bound_tensors
@@ -28,7 +28,8 @@ def _save_pair(names: tuple[str, str]):
     return save
 
 
-def stage_baseline(cfg: DictConfig, datamodule, device: torch.device) -> tuple[torch.nn.Module, dict]:
+def stage_baseline(cfg: DictConfig, datamodule, device: torch.device, keys: dict[str, str]
+                   ) -> tuple[torch.nn.Module, dict]:
     """Train (or load) the baseline: once per model x data x training config x seed x device type.
     Returned on the CPU (the cache holds CPU tensors). A torchvision or timm model comes initialised
     (its library's initialisation or pretrained weights, head replaced): training fine-tunes it."""
@@ -42,16 +43,16 @@ def stage_baseline(cfg: DictConfig, datamodule, device: torch.device) -> tuple[t
     def load(path: Path):
         return (torch.load(path / "model.pt", weights_only=True), torch.load(path / "info.pt", weights_only=True))
 
-    state, info = cached_stage(cfg.cache_dir, "baseline", baseline_key(cfg, datamodule, device), compute,
+    state, info = cached_stage(cfg.cache_dir, "baseline", keys["baseline"], compute,
                                _save_pair(("model.pt", "info.pt")), load)
     model.load_state_dict(state)
     return model.eval(), info
 
 
-def stage_profile(cfg: DictConfig, model: torch.nn.Module, datamodule, device: torch.device
+def stage_profile(cfg: DictConfig, model: torch.nn.Module, datamodule, keys: dict[str, str]
                   ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Per-neuron maxima of every site, and minima of the sites with a lower bound (LeakyReLU,
-    PReLU, ELU; none in a ReLU model), on ``device`` (``model`` must be there), cached on the CPU."""
+    PReLU, ELU; none in a ReLU model), on the model's device, cached on the CPU."""
     def save(path: Path, ranges) -> None:
         torch.save(ranges[0], path / "profile.pt")
         if ranges[1]:  # a ReLU model's artefact stays the one file it always was
@@ -63,7 +64,7 @@ def stage_profile(cfg: DictConfig, model: torch.nn.Module, datamodule, device: t
                 torch.load(lower, weights_only=True) if lower.exists() else {})
 
     return cached_stage(
-        cfg.cache_dir, "profile", profile_key(cfg, datamodule, device),
+        cfg.cache_dir, "profile", keys["profile"],
         lambda: profile_ranges(model, datamodule.profile_dataloader(cfg.profile_images), cfg.profile_images),
         save, load)
 
@@ -73,7 +74,7 @@ def bounds_stage(cfg: DictConfig) -> str:
     return PROTECTIONS[cfg.protection.name].bounds_stage_for(cfg.protection)
 
 
-def stage_bounds(cfg: DictConfig, prepared: Prepared, datamodule, device: torch.device) -> dict:
+def stage_bounds(cfg: DictConfig, prepared: Prepared, datamodule, keys: dict[str, str]) -> dict:
     """The protection's bounds stage on ``prepared.protected`` (on ``device``). It only changes
     `.bound` (and `.lower`) tensors, which are cached (on the CPU) so that every fault-rate job of
     one protection reuses them."""
@@ -89,23 +90,23 @@ def stage_bounds(cfg: DictConfig, prepared: Prepared, datamodule, device: torch.
     def load(path: Path):
         return (torch.load(path / "bounds.pt", weights_only=True), torch.load(path / "info.pt", weights_only=False))
 
-    bounds, info = cached_stage(cfg.cache_dir, f"bounds_{cfg.protection.name}", bounds_key(cfg, datamodule, device),
+    bounds, info = cached_stage(cfg.cache_dir, f"bounds_{cfg.protection.name}", keys["bounds"],
                                 compute, _save_pair(("bounds.pt", "info.pt")), load)
     prepared.protected.load_state_dict(bounds, strict=False)
     prepared.bounds_info = info
     return info
 
 
-def prepare_protected(cfg: DictConfig, datamodule, device: torch.device) -> Prepared:
+def prepare_protected(cfg: DictConfig, datamodule, device: torch.device, keys: dict[str, str]) -> Prepared:
     """Baseline (cached) -> the recipe (recipe.py: fold BN -> profile (cached) -> protect), as every
     job (and the benchmarks) runs it, on ``device``; the bounds stage comes next."""
-    baseline, train_info = stage_baseline(cfg, datamodule, device)
+    baseline, train_info = stage_baseline(cfg, datamodule, device, keys)
     val_images, val_labels = datamodule.eval_tensors("val", None, cfg.campaign.seed)  # the whole split
 
     def clean_val(model: torch.nn.Module) -> float:
         return evaluate_accuracy(model, val_images.to(device), val_labels.to(device), cfg.campaign.batch_size)
 
-    prepared = prepare(baseline, cfg.protection, lambda model: stage_profile(cfg, model, datamodule, device),
+    prepared = prepare(baseline, cfg.protection, lambda model: stage_profile(cfg, model, datamodule, keys),
                        fold=cfg.faults.fold_batchnorm, clean_val=clean_val, device=device)
     prepared.train_info = train_info
     return prepared

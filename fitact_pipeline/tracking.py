@@ -220,6 +220,7 @@ def log_job_results(result, fault_space: dict, train_info: dict, bounds_info: di
     mlflow.log_dict({"trials": [{k: t[k] for k in ("rate", "trial", "flips_per_bit", "flips_per_tensor")}
                                 for t in result.trials]}, "trial_faults.json")
     mlflow.log_dict(fault_space, "fault_space.json")
+    mlflow.set_tag("rate_unit", fault_space.get("rate_unit", "bit"))  # what the rates count (faults/units.py)
     mlflow.log_params({f"fault_space.{k}": fault_space[k] for k in ("num_tensors", "total_elements", "total_bits")})
     _log_bounds_info(BOUNDS_STAGES[stage], bounds_info, metrics["train_time_s"])
 

@@ -11,15 +11,14 @@ ConfigError; `__main__` prints it on one line and exits 2.
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 from typing import Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
 from .checks import expect_bool, expect_int, expect_str, fail, is_int
+from .configs import CONF_DIR
 from .registry import ConfigError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 TOP_KEYS = ("seed", "device", "threads", "progress_bar", "profile_images", "profile_site", "overhead",
             "cache_dir", "figures_dir")
 # Flags that belong to Hydra itself, not to overrides.

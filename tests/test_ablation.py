@@ -119,7 +119,7 @@ def test_the_claims_table_lists_each_variant_minus_fitact_at_every_rate(tmp_path
 
 
 def test_an_experiments_own_posttraining_schedule_is_no_variant():
-    from fitact_pipeline.protect.posttrain import settings_label
+    from fitact_pipeline.protect.protections.fitact import settings_label
 
     base = {"posttrain.penalty": "mean_square", "posttrain.fault_rate": "None", "posttrain.fault_weight": "1.0"}
     assert settings_label({**base, "posttrain.epochs": "8", "posttrain.lr": "0.03"}) == ""

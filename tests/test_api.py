@@ -81,6 +81,7 @@ def test_clipact_search_and_bad_input(setting):
         harden(model, "fitact", train)
 
 
+@pytest.mark.slow
 def test_the_example_runs_and_logs_to_mlflow(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "examples/harden_your_model.py", "--epochs", "3", "--trials", "2",

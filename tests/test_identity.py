@@ -17,6 +17,7 @@ from omegaconf import OmegaConf, open_dict
 from fitact_pipeline.faults import FAULT_MODELS, FORMATS
 from fitact_pipeline.faults.designs import DESIGNS
 from fitact_pipeline.faults.fault_models import COMMON_KEYS
+from fitact_pipeline.faults.units import RATE_UNITS
 from fitact_pipeline.identity import (CAMPAIGN_RESULT_KEYS, NON_RESULT_PROTECTION_KEYS, context_key,
                                       result_identity, slot_key, stage_keys)
 from fitact_pipeline.models import MODELS
@@ -47,7 +48,7 @@ def _datamodule(target: str):
 
 
 #: settings whose values are registry names: changed to another registered name
-REGISTERED = {"faults.model": FAULT_MODELS, "faults.fmt": FORMATS, "model.name": MODELS, "campaign.design": DESIGNS}
+REGISTERED = {"faults.model": FAULT_MODELS, "faults.rate_unit": RATE_UNITS, "faults.fmt": FORMATS, "model.name": MODELS, "campaign.design": DESIGNS}
 
 
 def other(value, path: str = ""):
@@ -106,6 +107,7 @@ def declared_settings():
         base = composed(*over)
         cases += [(over, path, False) for key in COMMON_KEYS + model.config_keys if key in base.faults
                   for path in leaves(base, f"faults.{key}")]
+    cases += [(("faults.rate_unit=word",), "faults.rate_unit", False)]  # word -> bit: other maps
     cases += [((), f"campaign.{k}", False) for k in CAMPAIGN_RESULT_KEYS if k != "rates"]
     cases += [((), f"train.{k}", False) for k in TRAIN_KEYS]
     cases += [((), path, False) for path in ("seed", "profile_images", "model.name", "model.width")]

@@ -13,6 +13,10 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from ..faults import FAULT_MODELS
+from ..faults.units import suffix
+from ..protect import PROTECTIONS
+
 _RATE_METRIC = re.compile(r"^acc_(?P<stat>[a-z0-9_]+)/ber_(?P<rate>[0-9.e+-]+)$")
 
 def rate_stats(metrics: dict[str, float]) -> dict[float, dict[str, float]]:
@@ -35,8 +39,6 @@ def variant_of(tags: dict[str, str], params: dict[str, str]) -> str:
     different curves (a granularity other than the protection's default, FitAct's smooth form, the
     GBReLU bound, a restricted fault space). Runs that differ only in other settings share a label
     (and a rerun supersedes the older run, see select.latest_per_slot)."""
-    from ..protect import PROTECTIONS
-
     protection = tags.get("protection", "?")
     label = protection
     granularity = tags.get("granularity")
@@ -48,6 +50,7 @@ def variant_of(tags: dict[str, str], params: dict[str, str]) -> str:
     include = params.get("faults.include", "[]")
     if include not in ("[]", "", "None"):
         label += " faults in " + patterns(include)
+    label += unit_suffix(tags)
     user_label = params.get("tracking.label", "None")
     if user_label not in ("None", ""):
         label += f" {user_label}"
@@ -55,6 +58,18 @@ def variant_of(tags: dict[str, str], params: dict[str, str]) -> str:
     if design != "classic":
         label += f" ({design}, n={params.get('campaign.images_per_trial')})"
     return label
+
+
+def rate_unit(tags: dict[str, str]) -> tuple[str, str]:
+    """(the run's rate unit, its fault model's own)."""
+    fault_model = tags.get("fault_model", "memory")
+    native = FAULT_MODELS[fault_model].rate_units[0] if fault_model in FAULT_MODELS else "bit"
+    return tags.get("rate_unit", native), native
+
+
+def unit_suffix(tags: dict[str, str]) -> str:
+    """' (per stored word)' for a run whose rate unit is not its fault model's own, else ''."""
+    return suffix(*rate_unit(tags))
 
 
 def without_design(label: str) -> str:

@@ -10,6 +10,7 @@ from collections import defaultdict
 from typing import Any, Callable
 
 from .. import stats
+from ..protect import PROTECTIONS
 from .runs import JobRun, patterns
 
 Curve = dict[float, dict[str, float]]
@@ -18,8 +19,6 @@ Curve = dict[float, dict[str, float]]
 def variant_sort_key(variant: str) -> tuple:
     """Variants are a protection name, optionally followed by a qualifier (`gbrelu b=0.5`): by the
     protection registry's order, then GBReLU bounds by value, not as text (b=2 before b=16)."""
-    from ..protect import PROTECTIONS
-
     bound = re.search(r" b=([0-9.e+-]+)", variant)
     return (PROTECTIONS.index(variant.split(" ")[0]), float(bound.group(1)) if bound else -math.inf, variant)
 
@@ -61,8 +60,6 @@ def pick_panel(available, model: str | None, dataset: str | None, size) -> tuple
 
 def fig1_groups(jobs: list[JobRun]) -> dict[tuple, list[JobRun]]:
     """GBReLU bound sweeps, one group per setting (context and the sites that carry the bound)."""
-    from ..protect import PROTECTIONS
-
     groups: dict[tuple, list[JobRun]] = defaultdict(list)
     for job in jobs:
         given = job.protection in PROTECTIONS and PROTECTIONS[job.protection].given_bounds
@@ -121,8 +118,6 @@ def _median_metric(jobs: list[JobRun], name: str) -> float:
 def table1_rows(jobs: list[JobRun]) -> list[dict]:
     """One row per (model, dataset, protection variant, inference form) that measured overheads;
     several jobs (one per rate) measure the same model: the median damps a noisy machine."""
-    from ..protect import PROTECTIONS
-
     groups: dict[tuple, list[JobRun]] = defaultdict(list)
     for job in jobs:
         if job.protection != "none" and "runtime_overhead" in job.metrics:
