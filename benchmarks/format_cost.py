@@ -32,6 +32,7 @@ from fitact_pipeline import stages  # noqa: E402
 from fitact_pipeline.device import resolve_device  # noqa: E402
 from fitact_pipeline.evaluate import evaluate_accuracy  # noqa: E402
 from fitact_pipeline.faults import FORMATS, FaultInjector  # noqa: E402
+from fitact_pipeline.keys import all_keys  # noqa: E402
 from fitact_pipeline.models import model_from_config  # noqa: E402
 from fitact_pipeline.protect import fold_batchnorm  # noqa: E402
 
@@ -54,7 +55,7 @@ def stored_accuracy(reference: torch.nn.Module, fmt: str, images, labels, batch_
 def baseline(cfg, datamodule, device, state: str | None) -> torch.nn.Module:
     """The unprotected, BatchNorm-folded baseline: the stage's, or the state dict in ``state``."""
     if state is None:
-        return stages.prepare_protected(cfg, datamodule, device).reference.eval()
+        return stages.prepare_protected(cfg, datamodule, device, all_keys(cfg, datamodule, device)).reference.eval()
     model = model_from_config(cfg.model, datamodule.num_classes, datamodule.in_channels, cfg.seed)
     model.load_state_dict(torch.load(state, weights_only=True))
     model.eval()

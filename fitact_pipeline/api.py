@@ -181,7 +181,8 @@ def write_fault_list(model: nn.Module | Hardened, path, rates: Sequence[float], 
     if cfg["model"] not in faultlist.MODEL_COLUMNS:
         raise ValueError(f"faults model={cfg['model']!r} is not allowed; a fault list holds persistent faults: "
                          f"{', '.join(faultlist.MODEL_COLUMNS)}")
-    injector = FAULT_MODELS[cfg["model"]].build(copy.deepcopy(model.model if isinstance(model, Hardened) else model), cfg)
+    net = copy.deepcopy(model.model if isinstance(model, Hardened) else model)
+    injector = FAULT_MODELS[cfg["model"]].build(net, cfg)
     maps = [injector.sample(float(rate), seed, trial) for rate in rates for trial in range(trials)]
     return faultlist.write_fault_list(maps, path)
 

@@ -185,7 +185,8 @@ class ReplayInjector:
 
     @property
     def fault_space(self) -> dict:
-        return {**self.injector.fault_space, "fault_list": str(self.faults.path), "fault_list_sha256": self.faults.digest()}
+        return {**self.injector.fault_space, "fault_list": str(self.faults.path),
+                "fault_list_sha256": self.faults.digest()}
 
     @contextlib.contextmanager
     def inject(self, rate: float, seed: int, trial: int = 0) -> Iterator[FaultMap]:

@@ -257,8 +257,8 @@ class NumberFormat:
 
     ``family`` picks how the injector quantises and flips (flip.py): ``word`` formats store one
     word per value and flip it through ``Codec.flip``; ``scaled`` (int8, int4, mxfp8, mxfp4) stores
-    words plus a scale per block of consecutive elements (an output channel, or 32 values). ``sized`` formats take ``word_bits``/``frac_bits`` from the
-    config; the others have fixed widths.
+    words plus a scale per block of consecutive elements (an output channel, or 32 values).
+    ``sized`` formats take ``word_bits``/``frac_bits`` from the config; the others have fixed widths.
     """
 
     name: str
