@@ -28,7 +28,7 @@ from . import tracking
 from .configs import group_config
 from .data.loaders import LoaderData, as_tensors
 from .evaluate import accuracy, evaluate_accuracy
-from .faults import FAULT_MODELS, as_rate_list, check_faults_config, run_campaign
+from .faults import FAULT_MODELS, as_rate_list, check_faults_config, faultlist, run_campaign
 from .faults.vulnerability import vulnerability_map
 from .protect import PROTECTIONS, profile_ranges
 from .protect.bounds_stages import STORED_FAULT_KEYS, BoundsJob
@@ -150,30 +150,38 @@ class Resilience:
                           "|---|---|---|---|---|", *rows])
 
 
-def measure_resilience(model: nn.Module | Hardened, data, rates: Sequence[float], trials: int = 20, *, seed: int = 0,
-                       faults: str | Mapping | None = None, images: int | None = None, batch_size: int = 256,
-                       confidence: float = 0.95, adaptive: Mapping | None = None,
+def measure_resilience(model: nn.Module | Hardened, data, rates: Sequence[float] | None = None, trials: int = 20, *,
+                       seed: int = 0, faults: str | Mapping | None = None, images: int | None = None,
+                       batch_size: int = 256, confidence: float = 0.95, adaptive: Mapping | None = None,
                        weight_protection: str | Mapping | None = None, mlflow: Mapping | None = None) -> Resilience:
     """A fault campaign on a copy of ``model`` (or of a ``Hardened`` model): ``trials`` fault maps per
     rate, each kept for one pass over the evaluation images (``data``: a DataLoader or an
     ``(images, labels)`` pair; ``images`` caps their number). ``faults``: a name of conf/faults/
     (``q15_16``, ``float32``, ``int8``, ...) or keys over the default, Q15.16 bit flips in weights,
-    biases and bounds. ``adaptive``: ``{"target_halfwidth", "min_trials", "max_trials"}`` stops a rate
-    early. ``weight_protection``: ``clamp``, ``parity_zero`` or a dict (conf/weight_protection/), on top
-    of the model's activation protection (protect/weights.py). ``mlflow``: ``{"experiment": name, "tracking_uri": uri, "run_name": name}`` logs the run as
-    a job logs its campaign (docs/tracking.md)."""
+    biases and bounds; with ``"list": path`` the campaign replays that CSV fault list (docs/faults.md,
+    "Fault lists"): its rates and trials replace ``rates`` and ``trials``. ``adaptive``:
+    ``{"target_halfwidth", "min_trials", "max_trials"}`` stops a rate early. ``weight_protection``:
+    ``clamp``, ``parity_zero`` or a dict (conf/weight_protection/), on top of the model's activation
+    protection (protect/weights.py). ``mlflow``: ``{"experiment": name, "tracking_uri": uri,
+    "run_name": name}`` logs the run as a job logs its campaign (docs/tracking.md)."""
     hardened = model if isinstance(model, Hardened) else None
     net = copy.deepcopy(hardened.model if hardened else model).eval()
     x, y = as_tensors(data, images)
     device = next((p.device for p in net.parameters()), torch.device("cpu"))
     x, y = x.to(device), y.to(device)
     cfg = _faults_config(faults)
+    faultlist.check_fault_list(cfg, {"adaptive": {"enabled": bool(adaptive)}})
+    if cfg.get("list") is None and rates is None:
+        raise ValueError("rates=None is not allowed without a fault list; give the fault rates to measure")
     weights = _weight_protection(weight_protection, cfg)
     weights_entry = WEIGHT_PROTECTIONS[weights["name"]]
     weights_entry.protect(net, weights)
     float_accuracy = evaluate_accuracy(net, x, y, batch_size)  # before the fault space is quantised
     injector = FAULT_MODELS[cfg["model"]].build(net, cfg)
     weights_entry.attach(injector, weights)
+    injector = faultlist.replay(injector, cfg)
+    if cfg.get("list") is not None:
+        rates, trials = injector.faults.rates, injector.faults.trials_per_rate
     started = time.perf_counter()
     result = run_campaign(net, injector, x, y, [float(r) for r in rates], trials, seed, batch_size,
                           adaptive=dict(adaptive) if adaptive else None, progress=False, level=confidence)
@@ -237,6 +245,21 @@ def _pct_ci(s: Mapping | None) -> str:
     return "" if not s else f"{100 * s['mean']:.2f} [{100 * s['ci_low']:.2f}, {100 * s['ci_high']:.2f}]"
 
 
+def write_fault_list(model: nn.Module | Hardened, path, rates: Sequence[float], trials: int = 20, *, seed: int = 0,
+                     faults: str | Mapping | None = None):
+    """Write the fault maps that ``measure_resilience(model, data, rates, trials, seed=seed,
+    faults=faults)`` draws as a CSV fault list (docs/faults.md, "Fault lists"), evaluating nothing;
+    ``measure_resilience(..., faults={..., "list": path})`` replays it. Returns the path."""
+    cfg = _faults_config(faults)
+    if cfg["model"] not in faultlist.MODEL_COLUMNS:
+        raise ValueError(f"faults model={cfg['model']!r} is not allowed; a fault list holds persistent faults: "
+                         f"{', '.join(faultlist.MODEL_COLUMNS)}")
+    net = copy.deepcopy(model.model if isinstance(model, Hardened) else model)
+    injector = FAULT_MODELS[cfg["model"]].build(net, cfg)
+    maps = [injector.sample(float(rate), seed, trial) for rate in rates for trial in range(trials)]
+    return faultlist.write_fault_list(maps, path)
+
+
 def _log(target: Mapping, result, fault_space: dict, hardened: Hardened | None, float_accuracy: float,
          campaign_time_s: float, settings: dict) -> str:
     if target.get("tracking_uri"):
@@ -254,4 +277,5 @@ def _log(target: Mapping, result, fault_space: dict, hardened: Hardened | None, 
         return run.info.run_id
 
 
-__all__ = ["DEFAULT_FAULTS", "Hardened", "Resilience", "as_tensors", "harden", "measure_resilience", "vulnerability"]
+__all__ = ["DEFAULT_FAULTS", "Hardened", "Resilience", "as_tensors", "harden", "measure_resilience", "vulnerability",
+           "write_fault_list"]

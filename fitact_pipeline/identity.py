@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from .cache import config_hash
 from .faults import FAULT_MODELS, SAMPLER
 from .faults.fault_models import COMMON_KEYS
+from .faults.faultlist import read_fault_list
 from .protect import PROTECTIONS
 from .protect.bounds_stages import BOUNDS_STAGES
 from .protect.weights import WEIGHT_PROTECTIONS
@@ -66,6 +67,8 @@ def result_identity(cfg: DictConfig, datamodule, device: torch.device) -> dict[s
     weights = WEIGHT_PROTECTIONS[cfg.weight_protection.name]
     # the unit the rate is counted in, resolved (auto = the fault model's own unit)
     faults = {**pick(cfg.faults, COMMON_KEYS + fault_model.config_keys), "rate_unit": fault_model.unit(cfg.faults)}
+    if cfg.faults.get("list") is not None:  # a replayed fault list by content; without one, no entry
+        faults["list"] = read_fault_list(cfg.faults.list).digest()
     return {
         "baseline": {"scheme": KEY_SCHEME, "model": plain(cfg.model),
                      "data": {**datamodule.identity(), **pick(cfg.dataset, type(datamodule).RESULT_KEYS)},

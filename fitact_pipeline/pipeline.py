@@ -19,6 +19,7 @@ from . import tracking
 from .evaluate import evaluate_accuracy
 from .device import resolve_device
 from .faults import FAULT_MODELS, FORMATS, apply_datapath, as_rate_list, run_campaign
+from .faults.faultlist import read_fault_list, replay
 from .identity import context_key, plain, result_identity, slot_key, stage_keys
 from .models import model_tag
 from .overhead import overhead
@@ -102,8 +103,15 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         return _run_logged(cfg, datamodule, device, identity)
 
 
+def campaign_rates(cfg: DictConfig) -> list[float]:
+    """The rates a job measures: campaign.rates, or those of the fault list it replays."""
+    if cfg.faults.get("list") is not None:
+        return read_fault_list(cfg.faults.list).rates
+    return as_rate_list(cfg.campaign.rates)
+
+
 def _run_logged(cfg: DictConfig, datamodule, device: torch.device, identity: dict) -> dict[str, Any]:
-    rates = as_rate_list(cfg.campaign.rates)
+    rates = campaign_rates(cfg)
     datamodule.setup()
     tags = job_tags(cfg, datamodule.name, identity, rates, device)
     key = tags["job_key"]
@@ -133,10 +141,12 @@ def _run_stages(cfg: DictConfig, datamodule, device: torch.device, rates: list[f
     float_acc = evaluate_accuracy(protected, images, labels, cfg.campaign.batch_size)
     injector = FAULT_MODELS[cfg.faults.model].build(protected, cfg.faults)
     _attach_weight_protection(weights, injector, protected, images, labels, cfg.campaign.batch_size)
+    injector = replay(injector, cfg.faults)
     campaign = cfg.campaign
     adaptive = plain(campaign.adaptive) if campaign.adaptive.enabled else None
+    trials = injector.faults.trials_per_rate if cfg.faults.get("list") is not None else campaign.trials
     started = time.perf_counter()
-    result = run_campaign(protected, injector, images, labels, rates, campaign.trials, campaign.seed,
+    result = run_campaign(protected, injector, images, labels, rates, trials, campaign.seed,
                           campaign.batch_size, adaptive=adaptive, progress=cfg.progress_bar, level=campaign.confidence,
                           design=campaign.design, images_per_trial=campaign.images_per_trial,
                           maps_per_pass=maps_per_pass(campaign.maps_per_pass, protected, device))

@@ -48,7 +48,7 @@ def tables() -> dict[str, str]:
         "formats": _table(["`faults.fmt`", "format", "family"],
                           [[f"`{n}`", f.summary, f.family] for n, f in FORMATS.items()]),
         "targets": _table(["`faults.targets` kind", "tensors"],
-                          [[f"`{n}`", k.summary + (f" ({k.format} only)" if k.format else "")]
+                          [[f"`{n}`", k.summary + (f" ({k.family} formats only)" if k.family else "")]
                            for n, k in TARGET_KINDS.items()]),
         "designs": _table(["`campaign.design`", "trial i evaluates", "what a trial's accuracy is"],
                           [[f"`{n}`", d.summary, d.trial_meaning] for n, d in DESIGNS.items()]),
