@@ -219,6 +219,8 @@ def log_job_results(result, fault_space: dict, train_info: dict, bounds_info: di
     mlflow.log_dict({"trials": [{k: t[k] for k in ("rate", "trial", "flips_per_bit", "flips_per_tensor")}
                                 for t in result.trials]}, "trial_faults.json")
     mlflow.log_dict(fault_space, "fault_space.json")
+    if getattr(result, "ak_table", None):  # the conditioned design: any rate can be asked afterwards
+        mlflow.log_dict(result.ak_table, "conditioned_ak.json")
     mlflow.log_params({f"fault_space.{k}": fault_space[k] for k in ("num_tensors", "total_elements", "total_bits")})
     _log_bounds_info(bounds_info, metrics["train_time_s"])
 

@@ -31,6 +31,7 @@ def check_config(cfg: DictConfig, structure: bool = True) -> None:
     """Every value of one job's config, each by the component that owns it; then, unless
     ``structure=False``, what depends on the model's structure."""
     from .faults import check_campaign_config, check_faults_config
+    from .faults.conditioned_campaign import check_conditioned_config
     from .models import check_model_config
     from .overhead import check_overhead_config
     from .protect.posttrain import check_posttrain_config
@@ -45,6 +46,7 @@ def check_config(cfg: DictConfig, structure: bool = True) -> None:
     check_campaign_config(cfg.campaign)
     _check_protection(cfg.protection)
     check_faults_config(cfg.faults)
+    check_conditioned_config(cfg.campaign, cfg.faults)
     check_overhead_config(cfg.overhead)
     check_tracking_config(cfg.tracking)
     if structure:

@@ -1,0 +1,117 @@
+"""The count-conditioned campaign (``campaign.design=conditioned``): measure a_{k,j} on the cells
+that carry the mass of the requested rates, then every rate from them (conditioned.py).
+
+Cell (k, j) trial t is the map with exactly k shared and j own faults of (seed, k, j, t)
+(exact_count.py) on its own stratified subset of n images (the nested design's subsets, keyed by
+(seed, k, j, t)): trial t of a cell is the same map on the same images in every protection that has
+the cell. Cells are measured on independent maps and images, which the variance formula needs.
+
+Without ``campaign.adaptive`` every cell gets ``campaign.trials`` maps. With it, every cell gets
+``min_trials`` maps, then one map at a time goes to the cell that most narrows the interval of the
+rate furthest from its target, until every rate's half-width is at most the target or the campaign
+has used ``max_trials`` maps per requested rate (the other designs' worst case).
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..checks import fail
+from ..evaluate import evaluate_accuracy
+from . import conditioned as est
+from .designs import DESIGNS
+from .exact_count import exact_map, part_sizes
+from .fault_models import FAULT_MODELS
+
+log = logging.getLogger(__name__)
+
+#: share of the target half-width the truncated tail may take (the tail adds T / 2 to it)
+TAIL_SHARE = 0.2
+#: tail mass left out when no target is set
+DEFAULT_TAIL = 1e-3
+
+
+def check_conditioned_config(campaign, faults) -> None:
+    """The conditioned design needs faults that persist over a pass (K ~ Binomial(N, p) over stored
+    units): a one-line ConfigError otherwise, before any work."""
+    if campaign.get("design") == "conditioned" and not FAULT_MODELS[faults.get("model")].persistent:
+        persistent = ", ".join(name for name, m in FAULT_MODELS.items() if m.persistent)
+        fail("campaign.design", "conditioned", f"needs a stored-parameter fault model ({persistent}); "
+             f"faults.model={faults.get('model')} draws its faults afresh for every pass")
+
+
+def cell_trial_id(k: int, j: int, trial: int) -> int:
+    """A trial id of its own per (k, j, trial), for the image subset (distinct for trial < 10^6)."""
+    return (k * 1021 + j + 1) * 1_000_003 + trial
+
+
+def run_conditioned(model, injector, pool, rates, trials: int, seed: int, batch_size: int, adaptive, level: float,
+                    n, progress: bool = True) -> tuple[dict, dict]:
+    """(per-rate statistics, a_k table) of a conditioned campaign over ``pool`` (campaign._Pool)."""
+    if getattr(injector, "per_pass", False):
+        raise ValueError("the conditioned design needs a stored-parameter fault model; this injector draws per pass")
+    n_shared, n_own = part_sizes(injector.space, injector.sampler)
+    target = adaptive.get("target_halfwidth") if adaptive else None
+    eps = TAIL_SHARE * target if target else DEFAULT_TAIL
+    keys = est.cells_for_rates(n_shared, n_own, rates, eps)
+    weights = np.stack([est.cell_weights(keys, n_shared, n_own, r) for r in rates])
+    clean = float(pool.clean_correct.float().mean())
+    accs: dict[tuple[int, int], list[float]] = {c: [] for c in keys if c != (0, 0)}
+    first = int(adaptive["min_trials"]) if adaptive else int(trials)
+    budget = int(adaptive["max_trials"]) * len(rates) if adaptive else first * len(accs)
+    bar = tqdm(total=budget, desc="conditioned campaign", disable=not progress, leave=False)
+    measure = _measurer(model, injector, pool, seed, batch_size, n)
+    for cell in accs:
+        for _ in range(first):
+            accs[cell].append(measure(cell, len(accs[cell])))
+            bar.update(1)
+    sd_floor = 1.0 / _images(n, pool)
+    while adaptive and sum(len(a) for a in accs.values()) < budget:
+        cells = _cells(keys, accs, clean)
+        widths = [est.estimate(_floored(cells, sd_floor), w, level)["ci_halfwidth"] for w in weights]
+        worst = int(np.argmax(np.array(widths) / target)) if target else 0
+        if target and widths[worst] <= target:
+            break
+        cell = cells[est.next_cell(cells, weights[worst], sd_floor)]
+        accs[(cell.k, cell.j)].append(measure((cell.k, cell.j), len(accs[(cell.k, cell.j)])))
+        bar.update(1)
+    bar.close()
+    cells = _cells(keys, accs, clean)
+    per_rate = {r: {**est.estimate(cells, w, level), "images_per_trial": _images(n, pool)} for r, w in zip(rates, weights)}
+    for rate, st in per_rate.items():
+        log.info("rate %g: acc %.4f [%.4f, %.4f], tail %.2g", rate, st["mean"], st["ci_low"], st["ci_high"],
+                 st["tail_mass"])
+    table = est.ak_table(cells, n_shared, n_own, level, clean_accuracy=clean, images_per_trial=_images(n, pool),
+                         seed=seed, fault_model=injector.fault_model, rates=list(rates),
+                         trials={f"{k},{j}": a for (k, j), a in accs.items()})
+    return per_rate, table
+
+
+def _measurer(model, injector, pool, seed: int, batch_size: int, n):
+    nested = DESIGNS["nested"]
+
+    def measure(cell: tuple[int, int], trial: int) -> float:
+        k, j = cell
+        x, y, ids = pool.trial_set(nested, n, seed, cell_trial_id(k, j, trial))
+        with injector.inject_sampled(exact_map(injector, k, j, seed, trial)) as fmap:
+            if fmap.effective_flips == 0:  # no changed bit: the clean model (stuck bits that held)
+                return int(pool.clean_correct[ids].sum()) / len(ids)
+            return evaluate_accuracy(model, x, y, batch_size, None, ids)
+    return measure
+
+
+def _cells(keys, accs, clean: float) -> list[est.Cell]:
+    return [est.Cell(0, 0, math.inf, clean, 0.0) if c == (0, 0) else est.cell_summary(*c, accs[c]) for c in keys]
+
+
+def _floored(cells: list[est.Cell], sd_floor: float) -> list[est.Cell]:
+    """Cells with the spread floored, for the stopping rule only: a cell whose few maps agreed
+    exactly must not end the campaign on a zero-width interval."""
+    return [est.Cell(c.k, c.j, c.n, c.mean, max(c.sd, sd_floor) if math.isfinite(c.n) else 0.0) for c in cells]
+
+
+def _images(n, pool) -> int:
+    return len(pool.labels) if n is None else min(int(n), len(pool.labels))
