@@ -59,25 +59,11 @@ def run_conditioned(model, injector, pool, rates, trials: int, seed: int, batch_
     keys = est.cells_for_rates(n_shared, n_own, rates, eps)
     weights = np.stack([est.cell_weights(keys, n_shared, n_own, r) for r in rates])
     clean = float(pool.clean_correct.float().mean())
-    accs: dict[tuple[int, int], list[float]] = {c: [] for c in keys if c != (0, 0)}
     first = int(adaptive["min_trials"]) if adaptive else int(trials)
-    budget = int(adaptive["max_trials"]) * len(rates) if adaptive else first * len(accs)
+    budget = int(adaptive["max_trials"]) * len(rates) if adaptive else first * (len(keys) - 1)
     bar = tqdm(total=budget, desc="conditioned campaign", disable=not progress, leave=False)
-    measure = _measurer(model, injector, pool, seed, batch_size, n)
-    for cell in accs:
-        for _ in range(first):
-            accs[cell].append(measure(cell, len(accs[cell])))
-            bar.update(1)
-    sd_floor = 1.0 / _images(n, pool)
-    while adaptive and sum(len(a) for a in accs.values()) < budget:
-        cells = _cells(keys, accs, clean)
-        widths = [est.estimate(_floored(cells, sd_floor), w, level)["ci_halfwidth"] for w in weights]
-        worst = int(np.argmax(np.array(widths) / target)) if target else 0
-        if target and widths[worst] <= target:
-            break
-        cell = cells[est.next_cell(cells, weights[worst], sd_floor)]
-        accs[(cell.k, cell.j)].append(measure((cell.k, cell.j), len(accs[(cell.k, cell.j)])))
-        bar.update(1)
+    measure = _measurer(model, injector, pool, seed, batch_size, n, bar)
+    accs = allocate(keys, weights, clean, measure, first, budget, target if adaptive else None, level, 1.0 / _images(n, pool))
     bar.close()
     cells = _cells(keys, accs, clean)
     per_rate = {r: {**est.estimate(cells, w, level), "images_per_trial": _images(n, pool)} for r, w in zip(rates, weights)}
@@ -90,12 +76,35 @@ def run_conditioned(model, injector, pool, rates, trials: int, seed: int, batch_
     return per_rate, table
 
 
-def _measurer(model, injector, pool, seed: int, batch_size: int, n):
+def allocate(keys, weights: np.ndarray, clean: float, measure, first: int, budget: int, target: float | None,
+             level: float, sd_floor: float) -> dict[tuple[int, int], list[float]]:
+    """The accuracies of each cell's maps: ``first`` maps per cell (cell (0, 0) is ``clean``, never
+    measured), then, with a ``target`` half-width, one map at a time to the cell that most narrows
+    the rate (a row of ``weights``) furthest from the target, until every rate is within it or the
+    campaign holds ``budget`` maps. ``measure(cell, trial)`` is one map's accuracy: the campaign
+    evaluates a map, the validation benchmark resamples precomputed ones."""
+    accs: dict[tuple[int, int], list[float]] = {c: [] for c in keys if c != (0, 0)}
+    for cell in accs:
+        for _ in range(first):
+            accs[cell].append(measure(cell, len(accs[cell])))
+    while target and sum(len(a) for a in accs.values()) < budget:
+        cells = _cells(keys, accs, clean)
+        widths = np.array([est.estimate(_floored(cells, sd_floor), w, level)["ci_halfwidth"] for w in weights])
+        worst = int(np.argmax(widths / target))
+        if widths[worst] <= target:
+            break
+        cell = cells[est.next_cell(cells, weights[worst], sd_floor)]
+        accs[(cell.k, cell.j)].append(measure((cell.k, cell.j), len(accs[(cell.k, cell.j)])))
+    return accs
+
+
+def _measurer(model, injector, pool, seed: int, batch_size: int, n, bar):
     nested = DESIGNS["nested"]
 
     def measure(cell: tuple[int, int], trial: int) -> float:
         k, j = cell
         x, y, ids = pool.trial_set(nested, n, seed, cell_trial_id(k, j, trial))
+        bar.update(1)
         with injector.inject_sampled(exact_map(injector, k, j, seed, trial)) as fmap:
             if fmap.effective_flips == 0:  # no changed bit: the clean model (stuck bits that held)
                 return int(pool.clean_correct[ids].sum()) / len(ids)
