@@ -7,8 +7,8 @@ Cell (k, j) trial t is the map with exactly k shared and j own faults of (seed, 
 the cell. Cells are measured on independent maps and images, which the variance formula needs.
 
 Without ``campaign.adaptive`` every cell gets ``campaign.trials`` maps. With it, every cell gets
-``min_trials`` maps, then one map at a time goes to the cell that most narrows the interval of the
-rate furthest from its target, until every rate's half-width is at most the target or the campaign
+``min_trials`` maps, then one map at a time goes to the cell furthest below its share of the maps
+(w_c sqrt(k + j): conditioned.next_cell) at the rate furthest from its target, until every rate's half-width is at most the target or the campaign
 has used ``max_trials`` maps per requested rate (the other designs' worst case).
 """
 from __future__ import annotations
@@ -79,22 +79,37 @@ def run_conditioned(model, injector, pool, rates, trials: int, seed: int, batch_
 def allocate(keys, weights: np.ndarray, clean: float, measure, first: int, budget: int, target: float | None,
              level: float, sd_floor: float) -> dict[tuple[int, int], list[float]]:
     """The accuracies of each cell's maps: ``first`` maps per cell (cell (0, 0) is ``clean``, never
-    measured), then, with a ``target`` half-width, one map at a time to the cell that most narrows
-    the rate (a row of ``weights``) furthest from the target, until every rate is within it or the
+    measured), then, with a ``target`` half-width, one map at a time to the cell furthest below its
+    share at the rate (a row of ``weights``) furthest from the target, until every rate is within it or the
     campaign holds ``budget`` maps. ``measure(cell, trial)`` is one map's accuracy: the campaign
     evaluates a map, the validation benchmark resamples precomputed ones."""
     accs: dict[tuple[int, int], list[float]] = {c: [] for c in keys if c != (0, 0)}
     for cell in accs:
         for _ in range(first):
             accs[cell].append(measure(cell, len(accs[cell])))
-    while target and sum(len(a) for a in accs.values()) < budget:
-        cells = _cells(keys, accs, clean)
-        widths = np.array([est.estimate(_floored(cells, sd_floor), w, level)["ci_halfwidth"] for w in weights])
+    if not target:
+        return accs
+    # running sums per cell (the exact cell (0, 0): n = inf), so a step costs O(rates x cells)
+    exact = np.array([c == (0, 0) for c in keys])
+    n = np.array([math.inf if e else len(accs[c]) for c, e in zip(keys, exact)], dtype=np.float64)
+    s1 = np.array([clean if e else sum(accs[c]) for c, e in zip(keys, exact)], dtype=np.float64)
+    s2 = np.array([0.0 if e else sum(a * a for a in accs[c]) for c, e in zip(keys, exact)], dtype=np.float64)
+    faults = np.array([k + j for k, j in keys], dtype=np.float64)
+    while np.sum(n[~exact]) < budget:
+        mean = np.where(exact, clean, s1 / np.where(exact, 1.0, n))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            var = np.where(exact | (n < 2), 0.0, (s2 - s1 * mean) / (n - 1))
+        # the spread floored for the stopping rule only: a cell whose few maps agreed exactly must
+        # not end the campaign on a zero-width interval
+        sd = np.where(exact, 0.0, np.maximum(np.sqrt(np.maximum(var, 0.0)), sd_floor))
+        widths = est.intervals(weights, mean, n, sd, level)["ci_halfwidth"]
         worst = int(np.argmax(widths / target))
         if widths[worst] <= target:
             break
-        cell = cells[est.next_cell(cells, weights[worst], sd_floor)]
-        accs[(cell.k, cell.j)].append(measure((cell.k, cell.j), len(accs[(cell.k, cell.j)])))
+        c = est.next_cell(n, faults, weights[worst])
+        acc = measure(keys[c], len(accs[keys[c]]))
+        accs[keys[c]].append(acc)
+        n[c], s1[c], s2[c] = n[c] + 1, s1[c] + acc, s2[c] + acc * acc
     return accs
 
 
@@ -114,12 +129,6 @@ def _measurer(model, injector, pool, seed: int, batch_size: int, n, bar):
 
 def _cells(keys, accs, clean: float) -> list[est.Cell]:
     return [est.Cell(0, 0, math.inf, clean, 0.0) if c == (0, 0) else est.cell_summary(*c, accs[c]) for c in keys]
-
-
-def _floored(cells: list[est.Cell], sd_floor: float) -> list[est.Cell]:
-    """Cells with the spread floored, for the stopping rule only: a cell whose few maps agreed
-    exactly must not end the campaign on a zero-width interval."""
-    return [est.Cell(c.k, c.j, c.n, c.mean, max(c.sd, sd_floor) if math.isfinite(c.n) else 0.0) for c in cells]
 
 
 def _images(n, pool) -> int:
