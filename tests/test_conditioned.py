@@ -10,7 +10,7 @@ from scipy import stats as sps
 from fitact_pipeline.evaluate import evaluate_accuracy
 from fitact_pipeline.faults import FaultInjector, run_campaign
 from fitact_pipeline.faults import conditioned as est
-from fitact_pipeline.faults.conditioned_campaign import cell_trial_id, check_conditioned_config
+from fitact_pipeline.faults.conditioned_campaign import allocate, cell_trial_id, check_conditioned_config
 from fitact_pipeline.faults.designs import DESIGNS
 from fitact_pipeline.faults.exact_count import exact_map, part_fields, part_sizes
 from fitact_pipeline.faults.sampler import Bursts, StuckBits
@@ -216,3 +216,19 @@ def test_conditioned_design_needs_whole_images_per_trial():
     with pytest.raises(ConfigError, match=r"^campaign.images_per_trial='auto' is not allowed; the conditioned"):
         check_campaign_config({"rates": [1e-7], "design": "conditioned", "images_per_trial": "auto"})
     check_campaign_config({"rates": [1e-7], "design": "conditioned", "images_per_trial": 20})
+
+
+def test_allocation_stops_at_the_target_and_follows_the_shares():
+    rng = np.random.default_rng(1)
+    n_bits, rates = 200_000, [1e-6, 1e-5]
+    keys = est.cells_for_rates(n_bits, 0, rates, 1e-3)
+    weights = np.stack([est.cell_weights(keys, n_bits, 0, r) for r in rates])
+    draw = lambda cell, t: float(np.clip(rng.normal(0.95 - 0.01 * cell[0], 0.1), 0, 1))
+    accs = allocate(keys, weights, 0.95, draw, 3, 10_000, 0.005, 0.95, 1 / 30)
+    cells = [est.Cell(0, 0, np.inf, 0.95, 0.0)] + [est.cell_summary(*c, accs[c]) for c in keys[1:]]
+    widths = [est.estimate(cells, w)["ci_halfwidth"] for w in weights]
+    assert max(widths) <= 0.005 and sum(map(len, accs.values())) < 10_000
+    # Neyman shares w_c sqrt(k) at the binding rate (1e-5, K ~ 2): K = 2 gets more maps than K = 6
+    assert len(accs[(2, 0)]) > len(accs[(6, 0)]) >= 3
+    capped = allocate(keys, weights, 0.95, draw, 3, 200, 0.001, 0.95, 1 / 30)
+    assert sum(map(len, capped.values())) == 200
