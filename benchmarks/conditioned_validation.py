@@ -4,8 +4,9 @@
         [--target 0.005] [--repetitions 200] [overrides: cache_dir=... tracking.root=...]
 
 1. Agreement with brute force: per protection and rate, the conditioned campaign and a nested
-   campaign (maps at the rate itself), both run adaptively to +-target; the two intervals and
-   whether the difference lies within the combined half-width sqrt(h_c^2 + h_n^2).
+   campaign (maps at the rate itself), both run adaptively to +-target (the nested one never with
+   fewer than --nested-min maps); the two intervals and whether the difference lies within the
+   combined half-width sqrt(h_c^2 + h_n^2).
 2. Coverage of the conditioned interval over --repetitions repetitions, simulated cheaply: every cell
    the estimator uses (and the cells of a 100x smaller tail) gets --pool-maps maps evaluated once
    (each on its own image subset); a repetition is the design's adaptive allocation with each map
@@ -57,7 +58,8 @@ def agreement(model, injector, images, labels, args) -> dict:
         start = time.perf_counter()
         nest = run_campaign(model, injector, images, labels, [rate], 0, args.seed + 1, BATCH, progress=False,
                             design="nested", images_per_trial=args.images,
-                            adaptive={**adaptive, "min_trials": 30}).per_rate[rate]
+                            adaptive={**adaptive, "min_trials": args.nested_min,
+                                      "max_trials": args.nested_max}).per_rate[rate]
         c = cond.per_rate[rate]
         combined = math.hypot(c["ci_halfwidth"], nest["ci_halfwidth"])
         out[rate] = {"conditioned": [c["mean"], c["ci_low"], c["ci_high"]], "tail_mass": c["tail_mass"],
@@ -121,6 +123,10 @@ def main() -> None:
     ap.add_argument("--max-trials", type=int, default=2000)
     ap.add_argument("--repetitions", type=int, default=200)
     ap.add_argument("--pool-maps", type=int, default=60)
+    # brute force at low rates: most maps are empty, so a small first sample can hold no harmful map
+    # at all and stop on a narrow, wrong interval (30 maps did at 1e-7); a large minimum guards it
+    ap.add_argument("--nested-min", type=int, default=1000)
+    ap.add_argument("--nested-max", type=int, default=20000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip", nargs="*", default=[], choices=["agreement", "coverage"])
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. cache_dir=/work/main/.cache")

@@ -17,6 +17,10 @@ quantile at the Welch-Satterthwaite degrees of freedom. The interval is
 
 and the point estimate its centre S + T / 2 (docs/campaigns.md derives it). Pure functions of
 plain numbers: the campaign, the report and the validation benchmark share them.
+
+Any rate from a logged table (a run's conditioned_ak.json artifact):
+
+    python -m fitact_pipeline.conditioned_rates conditioned_ak.json 1e-10 1e-9 1e-8 1e-7
 """
 from __future__ import annotations
 
@@ -161,3 +165,4 @@ def next_cell(n: np.ndarray, faults: np.ndarray, weights: np.ndarray) -> int:
     live = np.isfinite(n) & (share > 0)
     deficit = np.where(live, share / np.where(live, n + 1.0, 1.0), -1.0)
     return int(np.argmax(deficit))
+
