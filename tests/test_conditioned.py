@@ -232,3 +232,24 @@ def test_allocation_stops_at_the_target_and_follows_the_shares():
     assert len(accs[(2, 0)]) > len(accs[(6, 0)]) >= 3
     capped = allocate(keys, weights, 0.95, draw, 3, 200, 0.001, 0.95, 1 / 30)
     assert sum(map(len, capped.values())) == 200
+
+
+def test_conditioned_rates_prints_any_rate_of_a_table(tmp_path, capsys):
+    from fitact_pipeline.conditioned_rates import main
+    keys = est.cells_for_rates(100_000, 0, [1e-6], 1e-6)
+    cells = [est.Cell(0, 0, np.inf, 0.9, 0.0)] + [est.Cell(k, 0, 20, 0.8, 0.03) for k, _ in keys[1:]]
+    path = tmp_path / "conditioned_ak.json"
+    path.write_text(json.dumps(est.ak_table(cells, 100_000, 0, 0.95)))
+    main([str(path), "1e-9", "1e-6"])
+    lines = capsys.readouterr().out.splitlines()
+    expected = est.acc_at_rate(json.loads(path.read_text()), 1e-6)
+    assert len(lines) == 3 and lines[2].split()[1] == f"{100 * expected['mean']:.3f}"
+
+
+def test_conditioned_campaign_refuses_faults_drawn_per_pass(models):
+    from fitact_pipeline.faults import ActivationInjector
+    nets, images, labels = models
+    model = copy.deepcopy(nets["none"])
+    with pytest.raises(ValueError, match="stored-parameter fault model"):
+        run_campaign(model, ActivationInjector(model), images, labels, [1e-7], 2, 0, 45, progress=False,
+                     design="conditioned", images_per_trial=10)
