@@ -13,7 +13,12 @@
    drawn with replacement from its cell's pool. The truth of that resampled world is exactly
    sum_c w_c(p) poolmean_c over the wider cell set (the rest of the tail < 1e-6 of the mass), so
    the share of intervals containing it is the interval's coverage, stopping rule and Welch-t
-   degrees of freedom included. The last line is JSON.
+   degrees of freedom included.
+3. Prefix reuse (faults/prefix.py): per rate, --prefix-maps non-empty maps drawn at the rate, each
+   evaluated on its n images by a full pass and by a pass started at its first faulted stage: the
+   trials whose accuracies differ, the ideal saving (multiply-accumulates before the first faulted
+   stage over a full pass, averaged over the maps) and the measured one (1 - time with / without).
+The last line is JSON.
 """
 from __future__ import annotations
 
@@ -32,12 +37,14 @@ from campaign_efficiency import protected_model  # noqa: E402
 from posttrain_settings import load_config  # noqa: E402
 
 from fitact_pipeline import pipeline  # noqa: E402
-from fitact_pipeline.evaluate import correct_mask  # noqa: E402
+from fitact_pipeline.evaluate import correct_mask, evaluate_accuracy  # noqa: E402
 from fitact_pipeline.faults import FAULT_MODELS, run_campaign  # noqa: E402
 from fitact_pipeline.faults import conditioned as est  # noqa: E402
 from fitact_pipeline.faults.campaign import _Pool  # noqa: E402
 from fitact_pipeline.faults.conditioned_campaign import TAIL_SHARE, _measurer, allocate  # noqa: E402
+from fitact_pipeline.faults.designs import DESIGNS  # noqa: E402
 from fitact_pipeline.faults.exact_count import part_sizes  # noqa: E402
+from fitact_pipeline.faults.prefix import PrefixCache  # noqa: E402
 
 BATCH, MIN_TRIALS = 360, 3
 
@@ -114,6 +121,38 @@ def coverage(model, injector, images, labels, args) -> dict:
     return out
 
 
+def prefix_reuse(model, injector, images, labels, args) -> dict:
+    cache = PrefixCache.build(model, images, BATCH)
+    if cache is None:
+        return {"skipped": "not a chain model, or too large a cache"}
+    out = {}
+    for rate in args.rates:
+        maps, trial = [], 0
+        while len(maps) < args.prefix_maps:
+            fmap = injector.sample(rate, args.seed, trial)
+            if len(fmap):
+                maps.append((fmap, DESIGNS["nested"].trial_images(labels, args.images, args.seed, trial)))
+            trial += 1
+        full_s = with_s = 0.0
+        differ, ideal = 0, []
+        for fmap, ids in maps:
+            with injector.inject_sampled(fmap):
+                start = time.perf_counter()
+                full = evaluate_accuracy(model, images[ids], labels[ids], BATCH)
+                mid = time.perf_counter()
+                first = cache.first_stage(fmap)
+                reused = int(cache.correct(first, ids, labels[ids]).sum()) / len(ids)
+                with_s += time.perf_counter() - mid
+                full_s += mid - start
+            differ += reused != full
+            ideal.append(cache.ideal_saving(first))
+        out[rate] = {"maps": len(maps), "differ": differ, "ideal_saving": float(np.mean(ideal)),
+                     "measured_saving": 1 - with_s / full_s, "full_s": full_s, "prefix_s": with_s}
+        print(f"  {rate:g}: {len(maps)} maps, {differ} differ; saving ideal {100 * np.mean(ideal):.0f} %, measured "
+              f"{100 * (1 - with_s / full_s):.0f} % (speed-up {full_s / with_s:.2f}x)", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--protections", nargs="+", default=["none", "fitact"])
@@ -128,7 +167,8 @@ def main() -> None:
     ap.add_argument("--nested-min", type=int, default=1000)
     ap.add_argument("--nested-max", type=int, default=20000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["agreement", "coverage"])
+    ap.add_argument("--prefix-maps", type=int, default=300)
+    ap.add_argument("--skip", nargs="*", default=[], choices=["agreement", "coverage", "prefix"])
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. cache_dir=/work/main/.cache")
     args = ap.parse_args()
     report = {}
@@ -138,7 +178,7 @@ def main() -> None:
         model, images, labels = protected_model(cfg, device)
         injector = FAULT_MODELS[cfg.faults.model].build(model, cfg.faults)
         report[protection] = {}
-        for part, run in (("agreement", agreement), ("coverage", coverage)):
+        for part, run in (("agreement", agreement), ("coverage", coverage), ("prefix", prefix_reuse)):
             if part not in args.skip:
                 print(f"{protection}: {part}", flush=True)
                 report[protection][part] = run(model, injector, images, labels, args)

@@ -253,3 +253,23 @@ def test_conditioned_campaign_refuses_faults_drawn_per_pass(models):
     with pytest.raises(ValueError, match="stored-parameter fault model"):
         run_campaign(model, ActivationInjector(model), images, labels, [1e-7], 2, 0, 45, progress=False,
                      design="conditioned", images_per_trial=10)
+
+
+def test_prefix_reuse_gives_the_full_pass_predictions(models):
+    from fitact_pipeline.faults.prefix import PrefixCache
+    nets, images, labels = models
+    for name in ("none", "fitact"):
+        model = copy.deepcopy(nets[name])
+        injector = FaultInjector(model)
+        cache = PrefixCache.build(model, images, 45)
+        assert cache is not None and cache.ideal_saving(0) == 0 and cache.ideal_saving(len(cache.stages)) == 1
+        starts = set()
+        for trial in range(12):
+            ids = DESIGNS["nested"].trial_images(labels, 40, 0, trial)
+            with injector.inject_sampled(exact_map(injector, 2, 1 if name == "fitact" else 0, 0, trial)) as fmap:
+                start = cache.first_stage(fmap)
+                full = evaluate_accuracy(model, images[ids], labels[ids], 45)
+                assert int(cache.correct(start, ids, labels[ids]).sum()) / 40 == full
+                starts.add(start)
+            assert start == min(cache.stage_of(n) for n, *_ in fmap.records)
+        assert len(starts) > 1  # maps start at different stages

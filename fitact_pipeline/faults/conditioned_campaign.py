@@ -10,6 +10,10 @@ Without ``campaign.adaptive`` every cell gets ``campaign.trials`` maps. With it,
 ``min_trials`` maps, then one map at a time goes to the cell furthest below its share of the maps
 (w_c sqrt(k + j): conditioned.next_cell) at the rate furthest from its target, until every rate's half-width is at most the target or the campaign
 has used ``max_trials`` maps per requested rate (the other designs' worst case).
+
+On a chain model (nn.Sequential) each faulted pass starts at the map's first faulted stage from the
+pool's cached clean activations (prefix.py): the same predictions as a full pass in every trial the
+validation benchmark compared.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from . import conditioned as est
 from .designs import DESIGNS
 from .exact_count import exact_map, part_sizes
 from .fault_models import FAULT_MODELS
+from .prefix import PrefixCache
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +67,8 @@ def run_conditioned(model, injector, pool, rates, trials: int, seed: int, batch_
     first = int(adaptive["min_trials"]) if adaptive else int(trials)
     budget = int(adaptive["max_trials"]) * len(rates) if adaptive else first * (len(keys) - 1)
     bar = tqdm(total=budget, desc="conditioned campaign", disable=not progress, leave=False)
-    measure = _measurer(model, injector, pool, seed, batch_size, n, bar)
+    # chain models start each faulted pass at its first faulted stage (prefix.py; None otherwise)
+    measure = _measurer(model, injector, pool, seed, batch_size, n, bar, PrefixCache.build(model, pool.images, batch_size))
     accs = allocate(keys, weights, clean, measure, first, budget, target if adaptive else None, level, 1.0 / _images(n, pool))
     bar.close()
     cells = _cells(keys, accs, clean)
@@ -113,7 +119,9 @@ def allocate(keys, weights: np.ndarray, clean: float, measure, first: int, budge
     return accs
 
 
-def _measurer(model, injector, pool, seed: int, batch_size: int, n, bar):
+def _measurer(model, injector, pool, seed: int, batch_size: int, n, bar, prefix=None):
+    """One map's accuracy on its images; with a ``prefix`` cache (prefix.py) the pass starts at the
+    map's first faulted stage."""
     nested = DESIGNS["nested"]
 
     def measure(cell: tuple[int, int], trial: int) -> float:
@@ -123,6 +131,8 @@ def _measurer(model, injector, pool, seed: int, batch_size: int, n, bar):
         with injector.inject_sampled(exact_map(injector, k, j, seed, trial)) as fmap:
             if fmap.effective_flips == 0:  # no changed bit: the clean model (stuck bits that held)
                 return int(pool.clean_correct[ids].sum()) / len(ids)
+            if prefix is not None:
+                return int(prefix.correct(prefix.first_stage(fmap), ids, y).sum()) / len(ids)
             return evaluate_accuracy(model, x, y, batch_size, None, ids)
     return measure
 
