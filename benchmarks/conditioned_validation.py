@@ -75,7 +75,8 @@ def agreement(model, injector, images, labels, args) -> dict:
                      "combined_halfwidth": combined, "agree": abs(c["mean"] - nest["mean"]) <= combined}
         print(f"  {rate:g}: conditioned {100 * c['mean']:.2f} [{100 * c['ci_low']:.2f}, {100 * c['ci_high']:.2f}] "
               f"(tail {c['tail_mass']:.1e}); nested {100 * nest['mean']:.2f} [{100 * nest['ci_low']:.2f}, "
-              f"{100 * nest['ci_high']:.2f}] over {nest['trials']} maps; difference {100 * (c['mean'] - nest['mean']):+.2f}"
+              f"{100 * nest['ci_high']:.2f}] over {nest['trials']} maps; difference "
+              f"{100 * (c['mean'] - nest['mean']):+.2f}"
               f" within +-{100 * combined:.2f}: {out[rate]['agree']}", flush=True)
     print(f"  conditioned: {out['conditioned_maps']} maps for all rates, {cond_s:.1f} s", flush=True)
     return out

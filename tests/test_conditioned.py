@@ -199,7 +199,8 @@ def test_conditioned_campaign_replays_its_cells_and_answers_any_rate(models):
             with injector.apply(exact_map(injector, k, j, 3, t)):
                 assert acc == evaluate_accuracy(reference, images[ids], labels[ids], 45)
     for rate, stats in result.per_rate.items():
-        assert est.acc_at_rate(table, rate) == pytest.approx({k: v for k, v in stats.items() if k != "images_per_trial"})
+        logged = {k: v for k, v in stats.items() if k != "images_per_trial"}
+        assert est.acc_at_rate(table, rate) == pytest.approx(logged)
         assert stats["tail_mass"] <= 0.2 * 0.02
     assert result.per_rate[1e-7]["ci_low"] <= result.clean_accuracy <= result.per_rate[1e-7]["ci_high"] + 1e-3
 

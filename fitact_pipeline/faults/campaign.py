@@ -147,8 +147,8 @@ def run_campaign(model: torch.nn.Module, injector: FaultInjector, images: torch.
     pool = _Pool(images, labels, clean_correct)
     result = CampaignResult(float(clean_correct.float().mean()), [float(r) for r in rates], {}, design=design)
     if design == "conditioned":  # maps per fault count, not per rate: its own loop
-        result.per_rate, result.ak_table = run_conditioned(model, injector, pool, result.rates, trials, seed, batch_size,
-                                                           adaptive, level, images_per_trial, progress)
+        result.per_rate, result.ak_table = run_conditioned(model, injector, pool, result.rates, trials, seed,
+                                                           batch_size, adaptive, level, images_per_trial, progress)
         return result
     max_trials = int(adaptive["max_trials"]) if adaptive else int(trials)
     maps_per_pass = 1 if getattr(injector, "per_pass", False) else max(1, int(maps_per_pass))

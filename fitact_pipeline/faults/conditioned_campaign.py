@@ -8,8 +8,9 @@ the cell. Cells are measured on independent maps and images, which the variance 
 
 Without ``campaign.adaptive`` every cell gets ``campaign.trials`` maps. With it, every cell gets
 ``min_trials`` maps, then one map at a time goes to the cell furthest below its share of the maps
-(w_c sqrt(k + j): conditioned.next_cell) at the rate furthest from its target, until every rate's half-width is at most the target or the campaign
-has used ``max_trials`` maps per requested rate (the other designs' worst case).
+(w_c sqrt(k + j): conditioned.next_cell) at the rate furthest from its target, until every rate's
+half-width is at most the target or the campaign has used ``max_trials`` maps per requested rate
+(the other designs' worst case).
 
 On a chain model (nn.Sequential) each faulted pass starts at the map's first faulted stage from the
 pool's cached clean activations (prefix.py): the same predictions as a full pass in every trial the
@@ -68,11 +69,14 @@ def run_conditioned(model, injector, pool, rates, trials: int, seed: int, batch_
     budget = int(adaptive["max_trials"]) * len(rates) if adaptive else first * (len(keys) - 1)
     bar = tqdm(total=budget, desc="conditioned campaign", disable=not progress, leave=False)
     # chain models start each faulted pass at its first faulted stage (prefix.py; None otherwise)
-    measure = _measurer(model, injector, pool, seed, batch_size, n, bar, PrefixCache.build(model, pool.images, batch_size))
-    accs = allocate(keys, weights, clean, measure, first, budget, target if adaptive else None, level, 1.0 / _images(n, pool))
+    prefix = PrefixCache.build(model, pool.images, batch_size)
+    measure = _measurer(model, injector, pool, seed, batch_size, n, bar, prefix)
+    accs = allocate(keys, weights, clean, measure, first, budget, target if adaptive else None, level,
+                    1.0 / _images(n, pool))
     bar.close()
     cells = _cells(keys, accs, clean)
-    per_rate = {r: {**est.estimate(cells, w, level), "images_per_trial": _images(n, pool)} for r, w in zip(rates, weights)}
+    per_rate = {r: {**est.estimate(cells, w, level), "images_per_trial": _images(n, pool)}
+                for r, w in zip(rates, weights)}
     for rate, st in per_rate.items():
         log.info("rate %g: acc %.4f [%.4f, %.4f], tail %.2g", rate, st["mean"], st["ci_low"], st["ci_high"],
                  st["tail_mass"])

@@ -107,7 +107,8 @@ def _macs(module: nn.Module, x: torch.Tensor) -> int:
         elif isinstance(mod, nn.Linear):
             count += output[0].numel() * mod.in_features
 
-    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+    handles = [m.register_forward_hook(hook) for m in module.modules()
+               if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
     try:
         with torch.inference_mode():
             module(x)
