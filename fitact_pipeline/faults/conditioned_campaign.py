@@ -43,10 +43,16 @@ DEFAULT_TAIL = 1e-3
 def check_conditioned_config(campaign, faults) -> None:
     """The conditioned design needs faults that persist over a pass (K ~ Binomial(N, p) over stored
     units): a one-line ConfigError otherwise, before any work."""
-    if campaign.get("design") == "conditioned" and not FAULT_MODELS[faults.get("model")].persistent:
+    if campaign.get("design") != "conditioned":
+        return
+    if not FAULT_MODELS[faults.get("model")].persistent:
         persistent = ", ".join(name for name, m in FAULT_MODELS.items() if m.persistent)
         fail("campaign.design", "conditioned", f"needs a stored-parameter fault model ({persistent}); "
              f"faults.model={faults.get('model')} draws its faults afresh for every pass")
+    if not (campaign.get("adaptive") or {}).get("enabled") and campaign.get("trials", 1) < 2:
+        # one map per cell has no spread: the interval would hold the truncation bound only
+        fail("campaign.trials", campaign.get("trials", 1), "the conditioned design needs at least 2 maps per "
+             "fault count (or campaign.adaptive.enabled=true)")
 
 
 def cell_trial_id(k: int, j: int, trial: int) -> int:
