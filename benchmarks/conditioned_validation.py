@@ -18,6 +18,10 @@
    evaluated on its n images by a full pass and by a pass started at its first faulted stage: the
    trials whose accuracies differ, the ideal saving (multiply-accumulates before the first faulted
    stage over a full pass, averaged over the maps) and the measured one (1 - time with / without).
+4. Cost (--efficiency-rates, default 1e-9 1e-8 1e-7, to +---efficiency-target): per rate, a
+   conditioned campaign of that rate alone and a nested one (never before --nested-min maps), and
+   one conditioned campaign of all those rates: maps, image evaluations actually run (maps that
+   change no bit are read from the clean model and cost none), wall time.
 The last line is JSON.
 """
 from __future__ import annotations
@@ -154,6 +158,41 @@ def prefix_reuse(model, injector, images, labels, args) -> dict:
     return out
 
 
+def efficiency(model, injector, images, labels, args) -> dict:
+    target = args.efficiency_target
+    adaptive = {"target_halfwidth": target, "min_trials": MIN_TRIALS, "max_trials": args.nested_max}
+    out = {}
+
+    def conditioned(rates):
+        start = time.perf_counter()
+        res = run_campaign(model, injector, images, labels, rates, 0, args.seed, BATCH, adaptive=adaptive,
+                           progress=False, design="conditioned", images_per_trial=args.images)
+        maps = int(sum(len(a) for a in res.ak_table["trials"].values()))
+        return res, {"maps": maps, "image_evals": maps * args.images, "seconds": time.perf_counter() - start}
+
+    for rate in args.efficiency_rates:
+        res, cost = conditioned([rate])
+        start = time.perf_counter()
+        nest = run_campaign(model, injector, images, labels, [rate], 0, args.seed + 1, BATCH, progress=False,
+                            design="nested", images_per_trial=args.images,
+                            adaptive={**adaptive, "min_trials": args.nested_min})
+        seconds = time.perf_counter() - start
+        run = sum(t["flips"] > 0 for t in nest.trials)
+        st, c = nest.per_rate[rate], res.per_rate[rate]
+        out[rate] = {"conditioned": {**cost, "mean": c["mean"], "halfwidth": c["ci_halfwidth"]},
+                     "nested": {"maps": st["trials"], "image_evals": run * args.images, "seconds": seconds,
+                                "mean": st["mean"], "halfwidth": st["ci_halfwidth"]}}
+        print(f"  {rate:g}: conditioned {100 * c['mean']:.3f} +-{100 * c['ci_halfwidth']:.3f}: {cost['maps']} maps, "
+              f"{cost['image_evals']} image evaluations, {cost['seconds']:.1f} s; nested {100 * st['mean']:.3f} "
+              f"+-{100 * st['ci_halfwidth']:.3f}: {st['trials']} maps ({run} not empty), {run * args.images} image "
+              f"evaluations, {seconds:.1f} s", flush=True)
+    res, cost = conditioned(list(args.efficiency_rates))
+    out["all"] = cost
+    print(f"  all {len(args.efficiency_rates)} rates in one conditioned campaign: {cost['maps']} maps, "
+          f"{cost['image_evals']} image evaluations, {cost['seconds']:.1f} s", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--protections", nargs="+", default=["none", "fitact"])
@@ -169,7 +208,9 @@ def main() -> None:
     ap.add_argument("--nested-max", type=int, default=20000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--prefix-maps", type=int, default=300)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["agreement", "coverage", "prefix"])
+    ap.add_argument("--efficiency-rates", nargs="+", type=float, default=[1e-9, 1e-8, 1e-7])
+    ap.add_argument("--efficiency-target", type=float, default=0.002)
+    ap.add_argument("--skip", nargs="*", default=[], choices=["agreement", "coverage", "prefix", "efficiency"])
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. cache_dir=/work/main/.cache")
     args = ap.parse_args()
     report = {}
@@ -179,7 +220,8 @@ def main() -> None:
         model, images, labels = protected_model(cfg, device)
         injector = FAULT_MODELS[cfg.faults.model].build(model, cfg.faults)
         report[protection] = {}
-        for part, run in (("agreement", agreement), ("coverage", coverage), ("prefix", prefix_reuse)):
+        for part, run in (("agreement", agreement), ("coverage", coverage), ("prefix", prefix_reuse),
+                          ("efficiency", efficiency)):
             if part not in args.skip:
                 print(f"{protection}: {part}", flush=True)
                 report[protection][part] = run(model, injector, images, labels, args)

@@ -213,14 +213,14 @@ def log_job_results(result, fault_space: dict, train_info: dict, bounds_info: di
         metrics.update({f"acc_{stat}": float(v) for stat, v in next(iter(result.per_rate.values())).items()})
     mlflow.log_metrics(metrics)
     mlflow.log_table(_per_rate_table(result), artifact_file="per_rate.json")
+    if getattr(result, "ak_table", None):  # the conditioned design: any rate can be asked afterwards
+        mlflow.log_dict(result.ak_table, "conditioned_ak.json")
     mlflow.log_table({k: [t[k] for t in result.trials]
                       for k in ("rate", "trial", "accuracy", "images", "faults", "flips", "realised_ber")},
                     artifact_file="trials.json")
     mlflow.log_dict({"trials": [{k: t[k] for k in ("rate", "trial", "flips_per_bit", "flips_per_tensor")}
                                 for t in result.trials]}, "trial_faults.json")
     mlflow.log_dict(fault_space, "fault_space.json")
-    if getattr(result, "ak_table", None):  # the conditioned design: any rate can be asked afterwards
-        mlflow.log_dict(result.ak_table, "conditioned_ak.json")
     mlflow.log_params({f"fault_space.{k}": fault_space[k] for k in ("num_tensors", "total_elements", "total_bits")})
     _log_bounds_info(bounds_info, metrics["train_time_s"])
 
