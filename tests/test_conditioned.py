@@ -13,7 +13,7 @@ from fitact_pipeline.faults import conditioned as est
 from fitact_pipeline.faults.conditioned_campaign import allocate, cell_trial_id, check_conditioned_config
 from fitact_pipeline.faults.designs import DESIGNS
 from fitact_pipeline.faults.exact_count import exact_map, part_fields, part_sizes
-from fitact_pipeline.faults.sampler import Bursts, StuckBits
+from fitact_pipeline.faults.sampler import BitFlips, Bursts, StuckBits
 from fitact_pipeline.models import build_model
 from fitact_pipeline.protect import fold_batchnorm, profile_activations, protect_model
 from fitact_pipeline.registry import ConfigError
@@ -178,6 +178,27 @@ def test_stuck_at_and_burst_maps_with_exactly_k_faults(models):
     stuck = FaultInjector(copy.deepcopy(nets["none"]), sampler=StuckBits("mix"))
     fmap = exact_map(stuck, 40, 0, 0, 1)
     assert len(fmap) == 40 and set(fmap.values.tolist()) == {0, 1}
+
+
+def test_per_word_rates_hit_k_distinct_words_and_toolbox_counts_are_refused(models):
+    nets, _, _ = models
+
+    class WordFlips(BitFlips):  # memory with a per-word rate: one uniform bit of each hit word
+        unit = "word"
+
+    class ToolboxFlips(BitFlips):
+        unit = "toolbox"
+
+    injector = FaultInjector(copy.deepcopy(nets["fitact"]), sampler=WordFlips())
+    assert part_sizes(injector.space, injector.sampler) == tuple(
+        int(injector.space.field_numel[part_fields(injector.space)[p]].sum()) for p in ("shared", "own"))
+    fmap = exact_map(injector, 30, 4, 0, 2)
+    assert len(fmap) == 34 and len(set(zip(fmap.field_idx.tolist(), fmap.elements.tolist()))) == 34
+    assert 0 <= int(fmap.bits.min()) and int(fmap.bits.max()) < 32 and len(set(fmap.bits.tolist())) > 5
+    with pytest.raises(ValueError, match="^rate unit 'toolbox' is not allowed with the conditioned design"):
+        part_sizes(injector.space, ToolboxFlips())
+    with pytest.raises(ConfigError, match=r"^faults.rate_unit='toolbox' is not allowed"):
+        check_conditioned_config({"design": "conditioned", "trials": 2}, {"model": "memory", "rate_unit": "toolbox"})
 
 
 def test_conditioned_campaign_replays_its_cells_and_answers_any_rate(models):

@@ -49,6 +49,8 @@ def check_conditioned_config(campaign, faults) -> None:
         persistent = ", ".join(name for name, m in FAULT_MODELS.items() if m.persistent)
         fail("campaign.design", "conditioned", f"needs a stored-parameter fault model ({persistent}); "
              f"faults.model={faults.get('model')} draws its faults afresh for every pass")
+    if faults.get("rate_unit") == "toolbox":
+        fail("faults.rate_unit", "toolbox", "the conditioned design needs a binomial fault count: bit, word or auto")
     if not (campaign.get("adaptive") or {}).get("enabled") and campaign.get("trials", 1) < 2:
         # one map per cell has no spread: the interval would hold the truncation bound only
         fail("campaign.trials", campaign.get("trials", 1), "the conditioned design needs at least 2 maps per "

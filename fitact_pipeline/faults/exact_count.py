@@ -7,8 +7,10 @@ the own part, each part a pure function of (seed, k, j, trial) and of the part's
 sizes. The shared part is laid out in name order, so two protections of one model (the same shared
 tensors) get the same shared faults for the same (seed, k, j, trial): comparisons stay paired.
 
-The fault unit is the fault model's: a bit (memory, stuck_at: with the stuck value drawn per bit
-for ``mix``) or a word (burst: the upset's start bit drawn uniformly, the burst kept in the word).
+The fault unit is what the rate counts (the sampler's ``unit``): a bit (memory, stuck_at: with the
+stuck value drawn per bit for ``mix``) or a word (burst: the upset's start bit drawn uniformly, the
+burst kept in the word; a per-word rate of memory or stuck_at: one uniform bit of the word). The
+toolbox count (a fixed count per tensor, no binomial) has no conditioned form and is refused.
 """
 from __future__ import annotations
 
@@ -28,9 +30,18 @@ def part_fields(space) -> dict[str, np.ndarray]:
     return {"shared": np.array(shared, dtype=np.int64), "own": np.array(own, dtype=np.int64)}
 
 
+def rate_unit(sampler) -> str:
+    """The unit the sampler's rate counts, refused with a one-line error where no binomial count exists."""
+    unit = getattr(sampler, "unit", "bit")
+    if unit not in ("bit", "word"):
+        raise ValueError(f"rate unit {unit!r} is not allowed with the conditioned design; its fault count is not "
+                         "binomial: use bit or word")
+    return unit
+
+
 def _unit_sizes(space, sampler) -> np.ndarray:
-    """Units the rate counts per field: words for bursts, bits otherwise."""
-    return space.field_numel.numpy() if isinstance(sampler, Bursts) else space.field_n_bits
+    """Units the rate counts per field: words (bursts, per-word rates) or bits."""
+    return space.field_numel.numpy() if rate_unit(sampler) == "word" else space.field_n_bits
 
 
 def part_sizes(space, sampler) -> tuple[int, int]:
@@ -89,7 +100,11 @@ def exact_columns(space, sampler, k: int, j: int, seed: int, trial: int) -> tupl
         span = np.arange(sampler.length, dtype=np.int64)
         return (np.repeat(fid, sampler.length), np.repeat(pos, sampler.length),
                 (start.astype(np.int64)[:, None] + span).reshape(-1), None)
-    elements, bits = split_positions(space, fid, pos)
+    if rate_unit(sampler) == "word":  # a hit word gets one uniformly drawn bit
+        u = stream_uniforms(np.array([_key("bit", seed, k, j, trial)]), np.array([fid.size]))
+        elements, bits = pos, np.floor(u * space.field_bits.numpy()[fid]).astype(np.int64)
+    else:
+        elements, bits = split_positions(space, fid, pos)
     values = None
     if isinstance(sampler, StuckBits):
         values = np.full(fid.size, 0 if sampler.value == "mix" else sampler.value, dtype=np.int64)
