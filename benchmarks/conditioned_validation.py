@@ -41,7 +41,7 @@ from campaign_efficiency import protected_model  # noqa: E402
 from posttrain_settings import load_config  # noqa: E402
 
 from fitact_pipeline import pipeline  # noqa: E402
-from fitact_pipeline.evaluate import correct_mask, evaluate_accuracy  # noqa: E402
+from fitact_pipeline.evaluate import evaluate_accuracy, predictions  # noqa: E402
 from fitact_pipeline.faults import FAULT_MODELS, run_campaign  # noqa: E402
 from fitact_pipeline.faults import conditioned as est  # noqa: E402
 from fitact_pipeline.faults.campaign import _Pool  # noqa: E402
@@ -87,7 +87,7 @@ def agreement(model, injector, images, labels, args) -> dict:
 
 
 def coverage(model, injector, images, labels, args) -> dict:
-    pool = _Pool(images, labels, correct_mask(model, images, labels, BATCH))
+    pool = _Pool(images, labels, predictions(model, images, BATCH))
     clean = float(pool.clean_correct.float().mean())
     n_shared, n_own = part_sizes(injector.space, injector.sampler)
     eps = TAIL_SHARE * args.target

@@ -45,7 +45,8 @@ for _kind in (TargetKind("weight", "parameter `weight` of `nn.Conv1d/2d/3d` and 
               TargetKind("bias", "parameter `bias` of `nn.Conv1d/2d/3d` and `nn.Linear`",
                          lambda m, a, p: p and a == "bias" and isinstance(m, CONV_LINEAR)),
               TargetKind("bound", "every parameter named `bound` or `lower` (the bounded activations' upper "
-                         "and lower bounds)", lambda m, a, p: p and a in ("bound", "lower")),
+                         "and lower bounds), and `weight_min` / `weight_max` (the clamp weight protection's)",
+                         lambda m, a, p: p and a in ("bound", "lower", "weight_min", "weight_max")),
               TargetKind("batchnorm", "BatchNorm `weight`, `bias`, `running_mean`, `running_var` (when not folded)",
                          lambda m, a, p: a in _BN_ATTRS and isinstance(m, nn.modules.batchnorm._BatchNorm)),
               TargetKind("attention", "`nn.MultiheadAttention`'s in-projection parameters (`in_proj_weight`, "
