@@ -215,6 +215,8 @@ def log_job_results(result, fault_space: dict, train_info: dict, bounds_info: di
     metrics.update(outcome_metrics(getattr(result, "outcomes", {})))
     mlflow.log_metrics(metrics)
     mlflow.log_table(_per_rate_table(result), artifact_file="per_rate.json")
+    if getattr(result, "ak_table", None):  # the conditioned design: any rate can be asked afterwards
+        mlflow.log_dict(result.ak_table, "conditioned_ak.json")
     columns = TRIAL_COLUMNS + tuple(k for k in OUTCOME_TRIAL_COLUMNS if result.trials and k in result.trials[0])
     mlflow.log_table({k: [t[k] for t in result.trials] for k in columns}, artifact_file="trials.json")
     mlflow.log_dict({"trials": [{k: t[k] for k in ("rate", "trial", "flips_per_bit", "flips_per_tensor")}

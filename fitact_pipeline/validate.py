@@ -30,6 +30,7 @@ def check_config(cfg: DictConfig, structure: bool = True) -> None:
     """Every value of one job's config, each by the component that owns it; then, unless
     ``structure=False``, what depends on the model's structure."""
     from .faults import check_campaign_config, check_faults_config
+    from .faults.conditioned_campaign import check_conditioned_config
     from .faults.faultlist import check_fault_list
     from .models import check_model_config
     from .overhead import check_overhead_config
@@ -46,6 +47,7 @@ def check_config(cfg: DictConfig, structure: bool = True) -> None:
     check_campaign_config(cfg.campaign)
     _check_protection(cfg.protection)
     check_faults_config(cfg.faults)
+    check_conditioned_config(cfg.campaign, cfg.faults)
     check_weight_protection_config(cfg.get("weight_protection"), cfg.faults)
     check_fault_list(cfg.faults, cfg.campaign)
     check_overhead_config(cfg.overhead)

@@ -21,6 +21,7 @@ from ..data.sampling import StratifiedSampler
 from ..checks import (check_keys, expect_bool, expect_choice, expect_int, expect_list, expect_number, fail,
                       is_number)
 from ..evaluate import evaluate_accuracy, predictions
+from .conditioned_campaign import run_conditioned
 from .designs import DESIGNS, CampaignDesign, Pilot, pilot_estimates
 from .injector import FaultInjector
 from .multimap import predict_stacked, stacked_fault_space
@@ -76,6 +77,8 @@ def _check_design(cfg: Mapping) -> None:
     if cfg.get("design", "classic") == "nested" and n is None:
         fail("campaign.images_per_trial", None, "the nested design needs the images of a trial: an integer, or auto "
              "(a short pilot picks n per rate)")
+    if cfg.get("design") == "conditioned" and n == "auto":
+        fail("campaign.images_per_trial", n, "the conditioned design needs an integer (or null: the whole pool)")
     if n not in (None, "auto") and cfg.get("eval_images") is not None and n > cfg["eval_images"]:
         fail("campaign.images_per_trial", n, f"must be <= campaign.eval_images={cfg['eval_images']} (the pool)")
     expect_int(cfg.get("maps_per_pass", 1), "campaign.maps_per_pass", 1, words=("auto",))
@@ -90,6 +93,8 @@ class CampaignResult:
     design: str = "classic"
     #: rate -> {sdc, critical, wrong_to_right: per-rate statistics of the per-trial rates} (outcomes.py)
     outcomes: dict[float, dict[str, dict[str, float]]] = field(default_factory=dict)
+    #: the conditioned design's a_k table (conditioned.ak_table), logged as conditioned_ak.json
+    ak_table: dict | None = None
 
 
 def trial_record(rate: float, trial: int, accuracy: float, fault_map, images: int | None = None,
@@ -148,6 +153,10 @@ def run_campaign(model: torch.nn.Module, injector: FaultInjector, images: torch.
     plan = DESIGNS[design]
     pool = _Pool(images, labels, predictions(model, images, batch_size))
     result = CampaignResult(float(pool.clean_correct.float().mean()), [float(r) for r in rates], {}, design=design)
+    if design == "conditioned":  # maps per fault count, not per rate: its own loop
+        result.per_rate, result.ak_table = run_conditioned(model, injector, pool, result.rates, trials, seed,
+                                                           batch_size, adaptive, level, images_per_trial, progress)
+        return result
     max_trials = int(adaptive["max_trials"]) if adaptive else int(trials)
     maps_per_pass = 1 if getattr(injector, "per_pass", False) else max(1, int(maps_per_pass))
     bar = tqdm(total=len(rates) * max_trials, desc="fault campaign", disable=not progress, leave=False)
