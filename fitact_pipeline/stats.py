@@ -29,6 +29,8 @@ def ci_halfwidth(values: Sequence[float], level: float = 0.95) -> float:
     return mean - low if len(values) > 1 else math.inf
 
 
+#: the adaptive stopping rule (``should_stop``): part of an adaptive job's identity
+STOPPING = "t-and-unseen-tail"
 #: Dirichlet draws of ``bounded_mean_ci`` (its quantiles then move by well under 0.1 point)
 BOUNDED_DRAWS = 10_000
 

@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from .checks import check_keys, expect_bool, expect_str, fail
+from .protect.bounds_stages import BOUNDS_STAGES, BoundsStage
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ def flatten(cfg: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def log_job_results(result, fault_space: dict, train_info: dict, bounds_info: dict, *,
+def log_job_results(result, fault_space: dict, train_info: dict, bounds_info: dict, *, stage: str,
                     float_accuracy: float, clean_val_accuracy: float, campaign_time_s: float) -> None:
     """Log a finished campaign into the active run, named so the MLflow UI compares resilience
     directly: `acc_mean/ber_1e-05` is the mean accuracy at that rate (docs/tracking.md)."""
@@ -211,16 +212,33 @@ def log_job_results(result, fault_space: dict, train_info: dict, bounds_info: di
         metrics.update({f"acc_{stat}/ber_{rate_label(rate)}": float(v) for stat, v in summary.items()})
     if len(result.per_rate) == 1:  # one rate per job: plain names let the UI chart across jobs
         metrics.update({f"acc_{stat}": float(v) for stat, v in next(iter(result.per_rate.values())).items()})
+    metrics.update(outcome_metrics(getattr(result, "outcomes", {})))
     mlflow.log_metrics(metrics)
     mlflow.log_table(_per_rate_table(result), artifact_file="per_rate.json")
-    mlflow.log_table({k: [t[k] for t in result.trials]
-                      for k in ("rate", "trial", "accuracy", "images", "faults", "flips", "realised_ber")},
-                    artifact_file="trials.json")
+    if getattr(result, "ak_table", None):  # the conditioned design: any rate can be asked afterwards
+        mlflow.log_dict(result.ak_table, "conditioned_ak.json")
+    columns = TRIAL_COLUMNS + tuple(k for k in OUTCOME_TRIAL_COLUMNS if result.trials and k in result.trials[0])
+    mlflow.log_table({k: [t[k] for t in result.trials] for k in columns}, artifact_file="trials.json")
     mlflow.log_dict({"trials": [{k: t[k] for k in ("rate", "trial", "flips_per_bit", "flips_per_tensor")}
                                 for t in result.trials]}, "trial_faults.json")
     mlflow.log_dict(fault_space, "fault_space.json")
+    mlflow.set_tag("rate_unit", fault_space.get("rate_unit", "bit"))  # what the rates count (faults/units.py)
     mlflow.log_params({f"fault_space.{k}": fault_space[k] for k in ("num_tensors", "total_elements", "total_bits")})
-    _log_bounds_info(bounds_info, metrics["train_time_s"])
+    _log_bounds_info(BOUNDS_STAGES[stage], bounds_info, metrics["train_time_s"])
+
+
+TRIAL_COLUMNS = ("rate", "trial", "accuracy", "images", "faults", "flips", "realised_ber")
+#: per trial, beside its accuracy: the SDC, critical and wrong-to-right rates (faults/outcomes.py)
+OUTCOME_TRIAL_COLUMNS = ("sdc", "critical", "wrong_to_right", "wrong_to_right_count")
+#: what is logged of each outcome's per-rate statistics (metrics ``sdc_mean/ber_1e-05``, ...)
+OUTCOME_STATS = ("mean", "std", "ci_low", "ci_high", "ci_halfwidth")
+
+
+def outcome_metrics(outcomes: dict) -> dict[str, float]:
+    """``<outcome>_<stat>/ber_<rate>`` for each rate's SDC, critical and wrong-to-right statistics."""
+    return {f"{name}_{stat}/ber_{rate_label(rate)}": float(summary[stat])
+            for rate, per_outcome in outcomes.items() for name, summary in per_outcome.items()
+            for stat in OUTCOME_STATS}
 
 
 def _per_rate_table(result) -> dict[str, list]:
@@ -228,24 +246,27 @@ def _per_rate_table(result) -> dict[str, list]:
     table: dict[str, list] = {"rate": [r for r, _ in rows]}
     for stat in rows[0][1]:
         table[stat] = [s[stat] for _, s in rows]
+    outcomes = getattr(result, "outcomes", {})
+    for name in next(iter(outcomes.values()), {}):  # beside accuracy: sdc_mean, sdc_ci_low, ...
+        for stat in OUTCOME_STATS:
+            table[f"{name}_{stat}"] = [outcomes[rate][name][stat] for rate, _ in rows]
     return table
 
 
-def _log_bounds_info(info: dict, train_time_s: float) -> None:
-    """Bound-training curves, one step per epoch: FitAct's post-training as ``posttrain/<k>`` (loss,
-    val_acc and the diagnostics of protect/bound_training.py: mean_bound_ratio, zero_fraction,
-    ratio_q05..q95, penalty), ProAct's progressive training as ``progressive/<k>`` (step = its
-    running epoch count over every site); the training time and the kept bounds' ratio."""
-    prefix = info.get("stage", "posttrain")
-    for entry in info.get("history", []):
-        mlflow.log_metrics({f"{prefix}/{k}": float(v) for k, v in entry.items()
+def _log_bounds_info(stage: BoundsStage, info: dict, train_time_s: float) -> None:
+    """What the bounds stage declares it logs (protect/bounds_stages.py): its per-epoch curves as
+    ``<curves>/<k>``, one step per epoch (FitAct's post-training: loss, val_acc and the diagnostics of
+    protect/bound_training.py; ProAct's progressive training, step = its running epoch count over
+    every site), its metrics (training time, the kept bounds' ratio), params and artifacts."""
+    if not info:  # the stage did not run (a cached job's info is the stage's own record)
+        return
+    for entry in info.get("history", []) if stage.curves else []:
+        mlflow.log_metrics({f"{stage.curves}/{k}": float(v) for k, v in entry.items()
                             if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)},
                            step=int(entry["epoch"]))
-    if "time_s" in info:
-        mlflow.log_metrics({"posttrain_time_s": float(info["time_s"]),
-                            "posttrain_overhead": float(info["time_s"]) / train_time_s,
-                            "mean_bound_ratio": float(info["mean_bound_ratio"])})
-        if "selected_epoch" in info:
-            mlflow.log_param("posttrain.selected_epoch", info["selected_epoch"])
-    if "thresholds" in info:
-        mlflow.log_dict({k: float(v) for k, v in info["thresholds"].items()}, "clipact_thresholds.json")
+    if stage.metrics(info, train_time_s):
+        mlflow.log_metrics(stage.metrics(info, train_time_s))
+    if stage.params(info):
+        mlflow.log_params(stage.params(info))
+    for name, table in stage.artifacts(info).items():
+        mlflow.log_dict(table, name)

@@ -11,15 +11,14 @@ ConfigError; `__main__` prints it on one line and exits 2.
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 from typing import Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
 from .checks import expect_bool, expect_int, expect_str, fail, is_int
+from .configs import CONF_DIR
 from .registry import ConfigError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 TOP_KEYS = ("seed", "device", "threads", "progress_bar", "profile_images", "profile_site", "overhead",
             "cache_dir", "figures_dir")
 # Flags that belong to Hydra itself, not to overrides.
@@ -31,9 +30,12 @@ def check_config(cfg: DictConfig, structure: bool = True) -> None:
     """Every value of one job's config, each by the component that owns it; then, unless
     ``structure=False``, what depends on the model's structure."""
     from .faults import check_campaign_config, check_faults_config
+    from .faults.conditioned_campaign import check_conditioned_config
+    from .faults.faultlist import check_fault_list
     from .models import check_model_config
     from .overhead import check_overhead_config
     from .protect.posttrain import check_posttrain_config
+    from .protect.weights import check_weight_protection_config
     from .tracking import check_tracking_config
     from .training import check_train_config
 
@@ -45,6 +47,9 @@ def check_config(cfg: DictConfig, structure: bool = True) -> None:
     check_campaign_config(cfg.campaign)
     _check_protection(cfg.protection)
     check_faults_config(cfg.faults)
+    check_conditioned_config(cfg.campaign, cfg.faults)
+    check_weight_protection_config(cfg.get("weight_protection"), cfg.faults)
+    check_fault_list(cfg.faults, cfg.campaign)
     check_overhead_config(cfg.overhead)
     check_tracking_config(cfg.tracking)
     if structure:

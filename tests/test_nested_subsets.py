@@ -116,8 +116,9 @@ def test_design_nested_alone_is_a_valid_configuration():
     """What the command line checks before any work: the quick start with only the design changed."""
     preflight(["experiment=quickstart", "campaign.design=nested"])
     preflight(["-m", "experiment=quickstart", "campaign.design=nested", "protection=none,fitact"])
-    with pytest.raises(ConfigError, match="campaign.images_per_trial=None"):  # an explicit null still says what to set
-        preflight(["experiment=quickstart", "campaign.design=nested", "campaign.images_per_trial=null"])
+    preflight(["experiment=quickstart", "campaign.design=nested", "campaign.images_per_trial=auto"])
+    with pytest.raises(ConfigError, match="campaign.images_per_trial=0"):
+        preflight(["experiment=quickstart", "campaign.design=nested", "campaign.images_per_trial=0"])
 
 
 # -- the intervals of summarize ---------------------------------------------------------------------

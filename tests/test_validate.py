@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
     (["campaign.no_such=1"], "keys allowed under 'campaign'"),
     (["protection.granularity=pixel"], "choose one of: layer, channel, neuron"),
     (["posttrain.max_accuracy_drop=1.5"], "posttrain.max_accuracy_drop=1.5"),
-    (["faults.fmt=int4"], "faults.fmt='int4'"),
+    (["faults.fmt=int2"], "faults.fmt='int2'"),
     (["faults.frac_bits=40"], "frac_bits"),
     (["model=lenet"], "unknown model 'lenet'"),
     (["campaign.adaptive.enabled=true", "campaign.adaptive.min_trials=50", "campaign.adaptive.max_trials=10"],
@@ -46,6 +46,7 @@ def test_default_config_is_valid():
         check_config(compose("config"))
 
 
+@pytest.mark.slow
 def test_cli_bad_rate_is_one_line_and_trains_nothing(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fitact_pipeline", "campaign.rates=[1.5]",
                            f"cache_dir={tmp_path}/cache"], cwd=ROOT, capture_output=True, text=True, timeout=120)

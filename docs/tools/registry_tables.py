@@ -28,9 +28,11 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 def tables() -> dict[str, str]:
     from fitact_pipeline.faults import FAULT_MODELS, FORMATS, TARGET_KINDS
     from fitact_pipeline.faults.designs import DESIGNS
+    from fitact_pipeline.faults.units import RATE_UNITS
     from fitact_pipeline.models import MODELS
     from fitact_pipeline.models.sources import SOURCES
     from fitact_pipeline.protect import ACTIVATIONS, PROTECTIONS
+    from fitact_pipeline.protect.weights import WEIGHT_PROTECTIONS
     from torch.nn import functional as F
 
     return {
@@ -40,14 +42,20 @@ def tables() -> dict[str, str]:
             [[f"`{n}`", f"`{p.activation.__name__}`" if p.activation else "`nn.ReLU`", p.summary,
               ", ".join(f"`{k}`" for k in p.config_keys), p.default_granularity, p.bounds_stage]
              for n, p in PROTECTIONS.items()]),
+        "weight_protections": _table(["`weight_protection.name`", "what a layer reads", "config keys"],
+                                     [[f"`{n}`", w.summary, ", ".join(f"`{k}`" for k in w.config_keys) or "-"]
+                                      for n, w in WEIGHT_PROTECTIONS.items()]),
         "formats": _table(["`faults.fmt`", "format", "family"],
                           [[f"`{n}`", f.summary, f.family] for n, f in FORMATS.items()]),
         "targets": _table(["`faults.targets` kind", "tensors"],
-                          [[f"`{n}`", k.summary + (f" ({k.format} only)" if k.format else "")]
+                          [[f"`{n}`", k.summary + (f" ({k.family} formats only)" if k.family else "")]
                            for n, k in TARGET_KINDS.items()]),
         "designs": _table(["`campaign.design`", "trial i evaluates", "what a trial's accuracy is"],
                           [[f"`{n}`", d.summary, d.trial_meaning] for n, d in DESIGNS.items()]),
-        "fault_models": _table(["`faults.model`", "faults"], [[f"`{n}`", m.summary] for n, m in FAULT_MODELS.items()]),
+        "fault_models": _table(["`faults.model`", "faults", "`faults.rate_unit` (first: auto)"],
+                               [[f"`{n}`", m.summary, ", ".join(m.rate_units)] for n, m in FAULT_MODELS.items()]),
+        "rate_units": _table(["`faults.rate_unit`", "what the rate counts"],
+                             [[f"`{n}`", u.summary] for n, u in RATE_UNITS.items()]),
         "activations": _table(
             ["kind", "modules (and functional forms)", "g(x)", "lower bound", "natural cap"],
             [[f"`{n}`", ", ".join([f"`nn.{c.__name__}`" for c in k.modules] + [f"`F.{f.__name__}`" for f in k.functions

@@ -81,6 +81,9 @@ for _design in (
     CampaignDesign("nested", "trial i = fault map i + its own stratified random subset of n images, each pool image "
                    "in it with probability n / pool (paired across protections)", _subset,
                    "one fault map on its own n random images"),
+    CampaignDesign("conditioned", "maps with exactly k faults measure a_k = E[acc | k faults] once; acc(rate) = sum_k "
+                   "P(K = k) a_k for every rate, the truncated tail bounded (stored-parameter fault models)", _subset,
+                   "one map with exactly k faults on its own n random images"),
 ):
     DESIGNS.register(_design.name, _design)
 

@@ -51,7 +51,7 @@ class FaultInjector:
     Construction builds the fault space, which rounds its tensors in place to the format, so the
     clean model is the stored model: build the injector after the model's values are final.
     ``word_bits``/``frac_bits`` only apply to ``fixed``; the other formats have fixed widths
-    (float32 32, float16/bfloat16 16, int8 8, its scales 32).
+    (float32 32, float16/bfloat16 16, int8 and fp8 8, int4 4, their scales 32; mxfp8 8 and mxfp4 4, scales 8).
     """
 
     def __init__(self, model: nn.Module, fmt: str = "fixed", word_bits: int = 32, frac_bits: int = 16,
@@ -78,7 +78,7 @@ class FaultInjector:
     def fault_space(self) -> dict:
         """JSON-able description of the fault space, for logging with every run."""
         return {**self.space.describe(), "fault_model": self.fault_model, "rate_unit": self.sampler.unit,
-                **({"burst_length": self.sampler.length} if self.sampler.unit == "word" else {}),
+                **({"burst_length": self.sampler.length} if hasattr(self.sampler, "length") else {}),
                 **({"stuck_value": self.sampler.value} if hasattr(self.sampler, "value") else {})}
 
     def sample(self, rate: float, seed: int, trial: int = 0) -> FaultMap:

@@ -5,8 +5,6 @@ compare a figure with the runs it came from without reading pixels.
 """
 from __future__ import annotations
 
-import math
-import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -18,6 +16,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib import cbook  # noqa: E402
 
+from ..faults import FAULT_MODELS  # noqa: E402
+from ..protect import PROTECTIONS  # noqa: E402
+from ..protect.protections.fitact import FitReLU  # noqa: E402
+from ..protect.protections.gbrelu import GBReLU  # noqa: E402
 from .select import variant_sort_key  # noqa: E402
 
 RATE_AXIS = "fault rate (bit error rate, flips per stored bit)"
@@ -34,8 +36,6 @@ _EXTRA_COLORS = ("tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "g
 
 def palette(variants: Iterable[str]) -> dict[str, tuple[str, str]]:
     """{variant: (colour, marker)}: a plain protection keeps its fixed colour in every figure."""
-    from ..protect import PROTECTIONS
-
     out, extra = {}, 0
     for variant in sorted(variants, key=variant_sort_key):
         base = variant.split(" ")[0]
@@ -128,9 +128,6 @@ def fig3_activations(global_bound: float = 2.0, neuron_bound: float = 1.0, k: fl
                      x_range: tuple[float, float] = (-1.0, 3.0)):
     """ReLU, GBReLU (layer bound), FitReLU-Naive and FitReLU (neuron bound, slope k), evaluated by
     the modules the pipeline runs, so the figure shows the implemented functions."""
-    from ..protect.protections.fitact import FitReLU
-    from ..protect.protections.gbrelu import GBReLU
-
     x = torch.linspace(*x_range, 801)
     with torch.no_grad():
         curves = {
@@ -208,8 +205,6 @@ def fig5_boxes(trials: dict[str, dict[float, list[float]]], title: str):
 # --- Fig. 6 -----------------------------------------------------------------------------------
 
 def rate_axis(fault_model: str) -> str:
-    from ..faults import FAULT_MODELS
-
     return FAULT_MODELS[fault_model].rate_axis if fault_model in FAULT_MODELS else RATE_AXIS
 
 
@@ -252,6 +247,26 @@ def plot_resilience(ax, curve_by_variant: dict[str, dict[float, dict[str, float]
     return drawn
 
 
+def fig_sdc_grid(outcomes: dict[tuple, dict[str, dict[float, dict[str, dict[str, float]]]]]):
+    """Rows = panels (model, dataset, fault model); columns = SDC rate, critical rate: mean over
+    trials vs fault rate with its CI band, one line per variant. outcomes: {panel: {variant: {rate:
+    {outcome: stats}}}}. Returns (figure, {panel: {outcome: drawn}})."""
+    panels = sorted(outcomes)
+    columns = (("sdc", "SDC rate (%): faulty top-1 != fault-free top-1"),
+               ("critical", "critical rate (%): right -> wrong"))
+    fig, axes = plt.subplots(len(panels), 2, figsize=(9.2, 3.6 * len(panels)), squeeze=False)
+    drawn: dict = {}
+    for i, panel in enumerate(panels):
+        for j, (outcome, label) in enumerate(columns):
+            curves = {v: {r: per[outcome] for r, per in curve.items() if outcome in per}
+                      for v, curve in outcomes[panel].items()}
+            drawn.setdefault(panel, {})[outcome] = plot_resilience(axes[i][j], curves, panel_title(panel), panel[2])
+            axes[i][j].set_ylabel(label, fontsize=8)
+    fig.tight_layout()
+    _legend_below(fig, axes)
+    return fig, drawn
+
+
 def panel_title(panel: tuple) -> str:
     """"vgg16 on cifar10_copy", with the fault model when it is not the default memory faults."""
     model, dataset, fault_model = (tuple(panel) + ("memory",))[:3]
@@ -278,4 +293,32 @@ def fig6_grid(curves: dict[tuple, dict[str, dict[float, dict[str, float]]]]):
     if fig.legends:  # which interval the bands are (docs/campaigns.md, "Intervals")
         fig.legends[-1].set_title("bands: 95 % CI of the mean over fault maps on the evaluation pool, bounded "
                                   "(ci_bounded_*; t-interval ci_low/ci_high for runs without it)", prop={"size": 8})
+    return fig, drawn
+
+
+# --- vulnerability map ----------------------------------------------------------------------------
+
+def vulnerability_heatmap(tensors: Sequence[str], bits: Sequence[int], sdc: np.ndarray, loss: np.ndarray,
+                          title: str):
+    """Two heat maps, tensors (rows, fault-space order) x bit positions (columns): P(SDC) of a single
+    fault, and the mean accuracy it loses. Returns (figure, {"sdc", "loss": the arrays drawn, %})."""
+    height = max(2.5, 0.32 * len(tensors) + 1.5)
+    fig, axes = plt.subplots(1, 2, figsize=(14, height), sharey=True)
+    drawn = {}
+    for ax, (key, data, label, cmap, low) in zip(axes, (
+            ("sdc", sdc, "P(SDC | one fault) (%)", "magma_r", 0.0),
+            ("loss", loss, "mean accuracy loss per fault (pp)", "RdBu_r", -100.0))):
+        values = 100 * np.asarray(data, dtype=np.float64)
+        image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap=cmap, vmin=low, vmax=100,
+                          interpolation="nearest")
+        ax.set_xticks(range(len(bits)))
+        ax.set_xticklabels([str(b) for b in bits], fontsize=6)
+        ax.set_xlabel("bit position (0 = least significant)")
+        fig.colorbar(image, ax=ax, label=label, fraction=0.04, pad=0.02)
+        drawn[key] = values
+    axes[0].set_yticks(range(len(tensors)))
+    axes[0].set_yticklabels(tensors, fontsize=7)
+    axes[0].set_ylabel("fault-space tensor")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return fig, drawn

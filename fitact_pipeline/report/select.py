@@ -10,6 +10,7 @@ from collections import defaultdict
 from typing import Any, Callable
 
 from .. import stats
+from ..protect import PROTECTIONS
 from .runs import JobRun, patterns
 
 Curve = dict[float, dict[str, float]]
@@ -18,24 +19,8 @@ Curve = dict[float, dict[str, float]]
 def variant_sort_key(variant: str) -> tuple:
     """Variants are a protection name, optionally followed by a qualifier (`gbrelu b=0.5`): by the
     protection registry's order, then GBReLU bounds by value, not as text (b=2 before b=16)."""
-    from ..protect import PROTECTIONS
-
     bound = re.search(r" b=([0-9.e+-]+)", variant)
     return (PROTECTIONS.index(variant.split(" ")[0]), float(bound.group(1)) if bound else -math.inf, variant)
-
-
-def latest_per_slot(jobs: list[JobRun]) -> tuple[list[JobRun], list[JobRun]]:
-    """(kept, superseded): of finished runs of the same slot (context, curve label and rate set),
-    only the newest is kept. A slot is rerun when a setting the report does not tell apart changed
-    (e.g. the post-training defaults): merging both runs would mix two settings in one curve."""
-    latest: dict[tuple, JobRun] = {}
-    superseded = []
-    for job in sorted(jobs, key=lambda j: j.start_time):
-        slot = (job.context, job.variant, tuple(sorted(job.curve)))
-        if slot in latest:
-            superseded.append(latest[slot])
-        latest[slot] = job
-    return sorted(latest.values(), key=lambda j: j.start_time), superseded
 
 
 def merge_curves(jobs: list[JobRun]) -> dict[tuple, Curve]:
@@ -75,8 +60,6 @@ def pick_panel(available, model: str | None, dataset: str | None, size) -> tuple
 
 def fig1_groups(jobs: list[JobRun]) -> dict[tuple, list[JobRun]]:
     """GBReLU bound sweeps, one group per setting (context and the sites that carry the bound)."""
-    from ..protect import PROTECTIONS
-
     groups: dict[tuple, list[JobRun]] = defaultdict(list)
     for job in jobs:
         given = job.protection in PROTECTIONS and PROTECTIONS[job.protection].given_bounds
@@ -135,8 +118,6 @@ def _median_metric(jobs: list[JobRun], name: str) -> float:
 def table1_rows(jobs: list[JobRun]) -> list[dict]:
     """One row per (model, dataset, protection variant, inference form) that measured overheads;
     several jobs (one per rate) measure the same model: the median damps a noisy machine."""
-    from ..protect import PROTECTIONS
-
     groups: dict[tuple, list[JobRun]] = defaultdict(list)
     for job in jobs:
         if job.protection != "none" and "runtime_overhead" in job.metrics:
@@ -173,7 +154,7 @@ def precision_rows(jobs: list[JobRun]) -> list[dict]:
 
 
 SUMMARY = ("model", "dataset", "fault_model", "protection", "clean_accuracy", "rates", "rate_min", "rate_max", "auc",
-           "critical_level", "critical_rate")
+           "critical_level", "critical_rate", "sdc_at_max", "critical_sdc_at_max")
 PAIRED = ("model", "dataset", "fault_model", "protection_a", "protection_b", "rate", "pairs", "mean_diff", "ci_low",
           "ci_high", "wilcoxon_p")
 
@@ -181,6 +162,7 @@ PAIRED = ("model", "dataset", "fault_model", "protection_a", "protection_b", "ra
 def summary_rows(curves: dict[tuple, Curve], jobs: list[JobRun], level: float, relative: bool) -> list[dict]:
     """Per curve: clean accuracy, area under the curve and the critical rate (stats.py)."""
     clean = {(j.context, j.variant): j.metrics.get("clean_accuracy", math.nan) for j in jobs}
+    outcomes = merge_outcomes(jobs)
     rows = []
     for (context, variant), curve in sorted(curves.items(), key=lambda kv: (kv[0][0][:3], variant_sort_key(kv[0][1]))):
         rates = sorted(r for r in curve if r > 0 and "mean" in curve[r])
@@ -190,8 +172,24 @@ def summary_rows(curves: dict[tuple, Curve], jobs: list[JobRun], level: float, r
                      "clean_accuracy": clean[(context, variant)], "rates": len(rates),
                      "rate_min": min(rates) if rates else math.nan, "rate_max": max(rates) if rates else math.nan,
                      "auc": stats.resilience_auc(rates, means) if rates else math.nan, "critical_level": threshold,
-                     "critical_rate": stats.critical_rate(rates, means, threshold) if rates else math.nan})
+                     "critical_rate": stats.critical_rate(rates, means, threshold) if rates else math.nan,
+                     **_outcomes_at(outcomes.get((context, variant), {}), max(rates) if rates else None)})
     return rows
+
+
+def merge_outcomes(jobs: list[JobRun]) -> dict[tuple, dict[float, dict[str, dict[str, float]]]]:
+    """{(context, variant): {rate: {outcome: stats}}}, merged as merge_curves merges accuracy."""
+    out: dict[tuple, dict] = defaultdict(dict)
+    for job in sorted(jobs, key=lambda j: j.start_time):
+        out[(job.context, job.variant)].update(job.outcomes)
+    return {k: v for k, v in out.items() if v}
+
+
+def _outcomes_at(outcomes: dict, rate: float | None) -> dict[str, float]:
+    """Mean SDC and critical rates at ``rate`` (the curve's highest), NaN where not logged."""
+    at = outcomes.get(rate, {})
+    return {"sdc_at_max": at.get("sdc", {}).get("mean", math.nan),
+            "critical_sdc_at_max": at.get("critical", {}).get("mean", math.nan)}
 
 
 def paired_rows(jobs: list[JobRun], trials_of: TrialsOf, level: float) -> list[dict]:
