@@ -87,19 +87,21 @@ def summarize(values: Sequence[float], level: float = 0.95, pool: int | None = N
     - ``ci_bounded_low/high``: the same estimand, valid for any distribution in [0, 1]
       (``bounded_mean_ci``): the one to trust for a few classic maps with rare catastrophic ones;
     - ``ci_pop_low/high``: over maps and images, the ``pool`` images as a sample of the population
-      (``population_ci`` on the bounded interval); NaN when the pool size is not given."""
+      (``population_ci`` on the bounded interval); only when the pool size is given."""
     x = np.asarray(values, dtype=np.float64)
     mean, low, high = mean_ci(x, level)
     _, b_low, b_high = bounded_mean_ci(x, level)
-    p_low, p_high = population_ci(mean, b_low, b_high, pool, level) if pool else (math.nan, math.nan)
     q1, median, q3 = np.quantile(x, [0.25, 0.5, 0.75])
-    return {
+    out = {
         "mean": mean, "std": float(x.std(ddof=1)) if x.size > 1 else 0.0,
         "median": float(median), "q1": float(q1), "q3": float(q3),
         "min": float(x.min()), "max": float(x.max()),
         "ci_low": low, "ci_high": high, "ci_halfwidth": (high - low) / 2, "trials": int(x.size),
-        "ci_bounded_low": b_low, "ci_bounded_high": b_high, "ci_pop_low": p_low, "ci_pop_high": p_high,
+        "ci_bounded_low": b_low, "ci_bounded_high": b_high,
     }
+    if pool:
+        out["ci_pop_low"], out["ci_pop_high"] = population_ci(mean, b_low, b_high, pool, level)
+    return out
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict[str, float]:
