@@ -21,7 +21,7 @@ import numpy as np
 from torch import nn
 
 from ..layer_types import CONV_LINEAR
-from .activations import kind_of
+from ..activations import kind_of
 from .bounded import BoundedReLU
 
 
