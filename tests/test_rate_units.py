@@ -10,15 +10,15 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from scipy import stats
 from torch import nn
 
 from fitact_pipeline.faults import FAULT_MODELS, FaultInjector, check_faults_config
 from fitact_pipeline.faults.sampler import BitFlips, StuckBits, field_keys, salted, stream_uniforms
 from fitact_pipeline.faults.units import RATE_UNITS, toolbox_counts
-from fitact_pipeline.identity import result_identity
+from fitact_pipeline.identity import context_key, result_identity
 from fitact_pipeline.registry import ConfigError
+from fitact_pipeline.report.runs import variant_of
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -159,12 +159,14 @@ def test_a_unit_the_fault_model_does_not_honour_is_one_line_error(overrides, mes
 
 
 def test_curve_label_and_context_say_the_unit():
-    from fitact_pipeline.report.runs import context_of, variant_of
-
     tags = {"protection": "fitact", "fault_model": "memory", "model": "m", "dataset": "d"}
     assert variant_of(tags, {}) == "fitact" == variant_of({**tags, "rate_unit": "bit"}, {})
     assert variant_of({**tags, "rate_unit": "word"}, {}) == "fitact (per stored word)"
-    assert context_of(tags, {}) != context_of({**tags, "rate_unit": "word"}, {})
+    # per-bit and per-word runs draw other maps: never paired (the context is the identity's)
+    cpu = torch.device("cpu")
+    bit, word = composed(), composed("faults.rate_unit=word")
+    assert context_key(result_identity(bit, instantiate(bit.dataset), cpu)) != \
+        context_key(result_identity(word, instantiate(word.dataset), cpu))
     assert variant_of({**tags, "fault_model": "burst", "rate_unit": "word"}, {}) == "fitact"
 
 
