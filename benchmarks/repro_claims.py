@@ -107,12 +107,7 @@ def paired(by_variant: dict, a: str, b: str, min_rate: float = 0.0) -> dict[floa
     """{rate: [acc_a - acc_b per shared trial]} for every rate >= min_rate both variants ran."""
     if a not in by_variant or b not in by_variant:
         return {}
-    common = sorted(set(by_variant[a]) & set(by_variant[b]))
-    out: dict = defaultdict(list)
-    for rate, trial in common:
-        if rate >= min_rate:
-            out[rate].append(by_variant[a][(rate, trial)] - by_variant[b][(rate, trial)])
-    return dict(out)
+    return claims.paired_by_rate(by_variant[a], by_variant[b], min_rate)
 
 
 def ordering(trials: dict, min_rate: float, alpha: float, test: str) -> tuple[str, bool, dict, list[str]]:

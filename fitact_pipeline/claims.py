@@ -21,7 +21,7 @@ claimed side (above 0; inside (-m, m)), else 1. Fewer than two trials decide not
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from scipy import stats as sps
@@ -121,6 +121,17 @@ def comparison(name_a: str, name_b: str, diffs: Sequence[float], margin: float, 
     return [Claim(f"{name_a} > {name_b}{suffix}", ">", d),
             Claim(f"{name_b} > {name_a}{suffix}", ">", tuple(-v for v in d)),
             Claim(f"{name_a} ties {name_b}{suffix}", "ties", d, margin)]
+
+
+def paired_by_rate(a: Mapping[tuple[float, int], float], b: Mapping[tuple[float, int], float],
+                   min_rate: float = 0.0) -> dict[float, list[float]]:
+    """{rate: [a - b per shared trial]} from two arms' {(rate, trial): accuracy}, for every rate >=
+    min_rate both ran: trial i of both saw the same fault map (and, nested, the same images)."""
+    out: dict[float, list[float]] = {}
+    for rate, trial in sorted(set(a) & set(b)):
+        if rate >= min_rate:
+            out.setdefault(rate, []).append(a[(rate, trial)] - b[(rate, trial)])
+    return out
 
 
 def method_note(alpha: float, margin: float | None, test: str = "t", scale: float = 100, unit: str = "points") -> str:

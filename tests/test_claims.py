@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from fitact_pipeline.claims import (Claim, comparison, decide, equivalence_p, holm, method_note, superiority_p,
-                                    table)
+from fitact_pipeline.claims import (Claim, comparison, decide, equivalence_p, holm, method_note, paired_by_rate,
+                                    superiority_p, table)
 
 
 def _tie(n=40, spread=0.02, seed=0):
@@ -99,3 +99,10 @@ def test_the_table_says_which_test_margin_and_correction():
 def test_bad_claims_are_refused(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_paired_by_rate_pairs_the_same_trials_only():
+    a = {(1e-5, 0): 0.9, (1e-5, 1): 0.8, (1e-4, 0): 0.5, (1e-4, 2): 0.4, (1e-6, 0): 1.0}
+    b = {(1e-5, 0): 0.7, (1e-5, 1): 0.8, (1e-4, 0): 0.6, (1e-4, 1): 0.1, (1e-6, 0): 1.0}
+    got = paired_by_rate(a, b, min_rate=1e-5)
+    assert list(got) == [1e-5, 1e-4] and got[1e-5] == pytest.approx([0.2, 0.0]) and got[1e-4] == pytest.approx([-0.1])
