@@ -1,19 +1,19 @@
 """Is the FT-ClipAct search budget large enough? Thresholds of a small budget (repro_cpu's: 4 candidates
 x 2 iterations x 2 maps x 128 images) against a finer one, on the quick start's model.
 
-    python benchmarks/clipact_search_stability.py                      # small_cnn on digits, ~2-4 min
-    python benchmarks/clipact_search_stability.py --seeds 5 --budget 5,3,4,300
+    python benchmarks/clipact_search_stability.py                      # small_cnn on digits, ~10 min
+    python benchmarks/clipact_search_stability.py --seeds 5 --budget 4,2,2,128 --budget 8,3,8,300
 
 Trains small_cnn on digits (the quick start's settings), folds BatchNorm, profiles, and runs the
-search (DESIGN.md §2.4) at each budget: the small one with --seeds different search seeds (other
-fault maps; the images are all drawn with the seed too), so that its own noise shows, and each
-further --budget once. For every site it prints the thresholds, their mean and 95 % t-interval over
-the seeds, and each finer threshold's distance from that mean. Then every searched model runs the
-same fault campaign on the test split (the same maps for all: paired), and the table prints each
-small-budget model minus the finest one per rate, with the paired 95 % CI and the equivalence test
-of fitact_pipeline/claims.py (a tie within --margin points, Holm across the table): "stable" means
-the small budget's thresholds give the finest budget's accuracy within the margin.
-The last line is JSON with the thresholds and the differences.
+search (DESIGN.md §2.4) at each --budget: every budget but the last with --seeds search seeds (other
+fault maps and other validation images), so that its own noise shows; the last, the finest, once as
+the reference. For every site it prints the thresholds, their mean and 95 % t-interval over seeds,
+and the reference's distance from that mean. Then every searched model runs the same fault campaign
+on the test split (the same maps for all: paired), and a table prints each model minus the reference
+per rate, with the paired 95 % CI and what the tests of fitact_pipeline/claims.py establish (better,
+worse, a tie within --margin; Holm across the table): a budget is stable where its thresholds, from
+any seed, give the reference's accuracy within the margin.
+The last line is JSON with the thresholds and the decisions.
 """
 from __future__ import annotations
 
@@ -80,26 +80,31 @@ def campaign(base, profile, thresholds, x, y, rates, trials) -> dict[float, list
     return out
 
 
-def threshold_table(small: list[dict], finer: dict[str, dict]) -> list[str]:
-    names = list(finer)
-    lines = ["| site | small budget, per seed | mean [95 % CI] over seeds | " +
-             " | ".join(f"{n} (- mean)" for n in names) + " |", "|---" * (3 + len(names)) + "|"]
-    for site in small[0]:
-        values = [s[site] for s in small]
-        mean, low, high = stats.mean_ci(values)
-        cells = [f"{finer[n][site]:.3f} ({finer[n][site] - mean:+.3f}{'' if low <= finer[n][site] <= high else ' *'})"
-                 for n in names]
-        lines.append(f"| {site} | {', '.join(f'{v:.3f}' for v in values)} | {mean:.3f} [{low:.3f}, {high:.3f}] | "
-                     + " | ".join(cells) + " |")
+def threshold_table(searched: dict[str, list[dict]], reference: str) -> list[str]:
+    """Per site and budget: the thresholds per seed, their mean [95 % CI], and the reference's distance
+    from that mean (``*``: outside the CI)."""
+    ref = searched[reference][0]
+    lines = ["| site | budget | thresholds per seed | mean [95 % CI] over seeds | reference - mean |",
+             "|---|---|---|---|---|"]
+    for site in ref:
+        lines.append(f"| {site} | {reference} (reference) | {ref[site]:.3f} | - | - |")
+        for name, runs in searched.items():
+            if name == reference:
+                continue
+            values = [r[site] for r in runs]
+            mean, low, high = stats.mean_ci(values)
+            star = "" if low <= ref[site] <= high else " *"
+            lines.append(f"| {site} | {name} | {', '.join(f'{v:.3f}' for v in values)} | {mean:.3f} [{low:.3f}, "
+                         f"{high:.3f}] | {ref[site] - mean:+.3f}{star} |")
     return lines
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=3, help="search seeds of the small budget")
-    ap.add_argument("--small", type=budget, default=REPRO, help="candidates,iterations,trials,images")
-    ap.add_argument("--budget", type=budget, action="append", help="a finer budget (repeatable); "
-                    "default 5,3,4,300 and 8,3,8,300 (300 = every digits validation image)")
+    ap.add_argument("--seeds", type=int, default=3, help="search seeds of every budget but the reference")
+    ap.add_argument("--budget", type=budget, action="append", help="candidates,iterations,trials,images "
+                    "(repeatable; the last is the reference, searched once). Default: 4,2,2,128 (repro_cpu), "
+                    "5,3,4,300 (conf/protection/clipact.yaml, 300 = every digits validation image), 8,3,8,300")
     ap.add_argument("--rates", type=float, nargs="+", default=[1e-5, 3e-5, 1e-4],
                     help="search rates (small_cnn: the unprotected model goes from mild loss to collapse)")
     ap.add_argument("--campaign-rates", type=float, nargs="+", default=[1e-5, 3e-5, 1e-4, 3e-4])
@@ -110,32 +115,45 @@ def main() -> None:
     if args.seeds < 2 or args.trials < 2 or not args.margin > 0:
         sys.exit(f"--seeds={args.seeds} and --trials={args.trials} must be >= 2, --margin={args.margin} positive")
     torch.set_num_threads(args.threads)
-    finer_budgets = args.budget or [(5, 3, 4, 300), (8, 3, 8, 300)]
+    budgets = args.budget or [REPRO, (5, 3, 4, 300), (8, 3, 8, 300)]
+    if len(budgets) < 2:
+        sys.exit("give at least two --budget values: the last is the reference")
     started = time.perf_counter()
     dm, base = trained_model(0)
     profile = profile_activations(base, dm.profile_dataloader(1137), 1137)
-    small = [search(base, profile, dm, args.small, args.rates, seed) for seed in range(1, args.seeds + 1)]
-    finer = {",".join(map(str, b)): search(base, profile, dm, b, args.rates, 1) for b in finer_budgets}
-    print(f"## FT-ClipAct thresholds: small budget {','.join(map(str, args.small))} (candidates,iterations,"
-          f"trials,images) over {args.seeds} search seeds vs finer budgets (seed 1); search rates {args.rates}\n")
-    print("\n".join(threshold_table(small, finer)) + "\n\n`*`: outside the small budget's 95 % CI over seeds.\n")
+    names = [",".join(map(str, b)) for b in budgets]
+    reference = names[-1]
+    searched = {n: [search(base, profile, dm, b, args.rates, seed)
+                    for seed in (range(1, args.seeds + 1) if n != reference else [1])] for n, b in zip(names, budgets)}
+    print(f"## FT-ClipAct thresholds per budget (candidates,iterations,trials,images), {args.seeds} search seeds "
+          f"each, against the reference {reference} (seed 1); search rates {args.rates}\n")
+    print("\n".join(threshold_table(searched, reference)) + "\n\n`*`: the reference lies outside that budget's "
+          "95 % CI over seeds.\n")
     x, y = dm.eval_tensors("test")
-    finest = list(finer)[-1]
-    accs = {f"small seed {i + 1}": campaign(base, profile, s, x, y, args.campaign_rates, args.trials)
-            for i, s in enumerate(small)}
-    accs.update({n: campaign(base, profile, t, x, y, args.campaign_rates, args.trials) for n, t in finer.items()})
-    found = [c for name in accs if name != finest for rate in args.campaign_rates
-             for c in claims.comparison(name, finest, np.subtract(accs[name][rate], accs[finest][rate]),
-                                        args.margin, where=f"at {rate:.0e}")]
+    finest = reference
+    accs = {f"{n} seed {i + 1}": campaign(base, profile, t, x, y, args.campaign_rates, args.trials)
+            for n in names[:-1] for i, t in enumerate(searched[n])}
+    accs[finest] = campaign(base, profile, searched[finest][0], x, y, args.campaign_rates, args.trials)
+    cells, found = [], []
+    for name in (n for n in accs if n != finest):
+        for rate in args.campaign_rates:
+            d = np.subtract(accs[name][rate], accs[finest][rate])
+            cells.append((name, rate, stats.mean_ci(d), len(found)))
+            found += claims.comparison(name, finest, d, args.margin, where=f"at {rate:.0e}")
     decisions = claims.decide(found)
-    print(f"## Test accuracy (%, {len(y)} test images, {args.trials} maps per rate, the same maps for every model)"
-          f" minus the finest budget ({finest})\n")
-    print(claims.method_note(0.05, args.margin) + "\n")
-    print("\n".join(claims.table([d for d in decisions if " ties " in d.claim.name])) + "\n")
+    print(f"## Test accuracy ({len(y)} test images, {args.trials} maps per rate, the same maps for every model): "
+          f"each model minus the finest budget ({finest}), points\n")
+    lines = ["| thresholds from | rate | mean difference [95 % CI] | established |", "|---|---|---|---|"]
+    for name, rate, (mean, low, high), first in cells:
+        better, worse, tie = (decisions[first + i].supported for i in range(3))
+        shown = [w for w, on in (("better", better), ("worse", worse), (f"tie within +-{100 * args.margin:g}", tie)) if on]
+        lines.append(f"| {name} | {rate:.0e} | {100 * mean:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] | "
+                     f"{', '.join(shown) or 'nothing'} |")
+    print("\n".join(lines) + "\n\n" + claims.method_note(0.05, args.margin) + "\n")
     rows = {d.claim.name: {"mean": d.mean, "p_adjusted": d.p_adjusted, "verdict": d.verdict} for d in decisions}
     print(f"elapsed {time.perf_counter() - started:.0f} s")
     means = {n: {f"{r:.0e}": float(np.mean(v)) for r, v in a.items()} for n, a in accs.items()}
-    print(json.dumps({"small": small, "finer": finer, "claims": rows, "mean_accuracy": means}))
+    print(json.dumps({"thresholds": searched, "claims": rows, "mean_accuracy": means}))
 
 
 if __name__ == "__main__":

@@ -201,3 +201,16 @@ def test_bad_proact_values_are_refused_with_one_line(argv, fragment):
     with pytest.raises(ConfigError) as err:
         preflight(argv)
     assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_hard_form_is_the_labelled_variant_now_that_smooth_is_the_default():
+    from fitact_pipeline.protect import PROTECTIONS
+    from fitact_pipeline.report.runs import variant_of
+
+    tags = {"protection": "proact", "granularity": "layer"}
+    assert variant_of(tags, {"protection.hard": "False"}) == "proact"
+    assert variant_of(tags, {"protection.hard": "True"}) == "proact hard"
+    assert PROTECTIONS["proact"].inference_form({"protection.hard": "False"}) == "FitReLU (smooth)"
+    assert PROTECTIONS["proact"].inference_form({"protection.hard": "True"}) == "FitReLU-Naive (hard)"
+    assert variant_of({"protection": "ranger", "granularity": "layer"}, {"protection.nonfinite": "zero"}) == \
+        "ranger nonfinite=zero"
