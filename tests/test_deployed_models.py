@@ -29,7 +29,9 @@ def sweep(tmp: Path, *overrides: str) -> subprocess.CompletedProcess:
            f"figures_dir={tmp}/figures", f"hydra.sweep.dir={tmp}/sweep", "tracking.experiment=deployed",
            "progress_bar=false", "threads=1", "train.epochs=1", "posttrain.epochs=1", "posttrain.max_batches_per_epoch=1",
            "campaign.trials=2", "campaign.rates=[1e-4]", "campaign.eval_images=null", "profile_images=30",
-           "dataset.val_size=30", "dataset.batch_size=64", "train.batch_size=64", f"protection={PROTECTIONS}", *overrides]
+           "dataset.val_size=30", "dataset.batch_size=64", "train.batch_size=64", f"protection={PROTECTIONS}",
+           # ProAct's default schedule (11 decays per site) is the toolbox's; one decay shows that it runs
+           "++protection.progressive.decays=[4.0e-5]", *overrides]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
