@@ -49,12 +49,12 @@ def time_site(shape, repeats: int) -> dict[str, float]:
     neuron = torch.rand(shape[1:], generator=gen) * 2
     channel = neuron.amax(dim=tuple(range(1, neuron.dim())), keepdim=True) if neuron.dim() > 1 else neuron
     layer = neuron.amax()
-    fused = compiled(clamp=False, inplace=True)
+    fused = compiled("clip", inplace=True)
     x = saved.clone()
     run = {"relu_": lambda: torch.relu_(x), "compiled/neuron": lambda: fused(x, neuron),
-           "op/neuron": lambda: cpu_kernel.bounded_relu(x, neuron, clamp=False, inplace=True),
-           "op/channel": lambda: cpu_kernel.bounded_relu(x, channel, clamp=False, inplace=True),
-           "op/layer": lambda: cpu_kernel.bounded_relu(x, layer, clamp=False, inplace=True)}
+           "op/neuron": lambda: cpu_kernel.bounded_relu(x, neuron, form="clip", inplace=True),
+           "op/channel": lambda: cpu_kernel.bounded_relu(x, channel, form="clip", inplace=True),
+           "op/layer": lambda: cpu_kernel.bounded_relu(x, layer, form="clip", inplace=True)}
     times = {k: [] for k in KERNELS}
     for r in range(repeats + 2):  # two untimed rounds: compile, first touch
         for k in KERNELS:

@@ -2,14 +2,15 @@
 
     python -m fitact_pipeline -m experiment=beyond_relu
     python -m fitact_pipeline -m experiment=beyond_relu protection=fitact protection.granularity=layer
-    python -m fitact_pipeline.report experiment=beyond_relu
-    python benchmarks/beyond_relu.py                  # --store mlruns/mlflow.db --report-dir outputs/figures/beyond_relu
+    python benchmarks/beyond_relu.py                  # --store mlruns/mlflow.db
 
 Prints, in Markdown: the baselines, mean accuracy per rate of every run (run ids), and the paired
-comparisons that answer the question (from the report's paired_differences.csv: the same fault maps
-in every variant): does neuron-wise bounding (FitAct, neuron) beat layer-wise bounding (Clip-Act with
-the FT-ClipAct search; FitAct's own post-training at layer granularity) on a ReLU6 and a GELU network?
-The last line is JSON with the counts of rates where A is better, tied, worse (paired 95 % CI).
+comparisons that answer the question (per-trial accuracies of the runs: the same fault maps in every
+variant), decided by tests that can fail (fitact_pipeline/claims.py: one-sided paired t for "A > B",
+equivalence within --margin for a tie, Holm across the table): does neuron-wise bounding (FitAct,
+neuron) beat layer-wise bounding (Clip-Act with the FT-ClipAct search; FitAct's own post-training at
+layer granularity) on a ReLU6 and a GELU network?
+The last line is JSON with the counts of rates where A > B, B > A, a tie is established, or nothing.
 """
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ import argparse
 import json
 import sys
 import tempfile
+from collections import defaultdict
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fitact_pipeline import claims, stats  # noqa: E402
 from fitact_pipeline.report import Experiment, rate_stats, without_design  # noqa: E402
-from fitact_pipeline.report.tables import read_csv  # noqa: E402
 
 ORDER = ["none", "ranger", "clipact", "fitact layer", "fitact"]
 COMPARISONS = [("fitact", "clipact"), ("fitact", "fitact layer"), ("clipact", "ranger"), ("ranger", "none"),
@@ -57,31 +59,38 @@ def baselines_table(exp: Experiment) -> list[str]:
     return lines
 
 
-def _paired(rows: list[dict], model: str, a: str, b: str, min_rate: float) -> list[tuple[float, float, float, float]]:
-    """(rate, mean, low, high) of A - B; the report lists each pair once, in either order."""
-    out = []
-    for r in rows:
-        pair = (without_design(r["protection_a"]), without_design(r["protection_b"]))
-        if r["model"] != model or float(r["rate"]) < min_rate or pair not in ((a, b), (b, a)):
-            continue
-        sign = 1 if pair == (a, b) else -1
-        low, high = sorted((sign * float(r["ci_low"]), sign * float(r["ci_high"])))
-        out.append((float(r["rate"]), sign * float(r["mean_diff"]), low, high))
-    return sorted(out)
+def trial_accuracies(exp: Experiment) -> dict[str, dict[str, dict[tuple[float, int], float]]]:
+    """{model: {variant: {(rate, trial): accuracy}}}: what every paired comparison is tested on."""
+    out: dict = defaultdict(lambda: defaultdict(dict))
+    for job in exp.jobs:
+        out[job.model][without_design(job.variant)].update(exp.trials(job))
+    return out
 
 
-def comparisons(rows: list[dict], min_rate: float) -> tuple[list[str], dict]:
-    lines = ["| model | A - B | rate | paired mean difference (points) [95 % CI] |", "|---|---|---|---|"]
-    verdict: dict = {}
-    for model in sorted({r["model"] for r in rows}):
+def comparisons(trials: dict, min_rate: float, margin: float, alpha: float) -> tuple[list[str], dict]:
+    """Each pair of COMPARISONS at each rate: the paired mean difference with its CI, and what the
+    tests establish (A > B, B > A, a tie within the margin; Holm across the whole table)."""
+    cells, found = [], []
+    for model in sorted(trials):
         for a, b in COMPARISONS:
-            picked = _paired(rows, model, a, b, min_rate)
-            counts = {"better": 0, "tie": 0, "worse": 0}
-            for rate, mean, low, high in picked:
-                counts["better" if low > 0 else "worse" if high < 0 else "tie"] += 1
-                lines.append(f"| {model} | {a} - {b} | {rate:.0e} | {100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] |")
-            if picked:
-                verdict[f"{model}: {a} - {b}"] = counts
+            if a not in trials[model] or b not in trials[model]:
+                continue
+            for rate, d in sorted(claims.paired_by_rate(trials[model][a], trials[model][b], min_rate).items()):
+                cells.append((model, a, b, rate, stats.mean_ci(d), len(found)))
+                found += claims.comparison(a, b, d, margin, where=f"({model}, {rate:.0e})")
+    decisions = claims.decide(found, alpha)
+    lines = ["| model | A - B | rate | paired mean difference (points) [95 % CI] | established |",
+             "|---|---|---|---|---|"]
+    verdict: dict = {}
+    for model, a, b, rate, (mean, low, high), first in cells:
+        better, worse, tie = (decisions[first + i].supported for i in range(3))
+        shown = [w for w, on in (("A > B", better), ("B > A", worse), (f"tie within +-{100 * margin:g}", tie)) if on]
+        lines.append(f"| {model} | {a} - {b} | {rate:.0e} | {100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] | "
+                     f"{', '.join(shown) or 'nothing'} |")
+        counts = verdict.setdefault(f"{model}: {a} - {b}", {"better": 0, "worse": 0, "tie": 0, "undecided": 0})
+        for key, on in (("better", better), ("worse", worse), ("tie", tie)):
+            counts[key] += on
+        counts["undecided"] += not (better or worse or tie)
     return lines, verdict
 
 
@@ -89,9 +98,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", default="mlruns/mlflow.db")
     ap.add_argument("--experiment", default="beyond_relu")
-    ap.add_argument("--report-dir", default=None, help="default: outputs/figures/<experiment>")
     ap.add_argument("--min-rate", type=float, default=1e-6)
+    ap.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate of the table (Holm)")
+    ap.add_argument("--margin", type=float, default=0.01, help="equivalence margin, accuracy fraction")
     args = ap.parse_args()
+    if not 0 < args.alpha < 1 or not args.margin > 0:
+        raise SystemExit(f"--alpha={args.alpha} must lie in (0, 1) and --margin={args.margin} must be positive")
     client = MlflowClient(f"sqlite:///{Path(args.store).resolve()}")
     exp_info = client.get_experiment_by_name(args.experiment)
     if exp_info is None:
@@ -99,10 +111,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         exp = Experiment(client, exp_info.experiment_id, Path(tmp))
         rates = sorted({r for j in exp.jobs for r in rate_stats(j.metrics)})
-        report = Path(args.report_dir or f"outputs/figures/{args.experiment}")
-        rows = read_csv(report / "paired_differences.csv")
-        compared, verdict = comparisons(rows, args.min_rate)
-        print("\n".join(baselines_table(exp) + [""] + runs_table(exp, rates) + [""] + compared))
+        compared, verdict = comparisons(trial_accuracies(exp), args.min_rate, args.margin, args.alpha)
+        note = claims.method_note(args.alpha, args.margin)
+        print("\n".join(baselines_table(exp) + [""] + runs_table(exp, rates) + [""] + compared + ["", note]))
     print(json.dumps(verdict))
 
 

@@ -6,15 +6,16 @@
     python benchmarks/repro_claims.py                 # --experiment repro_cpu --fig1 repro_cpu_fig1
     python benchmarks/repro_claims.py --experiment repro_cpu_ablation   # issue 19: variants vs FitAct
 
-Reads the finished job runs of the two experiments (and the report's paired_differences.csv and
+Reads the finished job runs of the two experiments (their per-trial accuracies, and the report's
 table1_overhead.csv, written by the report command above) and prints, in Markdown: the run ids,
 mean accuracy per rate, every variant of FitAct (ablations, ProAct) minus FitAct at every rate with
-its paired CI, and one row per claim of the paper with our number and whether it holds.
-The last line is JSON with the same verdicts.
+its paired CI and what the tests establish, the ordering claims with their tests, and one row per
+claim of the paper with our number and whether it holds. The last line is JSON with the same verdicts.
 
-"Holds" for an ordering A >= B at one rate means: the paired 95 % CI of mean(A - B) over the same
-fault maps does not lie entirely below zero (A is not significantly worse). "Strictly" means the CI
-lies entirely above zero.
+Claims are decided by tests that can fail (fitact_pipeline/claims.py, DESIGN.md §2.5): "A > B" at
+one rate by a one-sided paired t-test on the per-trial differences over the same fault maps, "A ties
+B" by equivalence within --margin (TOST), Holm-adjusted across each claims table. A claim the test
+does not establish is "not supported": no difference found is never read as ">=".
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fitact_pipeline import claims, stats  # noqa: E402
 from fitact_pipeline.report import Experiment, rate_stats, without_design  # noqa: E402
 from fitact_pipeline.report.tables import read_csv  # noqa: E402
 
@@ -91,49 +93,77 @@ def collapse(exp: Experiment) -> tuple[str, bool, dict]:
     return "; ".join(parts), ok, data
 
 
-def ordering(paired_csv: Path, min_rate: float) -> tuple[str, bool, dict]:
-    """FitAct >= Clip-Act >= Ranger >= none at every rate >= min_rate, from the paired CIs."""
-    rows = read_table(paired_csv)
+def trial_accuracies(jobs, trials_of) -> dict[tuple, dict[str, dict[tuple[float, int], float]]]:
+    """{context: {variant: {(rate, trial): accuracy}}}: the per-trial accuracies every paired claim
+    is tested on (trial i of every variant of a context saw the same fault map, and in the nested
+    design the same images). Variants are named without their campaign design."""
+    out: dict = defaultdict(lambda: defaultdict(dict))
+    for job in jobs:
+        out[job.context][without_design(job.variant)].update(trials_of(job))
+    return out
+
+
+def paired(by_variant: dict, a: str, b: str, min_rate: float = 0.0) -> dict[float, list[float]]:
+    """{rate: [acc_a - acc_b per shared trial]} for every rate >= min_rate both variants ran."""
+    if a not in by_variant or b not in by_variant:
+        return {}
+    return claims.paired_by_rate(by_variant[a], by_variant[b], min_rate)
+
+
+def ordering(trials: dict, min_rate: float, alpha: float, test: str) -> tuple[str, bool, dict, list[str]]:
+    """FitAct > Clip-Act > Ranger > none at every rate >= min_rate: one superiority claim per
+    (model, pair, rate), Holm across them all. Holds only if every one is supported."""
     pairs = [("fitact", "clipact"), ("clipact", "ranger"), ("ranger", "none"), ("fitact", "none")]
-    verdict: dict = defaultdict(dict)
-    for row in rows:
-        key = (row["protection_a"], row["protection_b"])
-        if key not in pairs or float(row["rate"]) < min_rate:
-            continue
-        low, high = float(row["ci_low"]), float(row["ci_high"])
-        mean = float(row["mean_diff"])
-        state = "better" if low > 0 else ("worse" if high < 0 else "tie")
-        verdict[f"{row['model']}: {key[0]} vs {key[1]}"][row["rate"]] = (state, mean)
-    parts, ok = [], True
-    for name, per_rate in sorted(verdict.items()):
-        worse = [r for r, (s, _) in per_rate.items() if s == "worse"]
-        better = [r for r, (s, _) in per_rate.items() if s == "better"]
-        ok &= not worse
-        parts.append(f"{name}: better at {len(better)}/{len(per_rate)} rates, tie at "
-                     f"{len(per_rate) - len(better) - len(worse)}, worse at {len(worse)}"
-                     + (f" ({', '.join(f'{float(r):.0e}' for r in sorted(worse, key=float))})" if worse else ""))
-    return "<br>".join(parts), ok, {k: {r: s for r, (s, _) in v.items()} for k, v in verdict.items()}
+    found = [claims.Claim(f"{context[0]}: {a} > {b} at {rate:.0e}", ">", tuple(d))
+             for context, by_variant in sorted(trials.items(), key=lambda kv: repr(kv[0]))
+             for a, b in pairs for rate, d in sorted(paired(by_variant, a, b, min_rate).items())]
+    decisions = claims.decide(found, alpha, test)
+    per_pair: dict = defaultdict(list)
+    for d in decisions:
+        per_pair[d.claim.name.rsplit(" at ", 1)[0]].append(d)
+    parts = [f"{name}: supported at {sum(d.supported for d in ds)}/{len(ds)} rates"
+             + ("" if all(d.supported for d in ds) else " (not at " + ", ".join(
+                 d.claim.name.rsplit(" at ", 1)[1] for d in ds if not d.supported) + ")")
+             for name, ds in sorted(per_pair.items())]
+    ok = bool(decisions) and all(d.supported for d in decisions)
+    data = {d.claim.name: {"p_adjusted": d.p_adjusted, "verdict": d.verdict} for d in decisions}
+    return "<br>".join(parts), ok, data, claims.table(decisions)
 
 
-def versus_fitact(paired_csv: Path) -> tuple[list[str], dict]:
+def versus_fitact(trials: dict, margin: float, alpha: float, test: str) -> tuple[list[str], dict]:
     """Every other variant of a run (FitAct's ablations: no post-training, channel, layer; ProAct;
-    post-training settings) minus FitAct as published, at every rate: the paired difference over the
-    same fault maps with its CI (issue 19). The report orders each pair so that FitAct is B."""
-    rows = [r for r in read_table(paired_csv) if r["protection_b"] == "fitact"
-            and r["protection_a"] not in ORDER[:3]]
-    data: dict = defaultdict(dict)
-    for row in rows:
-        data[f"{row['model']}: {row['protection_a']}"][float(row["rate"])] = (
-            float(row["mean_diff"]), float(row["ci_low"]), float(row["ci_high"]))
-    if not data:
+    post-training settings) minus FitAct as published, at every rate: the mean paired difference
+    over the same trials, its CI, and what the tests establish: variant > FitAct (">"), FitAct >
+    variant ("<"), a tie within the margin ("="), or nothing ("?"); Holm across the whole table."""
+    cells: dict = defaultdict(dict)
+    found = []
+    for context, by_variant in sorted(trials.items(), key=lambda kv: repr(kv[0])):
+        for variant in sorted(v for v in by_variant if v not in ORDER):
+            for rate, d in sorted(paired(by_variant, variant, "fitact").items()):
+                name = f"{context[0]}: {variant}"
+                cells[name][rate] = (len(found), stats.mean_ci(d))
+                found += claims.comparison(variant, "fitact", d, margin, where=f"({context[0]}, {rate:.0e})")
+    if not found:
         return [], {}
-    rates = sorted({r for per_rate in data.values() for r in per_rate})
+    decisions = claims.decide(found, alpha, test)
+    rates = sorted({r for per_rate in cells.values() for r in per_rate})
     lines = ["| model: variant | " + " | ".join(f"{r:.0e}" for r in rates) + " |", "|---" * (1 + len(rates)) + "|"]
-    for name, per_rate in sorted(data.items()):
-        cells = [f"{100 * per_rate[r][0]:+.1f} [{100 * per_rate[r][1]:+.1f}, {100 * per_rate[r][2]:+.1f}]"
-                 if r in per_rate else "-" for r in rates]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines, {k: {f"{r:.0e}": v for r, v in per_rate.items()} for k, v in data.items()}
+    data: dict = {}
+    for name, per_rate in sorted(cells.items()):
+        row = []
+        for rate in rates:
+            if rate not in per_rate:
+                row.append("-")
+                continue
+            first, (mean, low, high) = per_rate[rate]
+            better, worse, tie = (decisions[first + i].supported for i in range(3))
+            mark = "".join(m for m, on in ((">", better), ("<", worse), ("=", tie)) if on) or "?"
+            row.append(f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] {mark}")
+            data.setdefault(name, {})[f"{rate:.0e}"] = {
+                "mean": mean, "ci": [low, high], "better": better, "worse": worse, "tie": tie,
+                "p_adjusted": [decisions[first + i].p_adjusted for i in range(3)]}
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    return lines, data
 
 
 def variant_costs(table_csv: Path) -> list[str]:
@@ -227,52 +257,66 @@ def main() -> None:
     ap.add_argument("--fig1", default="repro_cpu_fig1")
     ap.add_argument("--report-dir", default=None, help="default: outputs/figures/<experiment>")
     ap.add_argument("--min-rate", type=float, default=1e-6)
+    ap.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate of each claims table (Holm)")
+    ap.add_argument("--margin", type=float, default=0.01, help="equivalence margin of a tie, accuracy fraction "
+                    "(0.01 = 1 point)")
+    ap.add_argument("--test", choices=claims.TESTS, default="t", help="t: paired t-test on the mean difference; "
+                    "wilcoxon: signed-rank")
     args = ap.parse_args()
+    if not 0 < args.alpha < 1 or not args.margin > 0:
+        sys.exit(f"--alpha={args.alpha} must lie in (0, 1) and --margin={args.margin} must be positive")
     report_dir = Path(args.report_dir or f"outputs/figures/{args.experiment}")
-    if not (report_dir / "paired_differences.csv").exists():
-        sys.exit(f"{report_dir / 'paired_differences.csv'} not found; build the report first: "
-                 f"python -m fitact_pipeline.report experiment={args.experiment}")
     client = MlflowClient(f"sqlite:///{Path(args.store).resolve()}")
     with tempfile.TemporaryDirectory() as tmp:
         exp = load(client, args.experiment, Path(tmp))
         if exp is None:
             sys.exit(f"no MLflow experiment named {args.experiment!r} in {args.store}")
         fig1 = load(client, args.fig1, Path(tmp))
+        trials = trial_accuracies(exp.jobs, exp.trials)
         print(f"## Baselines of `{args.experiment}`\n")
         print("\n".join(baselines_table(exp)) + "\n")
         print(f"## Runs of `{args.experiment}` (mean test accuracy, %, per fault rate)\n")
         print("\n".join(runs_table(exp)) + "\n")
-        claims = [("The unprotected model collapses at high fault rates", "collapse at 3e-5 (full width)",
-                   *collapse(exp)[:2])]
-        text, ok, order = ordering(report_dir / "paired_differences.csv", args.min_rate)
-        claims.append((f"FitAct >= Clip-Act >= Ranger >= unprotected at every rate >= {args.min_rate:.0e} "
-                       "(paired 95 % CI)", "ordering at every rate", text, ok))
-        claims.append(("GBReLU bound trade-off (Fig. 1)", "a bound between too tight and too loose is best",
-                       *gbrelu_tradeoff(fig1)[:2]))
-        claims.append(("Per-neuron maxima spread far below the layer max (Fig. 2)", "wide spread",
-                       *neuron_spread(exp)[:2]))
-        rows, over = overheads(report_dir / "table1_overhead.csv")
-        claims.extend(rows)
-        claims.append(("Post-training shrinks the bounds (mean bound / profiled max)", "< 1", *bound_shrink(exp)[:2]))
-        variants, versus = versus_fitact(report_dir / "paired_differences.csv")
-        if variants:
-            print("## Variants vs FitAct (accuracy points, variant - FitAct on the same fault maps, paired 95 % CI)\n")
-            print("\n".join(variants) + "\n")
-            print("## Variants: bound memory and bounds-training time\n")
-            print("\n".join(variant_costs(report_dir / "table1_overhead.csv")) + "\n")
-            proact = {k: v for k, v in versus.items() if k.endswith(": proact")}
-            if proact:
-                worse = sum(hi < 0 for per_rate in proact.values() for _, _, hi in per_rate.values())
-                better = sum(lo > 0 for per_rate in proact.values() for _, lo, _ in per_rate.values())
-                total = sum(len(per_rate) for per_rate in proact.values())
-                claims.append(("ProAct is more resilient than neuron-wise FitAct (arXiv 2406.06313)",
-                               "up to 6.4x better resilience", f"better at {better}/{total} (model, rate) points, "
-                               f"worse at {worse}", better > 0 and worse == 0))
-        print("## Claims\n\n| claim | paper | ours | holds? |\n|---|---|---|---|")
-        for name, paper, ours, ok in claims:
-            print(f"| {name} | {paper} | {ours} | {'-' if ok is None else ('yes' if ok else 'no')} |")
-        print(json.dumps({"claims": {c[0]: c[3] for c in claims}, "ordering": order, "overheads": over,
-                          "versus_fitact": versus}))
+        report(args, exp, fig1, trials, report_dir)
+
+
+def report(args, exp: Experiment, fig1: Experiment | None, trials: dict, report_dir: Path) -> None:
+    """The tables after the runs: variants vs FitAct, the ordering tests, the claims."""
+    note = claims.method_note(args.alpha, args.margin, args.test)
+    found = [("The unprotected model collapses at high fault rates", "collapse at 3e-5 (full width)",
+              *collapse(exp)[:2])]
+    text, ok, order, order_table = ordering(trials, args.min_rate, args.alpha, args.test)
+    found.append((f"FitAct > Clip-Act > Ranger > unprotected at every rate >= {args.min_rate:.0e} "
+                  "(one-sided paired t, Holm)", "ordering at every rate", text, ok))
+    found.append(("GBReLU bound trade-off (Fig. 1)", "a bound between too tight and too loose is best",
+                  *gbrelu_tradeoff(fig1)[:2]))
+    found.append(("Per-neuron maxima spread far below the layer max (Fig. 2)", "wide spread",
+                  *neuron_spread(exp)[:2]))
+    rows, over = overheads(report_dir / "table1_overhead.csv")
+    found.extend(rows)
+    found.append(("Post-training shrinks the bounds (mean bound / profiled max)", "< 1", *bound_shrink(exp)[:2]))
+    variants, versus = versus_fitact(trials, args.margin, args.alpha, args.test)
+    if variants:
+        print("## Variants vs FitAct (accuracy points, variant - FitAct on the same trials, paired 95 % CI)\n")
+        print("\n".join(variants) + "\n")
+        print("`>`: variant > FitAct supported; `<`: FitAct > variant supported; `=`: a tie within "
+              f"+-{100 * args.margin:g} points supported; `?`: none of these. {note}\n")
+        print("## Variants: bound memory and bounds-training time\n")
+        print("\n".join(variant_costs(report_dir / "table1_overhead.csv")) + "\n")
+        proact = [cell for name, per_rate in versus.items() if name.endswith(": proact") for cell in per_rate.values()]
+        if proact:
+            better, worse = sum(c["better"] for c in proact), sum(c["worse"] for c in proact)
+            found.append(("ProAct is more resilient than neuron-wise FitAct (arXiv 2406.06313)",
+                          "up to 6.4x better resilience", f"ProAct > FitAct supported at {better}/{len(proact)} "
+                          f"(model, rate) points, FitAct > ProAct at {worse}", better > 0 and worse == 0))
+    if order_table:
+        print(f"## Ordering claims, one per (model, pair, rate >= {args.min_rate:.0e})\n\n{note}\n")
+        print("\n".join(order_table) + "\n")
+    print("## Claims\n\n| claim | paper | ours | holds? |\n|---|---|---|---|")
+    for name, paper, ours, ok in found:
+        print(f"| {name} | {paper} | {ours} | {'-' if ok is None else ('yes' if ok else 'no')} |")
+    print(json.dumps({"claims": {c[0]: c[3] for c in found}, "tests": note, "ordering": order,
+                      "overheads": over, "versus_fitact": versus}))
 
 
 if __name__ == "__main__":

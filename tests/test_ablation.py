@@ -97,25 +97,57 @@ def test_labels_are_distinct_and_paired_rows_compare_each_variant_with_fitact():
         assert row["mean_diff"] == pytest.approx(acc[label] - acc["fitact"])
 
 
-def test_the_claims_table_lists_each_variant_minus_fitact_at_every_rate(tmp_path):
+def _repro_claims():
     import importlib.util
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "repro_claims.py"
     spec = importlib.util.spec_from_file_location("repro_claims", path)
-    claims = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(claims)
-    csv = tmp_path / "paired_differences.csv"
-    rows = ["model,dataset,fault_model,protection_a,protection_b,rate,mean_diff,ci_low,ci_high"]
-    for a in ("fitact channel", "fitact no post-training", "proact"):
-        for rate in (1e-6, 1e-5):
-            rows.append(f"vgg16,cifar10,memory,{a},fitact,{rate},0.01,-0.002,0.022")
-    rows.append("vgg16,cifar10,memory,fitact,clipact,1e-05,0.05,0.04,0.06")  # not a variant of FitAct
-    csv.write_text("\n".join(rows) + "\n")
-    lines, data = claims.versus_fitact(csv)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _trials(module, accuracies):
+    """Jobs of one context whose trial t at each rate has accuracy accuracies[variant](rate, t)."""
+    ctx = ("vgg16", "cifar10", "memory")
+    jobs = [JobRun(f"r{i}", "vgg16", "cifar10", label.split(" ")[0], "memory", label + " (nested, n=25)", ctx, {}, {})
+            for i, label in enumerate(accuracies)]
+    of = {job.run_id: accuracies[label] for job, label in zip(jobs, accuracies)}
+    return module.trial_accuracies(jobs, lambda j: {(r, t): of[j.run_id](r, t) for r in (1e-6, 1e-5) for t in range(20)})
+
+
+def test_the_claims_table_lists_each_variant_minus_fitact_at_every_rate_with_its_tests():
+    claims = _repro_claims()
+    noise = lambda t: 0.01 * ((t * 7) % 5 - 2)  # noqa: E731  spread, mean 0 over each 5 trials
+    trials = _trials(claims, {
+        "fitact": lambda r, t: 0.5 + noise(t),
+        "fitact channel": lambda r, t: 0.55 + noise(t) + 0.002 * (t % 2),  # 5 points better
+        "fitact no post-training": lambda r, t: 0.5 + noise(t) + 0.002 * (t % 2 - 0.5),  # a true tie
+        "proact": lambda r, t: 0.5 + noise(t) + (0.03 if r > 1e-6 else 0.0) * (t % 2 * 2 - 1),  # too noisy to tell
+        "clipact": lambda r, t: 0.4})  # not a variant of FitAct
+    lines, data = claims.versus_fitact(trials, margin=0.01, alpha=0.05, test="t")
     assert set(data) == {"vgg16: fitact channel", "vgg16: fitact no post-training", "vgg16: proact"}
     assert lines[0] == "| model: variant | 1e-06 | 1e-05 |" and len(lines) == 5
-    assert "+1.0 [-0.2, +2.2]" in lines[2]
+    assert "+5.1 [+5.1, +5.1] >" in lines[2]
+    cell = data["vgg16: fitact no post-training"]["1e-05"]
+    assert (cell["better"], cell["worse"], cell["tie"]) == (False, False, True)  # a tie is "=", never ">"
+    assert lines[3].endswith("+0.0 [-0.0, +0.0] = | +0.0 [-0.0, +0.0] = |")
+    assert lines[4].endswith("+0.0 [-1.4, +1.4] ? |")  # neither better, worse nor within 1 point: "?"
+
+
+def test_the_ordering_is_decided_by_superiority_tests_not_by_ties():
+    claims = _repro_claims()
+    noise = lambda t: 0.01 * ((t * 7) % 5 - 2)  # noqa: E731
+    trials = _trials(claims, {"none": lambda r, t: 0.1 + noise(t), "ranger": lambda r, t: 0.3 + noise(t),
+                              "clipact": lambda r, t: 0.4 + noise(t), "fitact": lambda r, t: 0.5 + noise(t)})
+    text, ok, data, table = claims.ordering(trials, 1e-6, 0.05, "t")
+    assert ok and len(data) == 4 * 2 and all(v["verdict"] == "supported" for v in data.values())
+    # Clip-Act tied with FitAct: the old rule (CI not below 0) said the ordering holds; a test of ">" does not
+    trials[("vgg16", "cifar10", "memory")]["clipact"] = dict(trials[("vgg16", "cifar10", "memory")]["fitact"])
+    text, ok, data, table = claims.ordering(trials, 1e-6, 0.05, "t")
+    assert not ok and "vgg16: fitact > clipact: supported at 0/2 rates" in text
+    assert data["vgg16: fitact > clipact at 1e-05"]["verdict"] == "not supported"
 
 
 def test_an_experiments_own_posttraining_schedule_is_no_variant():

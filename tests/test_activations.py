@@ -20,8 +20,34 @@ def _vals(m, x=X):
         return m(x.clone()).tolist()
 
 
-def test_ranger_clamps_and_zeroes_non_finite():
-    assert _vals(RangerReLU(2.0)) == [0, 0, 0, 0, 0, 0.5, 2.0, 2.0, 2.0]
+def test_ranger_clamps_as_torch_clamp_keeping_nan_and_sending_inf_to_the_bound():
+    # Ranger's own clamp (DESIGN §2.8): NaN stays NaN, +inf -> b, -inf -> 0
+    got = _vals(RangerReLU(2.0))
+    assert math.isnan(got[0]) and got[1:] == [2.0, 0, 0, 0, 0.5, 2.0, 2.0, 2.0]
+    _same_nan(RangerReLU(2.0)(X.clone()), torch.clamp(X, 0.0, 2.0))
+    _same_nan(RangerReLU(2.0, inplace=True)(X.clone()), torch.clamp(X, 0.0, 2.0))
+
+
+def test_ranger_nonfinite_zero_counts_non_finite_inputs_as_zero():
+    assert _vals(RangerReLU(2.0, nonfinite="zero")) == [0, 0, 0, 0, 0, 0.5, 2.0, 2.0, 2.0]
+
+
+def test_ranger_clamps_under_autograd_and_on_other_kinds():
+    x = X.clone().requires_grad_(True)  # the out-of-place path (torch.minimum)
+    _same_nan(RangerReLU(2.0)(x).detach(), torch.clamp(X, 0.0, 2.0))
+    # a kind with a lower bound a: min(max(g(x), a), b), NaN kept, +inf -> b, -inf -> a
+    leaky = dict(activation=torch.nn.LeakyReLU(0.5), lower=torch.tensor(-1.0))
+    x = torch.tensor([NAN, INF, -INF, 3.0, -0.5])
+    y = make_activation("ranger", torch.tensor(2.0), "layer", **leaky)(x)
+    assert math.isnan(y[0]) and y[1:].tolist() == [2.0, -1.0, 2.0, -0.25]
+    zero = make_activation("ranger", torch.tensor(2.0), "layer", **leaky, nonfinite="zero")
+    assert zero(x).tolist() == [0.0, 0.0, 0.0, 2.0, -0.25]
+    with pytest.raises(ValueError, match="nonfinite='nan' is not allowed; choose one of: clamp, zero"):
+        RangerReLU(2.0, nonfinite="nan")
+
+
+def _same_nan(a, b):
+    torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("cls", [ClipActReLU, GBReLU])
@@ -70,16 +96,17 @@ def test_fused_kernel_matches_eager(inplace):
     x = torch.randn(4, 3, 5, 5) * 3
     x[0, 0, 0, 0], x[1, 1, 1, 1], x[2, 2, 2, 2] = NAN, INF, -INF
     b = torch.rand(3, 5, 5) * 2
-    for name in ("clipact", "ranger", "fitact"):
-        eager = make_activation(name, b, "neuron", inplace=inplace)
-        fused = make_activation(name, b, "neuron", fused=True, inplace=inplace)
+    for name, extra in (("clipact", {}), ("ranger", {}), ("ranger", {"nonfinite": "zero"}), ("fitact", {})):
+        eager = make_activation(name, b, "neuron", inplace=inplace, **extra)
+        fused = make_activation(name, b, "neuron", fused=True, inplace=inplace, **extra)
         with torch.no_grad():
             fused_in = x.clone()
             out = fused(fused_in)
-            assert torch.equal(eager(x.clone()), out), name
+            _same_nan(eager(x.clone()), out)  # Ranger's clamp keeps the NaN
             # in place like the nn.ReLU it replaces: the result is written into the input
             assert (out.data_ptr() == fused_in.data_ptr()) == inplace, name
-            assert torch.equal(fused_in, out) or not inplace
+            if inplace:
+                _same_nan(fused_in, out)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -96,11 +123,11 @@ def test_compiled_kernel_matches_eager_at_any_thread_count(threads, monkeypatch)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for name in ("clipact", "ranger", "fitact"):
-            eager = make_activation(name, b, "neuron", inplace=True)
-            fused = make_activation(name, b, "neuron", fused=True, inplace=True)
+        for name, extra in (("clipact", {}), ("ranger", {}), ("ranger", {"nonfinite": "zero"}), ("fitact", {})):
+            eager = make_activation(name, b, "neuron", inplace=True, **extra)
+            fused = make_activation(name, b, "neuron", fused=True, inplace=True, **extra)
             with torch.no_grad():
-                assert torch.equal(eager(x.clone()), fused(x.clone())), (name, threads)
+                _same_nan(eager(x.clone()), fused(x.clone()))
     finally:
         torch.set_num_threads(before)
 
@@ -129,3 +156,11 @@ def test_bad_names():
         ClipActReLU(1.0, "pixel")
     with pytest.raises(ValueError, match="unknown protection 'relu6'"):
         make_activation("relu6", 1.0)
+
+
+def test_a_bad_ranger_nonfinite_is_refused_in_preflight():
+    from fitact_pipeline.validate import ConfigError, preflight
+
+    with pytest.raises(ConfigError, match=r"^protection.nonfinite='keep' is not allowed; choose one of: clamp, zero$"):
+        preflight(["protection=ranger", "protection.nonfinite=keep"])
+    preflight(["protection=ranger", "protection.nonfinite=zero"])

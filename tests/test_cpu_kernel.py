@@ -24,11 +24,15 @@ def _same(a, b):
     torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
 
 
-def _reference(clamp: bool, x: float, b: float) -> float:
-    """DESIGN §2.2 at one neuron, with non-finite inputs as faults (output 0); for Ranger the
-    formula min(max(0, x), b) is taken literally, so a negative or NaN bound gives b."""
+def _reference(form: str, x: float, b: float) -> float:
+    """DESIGN §2.2, §2.8 at one neuron. Clip: non-finite inputs are faults (0). Ranger's clamp, as
+    torch.clamp computes min(max(x, 0), b): NaN stays NaN, +inf -> b, -inf -> 0; clamp_zero counts
+    non-finite inputs as 0 first. The formula is taken literally, so a negative or NaN bound gives b."""
+    if form == "clamp":
+        r = x if (math.isnan(x) or x > 0) else 0.0
+        return r if (math.isnan(r) or r < b) else b
     r = x if (math.isfinite(x) and x > 0) else 0.0
-    if clamp:
+    if form == "clamp_zero":
         return b if (math.isnan(b) or not r < b) else r
     return r if r <= b else 0.0
 
@@ -39,14 +43,21 @@ def test_kernel_is_built_on_this_machine():
     assert cpu_kernel.load()
 
 
-@pytest.mark.parametrize("clamp", [False, True])
+def test_the_reference_is_torch_clamp_for_ranger():
+    # Ranger's clamp as its authors' code computes it: torch.clamp(x, 0, b) keeps NaN, sends +inf to b
+    x = torch.tensor(X_POINTS)
+    for b in (1.0, 0.5, 3.0):
+        _same(torch.tensor([_reference("clamp", v, b) for v in X_POINTS]), torch.clamp(x, 0.0, b))
+
+
+@pytest.mark.parametrize("form", sorted(cpu_kernel.FORMS))
 @pytest.mark.parametrize("inplace", [False, True])
-def test_values_at_special_points(clamp, inplace):
+def test_values_at_special_points(form, inplace):
     x = torch.tensor(X_POINTS).repeat(5, 1)  # 5 samples: one group of four plus a single row
     for b in BOUND_POINTS:
-        want = torch.tensor([_reference(clamp, v, b) for v in X_POINTS]).repeat(5, 1)
+        want = torch.tensor([_reference(form, v, b) for v in X_POINTS]).repeat(5, 1)
         xin = x.clone()
-        out = cpu_kernel.bounded_relu(xin, torch.tensor(b), clamp=clamp, inplace=inplace)
+        out = cpu_kernel.bounded_relu(xin, torch.tensor(b), form=form, inplace=inplace)
         _same(out, want)
         assert (out.data_ptr() == xin.data_ptr()) == inplace
         if not inplace:
@@ -78,10 +89,10 @@ def test_fused_modules_match_eager(shape, granularity, threads):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for name in ("ranger", "clipact", "fitact"):
+        for name, extra in (("ranger", {}), ("ranger", {"nonfinite": "zero"}), ("clipact", {}), ("fitact", {})):
             for inplace in (False, True):
-                eager = make_activation(name, b, granularity, inplace=inplace)
-                fused = make_activation(name, b, granularity, fused=True, inplace=inplace)
+                eager = make_activation(name, b, granularity, inplace=inplace, **extra)
+                fused = make_activation(name, b, granularity, fused=True, inplace=inplace, **extra)
                 with torch.inference_mode():
                     _same(fused(x.clone()), eager(x.clone()))
     finally:
@@ -126,13 +137,20 @@ def test_fused_modules_fall_back_to_the_compiled_kernel(monkeypatch):
     b = torch.rand(3, 5, 5) * 2
     b[0, 0, 1], b[1, 2, 2] = -1.0, NAN
     assert not cpu_kernel.usable(x, b)
-    for name in ("ranger", "clipact"):
-        eager = make_activation(name, b, "neuron", inplace=True)
-        fused = make_activation(name, b, "neuron", fused=True, inplace=True)
-        with torch.inference_mode():
-            _same(fused(x.clone()), eager(x.clone()))
+    x[2, 2, 2, 2] = -INF
+    for name, extra in (("ranger", {}), ("ranger", {"nonfinite": "zero"}), ("clipact", {})):
+        for inplace in (False, True):  # the compiled kernel of each form, out of place and in place
+            eager = make_activation(name, b, "neuron", inplace=inplace, **extra)
+            fused = make_activation(name, b, "neuron", fused=True, inplace=inplace, **extra)
+            with torch.inference_mode():
+                _same(fused(x.clone()), eager(x.clone()))
     with pytest.raises(RuntimeError, match="could not be built"):
-        cpu_kernel.bounded_relu(x, b, clamp=False, inplace=False)
+        cpu_kernel.bounded_relu(x, b, form="clip", inplace=False)
+
+
+def test_an_unknown_form_is_refused():
+    with pytest.raises(ValueError, match="form='min' is not allowed; choose one of: clip, clamp, clamp_zero"):
+        cpu_kernel.bounded_relu(torch.zeros(2, 3), torch.ones(()), form="min", inplace=False)
 
 
 def test_a_failed_build_is_logged_once_and_reported(monkeypatch, caplog):

@@ -8,12 +8,12 @@ import torch
 
 from fitact_pipeline.evaluate import accuracy
 from fitact_pipeline.protect import fold_batchnorm, profile_activations, protect_model
-from fitact_pipeline.protect.progressive import forward_order, progressive_bounds
+from fitact_pipeline.protect.progressive import DEFAULTS, forward_order, keep_rule, progressive_bounds
 from fitact_pipeline.protect.protections.proact import ProActReLU
 from fitact_pipeline.validate import ConfigError, preflight
 
 FAST = {"epochs": 1, "max_batches_per_epoch": 3, "decays": [0.1, 0.01], "val_images": 200, "lr": 0.05,
-        "lr_neuron": 0.01, "max_accuracy_drop": 0.05}
+        "lr_neuron": 0.01, "max_accuracy_drop": 0.05, "keep": "floor", "order": "forward"}
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_bounds_are_one_scalar_per_site_and_neuron_wise_at_the_last(digits_proac
     last = sites[order[-1]]
     assert last.granularity == "neuron" and last.bound.shape == prof[order[-1]].shape
     assert torch.equal(last.bound.detach(), prof[order[-1]])
-    assert all(m.hard for m in sites.values())  # deployed as FitReLU-Naive
+    assert not any(m.hard for m in sites.values())  # deployed smooth, as the authors' toolbox deploys it
 
 
 def test_channel_granularity_for_the_others_keeps_the_last_neuron_wise(digits_proact):
@@ -87,7 +87,7 @@ def test_progressive_training_changes_only_bounds_and_decides_on_validation(digi
     assert data.val_calls == 1  # one stratified validation sample, drawn once
     assert flags == {n: p.requires_grad for n, p in model.named_parameters()}  # the flags it came with
     sites = [m for m in model.modules() if isinstance(m, ProActReLU)]
-    assert all(m.hard for m in sites) and not model.training
+    assert not any(m.hard for m in sites) and not model.training  # the deployed (smooth) form restored
     # one record per trained epoch, site by site in forward order; the constraint holds where kept
     hist = res["history"]
     assert [h["site"] for h in hist[1:]] == sorted(h["site"] for h in hist[1:])
@@ -106,6 +106,44 @@ def test_a_site_that_breaks_the_constraint_is_reverted(digits_proact):
                                                     "max_accuracy_drop": 0.0}, clean_val_acc=1.0)
     assert not any(h["kept"] for h in res["history"][1:])
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_the_keep_rules_band_and_floor():
+    band = keep_rule({**DEFAULTS, "keep": "band", "band": 0.002}, start_acc=0.9, clean_val_acc=0.95)
+    assert band(0.9) and band(0.902) and band(0.898)  # within +-0.2 points of the start (float-exact edges)
+    assert not band(0.897) and not band(0.903)  # a gain beyond the band reverts too, as in the toolbox
+    floor = keep_rule({**DEFAULTS, "keep": "floor", "max_accuracy_drop": 0.01}, start_acc=0.9, clean_val_acc=0.95)
+    assert floor(0.94) and floor(0.99) and not floor(0.939)
+
+
+def test_the_band_rule_keeps_only_epochs_within_the_band_of_the_start(digits_proact):
+    dm, reference, _, protected = digits_proact
+    res = progressive_bounds(copy.deepcopy(protected), reference, dm,
+                             {**FAST, "keep": "band", "band": 0.01, "lr": 0.5, "lr_neuron": 0.5}, seed=3)
+    start = res["history"][0]["val_acc"]
+    assert res["start_val_acc"] == start
+    kept = [h for h in res["history"][1:] if h["kept"]]
+    assert kept and len(kept) < len(res["history"]) - 1  # both decisions happen
+    assert all(abs(h["val_acc"] - start) <= 0.01 + 1e-9 for h in kept)
+    assert all(abs(h["val_acc"] - start) > 0.01 for h in res["history"][1:] if not h["kept"])
+    assert abs(res["val_acc"] - start) <= 0.01 + 1e-9  # the deployed model is the last kept bounds
+
+
+def test_the_defaults_are_the_toolbox_schedule_and_the_config_spells_them_out():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from fitact_pipeline.validate import CONF_DIR
+
+    assert DEFAULTS["decays"] == [4 * 10.0 ** -e for e in range(5, 16)] and DEFAULTS["order"] == "reverse"
+    assert (DEFAULTS["keep"], DEFAULTS["band"], DEFAULTS["lr"], DEFAULTS["lr_neuron"]) == ("band", 0.002, 0.01, 0.01)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose("config", overrides=["protection=proact"])
+    conf = OmegaConf.to_container(cfg.protection, resolve=True)
+    assert conf["hard"] is False
+    assert conf["progressive"]["decays"] == pytest.approx(DEFAULTS["decays"], rel=1e-12)
+    assert {k: v for k, v in conf["progressive"].items() if k != "decays"} == \
+        {k: v for k, v in DEFAULTS.items() if k != "decays"}
 
 
 def test_reverse_order_trains_the_last_site_first(digits_proact):
@@ -153,6 +191,9 @@ def test_full_split_profile_is_the_max_over_every_training_image(trained_digits,
      "protection.progressive.order='sideways' is not allowed; choose one of: forward, reverse"),
     (["protection=proact", "protection.progressive.decays=[]"], "protection.progressive.decays=[] is not allowed"),
     (["protection=proact", "protection.progressive.lr=0"], "protection.progressive.lr=0 is not allowed"),
+    (["protection=proact", "protection.progressive.keep=best"],
+     "protection.progressive.keep='best' is not allowed; choose one of: band, floor"),
+    (["protection=proact", "protection.progressive.band=2"], "protection.progressive.band=2 is not allowed"),
     (["protection=proact", "protection.granularity=neuron"], "protection.granularity='neuron' is not allowed"),
     (["protection=proact", "+protection.progressive.foo=1"], "unknown config option 'protection.progressive.foo'"),
 ])
@@ -160,3 +201,16 @@ def test_bad_proact_values_are_refused_with_one_line(argv, fragment):
     with pytest.raises(ConfigError) as err:
         preflight(argv)
     assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_hard_form_is_the_labelled_variant_now_that_smooth_is_the_default():
+    from fitact_pipeline.protect import PROTECTIONS
+    from fitact_pipeline.report.runs import variant_of
+
+    tags = {"protection": "proact", "granularity": "layer"}
+    assert variant_of(tags, {"protection.hard": "False"}) == "proact"
+    assert variant_of(tags, {"protection.hard": "True"}) == "proact hard"
+    assert PROTECTIONS["proact"].inference_form({"protection.hard": "False"}) == "FitReLU (smooth)"
+    assert PROTECTIONS["proact"].inference_form({"protection.hard": "True"}) == "FitReLU-Naive (hard)"
+    assert variant_of({"protection": "ranger", "granularity": "layer"}, {"protection.nonfinite": "zero"}) == \
+        "ranger nonfinite=zero"

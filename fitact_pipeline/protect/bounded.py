@@ -7,8 +7,10 @@ memory as the weights), and bound training (FitAct post-training) trains exactly
 
 Bound shapes for an activation map ``(N, C, H, W)`` / ``(N, F)``:
 ``layer`` -> ``()``, ``channel`` -> ``(C, 1, 1)`` / ``(F,)``, ``neuron`` -> ``(C, H, W)`` / ``(F,)``.
-They broadcast against the batch without any reshaping in ``forward``. NaN and +-inf inputs are
-faulty values: every bounded activation outputs 0 for them.
+They broadcast against the batch without any reshaping in ``forward``. NaN and +-inf inputs: as
+each method's authors' code computes them (DESIGN.md §2.8). Clip-Act's and FitAct's hard forms output
+0 for them (NaN and +inf are not <= b); Ranger clamps as torch.clamp does (NaN stays NaN, +inf -> b,
+-inf -> 0), or counts them as 0 with ``nonfinite="zero"`` (protections/ranger.py).
 
 A bounded activation works in place when the nn.ReLU it replaces did (``inplace``): an out-of-place
 result is a fresh activation-sized allocation, which on CPU costs far more than the pass itself.
@@ -65,8 +67,9 @@ class BoundedReLU(nn.Module, BoundsAKind):
 
     #: whether bound training may train the bound (only FitAct)
     trainable = False
-    #: the fused hard form: True = clamp at the bound (Ranger), False = zero above it (Clip-Act)
-    clamps = False
+    #: the fused hard form (cpu_kernel.FORMS): "clip" = zero above the bound (Clip-Act); Ranger's
+    #: "clamp" (or "clamp_zero") clamps at it
+    fused_form = "clip"
 
     def __init__(self, bound, granularity: str = "layer", inplace: bool = False, fused: bool = False, *,
                  activation: nn.Module | None = None, lower=None):
@@ -118,9 +121,10 @@ class BoundedReLU(nn.Module, BoundsAKind):
         mask = self._outside(y, infinite)
         return y.masked_fill(mask, 0.0) if y.requires_grad else y.masked_fill_(mask, 0.0)
 
-    def _clamp_kind(self, x: torch.Tensor) -> torch.Tensor:
-        """Ranger's form for a non-ReLU kind: min(max(g(x), lower), bound); 0 for non-finite x."""
-        y = torch.where(torch.isfinite(x), self._g(x), 0.0)
+    def _clamp_kind(self, x: torch.Tensor, zero_nonfinite: bool) -> torch.Tensor:
+        """Ranger's form for a non-ReLU kind: min(max(g(x), lower), bound), NaN kept as torch's
+        maximum/minimum keep it; with ``zero_nonfinite``, 0 for non-finite x."""
+        y = torch.where(torch.isfinite(x), self._g(x), 0.0) if zero_nonfinite else self._g(x)
         if hasattr(self, "lower"):
             y = torch.maximum(y, self.lower.to(y.dtype))
         return torch.minimum(y, self.bound.to(y.dtype))
@@ -144,7 +148,7 @@ class BoundedReLU(nn.Module, BoundsAKind):
             not (torch.is_grad_enabled() and (x.requires_grad or self.bound.requires_grad))
 
     def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fused_bounded(x, self.bound.detach(), clamp=self.clamps, inplace=self.inplace)
+        return fused_bounded(x, self.bound.detach(), form=self.fused_form, inplace=self.inplace)
 
     def _relu(self, x: torch.Tensor) -> torch.Tensor:
         # keeps NaN (every caller removes it with a "not <=" mask); -inf -> 0

@@ -28,7 +28,12 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "bounded_relu.cpp"
-EXTENSION_NAME = "fitact_bounded_relu"
+# "_modes": the op takes a mode (clip, clamp, clamp_zero) since Ranger keeps NaN by default; a new
+# name, so that a checkout with the older two-form op keeps its own build directory
+EXTENSION_NAME = "fitact_bounded_relu_modes"
+#: the hard forms the op computes (the int the op takes): Clip-Act's, Ranger's clamp (NaN kept,
+#: +inf -> b) and Ranger's clamp with non-finite inputs counted as 0 (``protection.nonfinite=zero``)
+FORMS = {"clip": 0, "clamp": 1, "clamp_zero": 2}
 _loaded: dict = {}  # "ok": bool, set by the first load()
 
 
@@ -45,8 +50,8 @@ def _ninja_on_path() -> None:
 
 def _register_fakes() -> None:
     # shape-only versions, so that torch.compile of a whole protected model can trace through the op
-    torch.library.register_fake("fitact::bounded_relu")(lambda x, bound, clamp: torch.empty_like(x))
-    torch.library.register_fake("fitact::bounded_relu_")(lambda x, bound, clamp: None)
+    torch.library.register_fake("fitact::bounded_relu")(lambda x, bound, form: torch.empty_like(x))
+    torch.library.register_fake("fitact::bounded_relu_")(lambda x, bound, form: None)
 
 
 def load() -> bool:
@@ -92,13 +97,16 @@ def usable(x: torch.Tensor, bound: torch.Tensor) -> bool:
             and bound.is_contiguous() and bound_runs(x.shape[1:], bound.shape) and load())
 
 
-def bounded_relu(x: torch.Tensor, bound: torch.Tensor, clamp: bool, inplace: bool) -> torch.Tensor:
-    """Clip (``clamp=False``: Clip-Act/FitReLU-Naive) or clamp (Ranger) ``x`` at ``bound``; in
-    place into ``x`` when ``inplace``. Call only where :func:`usable` is True."""
+def bounded_relu(x: torch.Tensor, bound: torch.Tensor, form: str, inplace: bool) -> torch.Tensor:
+    """The hard form ``form`` (one of :data:`FORMS`: ``clip`` for Clip-Act/FitReLU-Naive, ``clamp``
+    or ``clamp_zero`` for Ranger) of ``x`` at ``bound``; in place into ``x`` when ``inplace``. Call
+    only where :func:`usable` is True."""
+    if form not in FORMS:
+        raise ValueError(f"form={form!r} is not allowed; choose one of: {', '.join(FORMS)}")
     if not load():
         raise RuntimeError("the CPU bounded-activation kernel could not be built (see the log); "
                            "check cpu_kernel.usable() before calling bounded_relu")
     if inplace:
-        torch.ops.fitact.bounded_relu_(x, bound, clamp)
+        torch.ops.fitact.bounded_relu_(x, bound, FORMS[form])
         return x
-    return torch.ops.fitact.bounded_relu(x, bound, clamp)
+    return torch.ops.fitact.bounded_relu(x, bound, FORMS[form])

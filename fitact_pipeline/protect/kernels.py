@@ -19,8 +19,17 @@ def clip_expr(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def clamp_expr(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """min(max(0, x), b) with non-finite x counted as 0. The minimum is taken for every x, as in
-    the formula: a negative or NaN bound (a bound fault) gives b everywhere, as the eager form does."""
+    """min(max(0, x), b) as torch.clamp computes it (Ranger's default): NaN stays NaN, +inf -> b,
+    -inf -> 0; a NaN bound gives NaN. Spelled with comparisons, not relu/minimum, so that the
+    compiled kernel's NaN handling cannot differ from eager's."""
+    r = torch.where((x > 0) | x.isnan(), x, 0.0)
+    return torch.where((r < b) | r.isnan(), r, b)
+
+
+def clamp_zero_expr(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """min(max(0, x), b) with non-finite x counted as 0 (Ranger, ``nonfinite=zero``). The minimum is
+    taken for every x, as in the formula: a negative or NaN bound (a bound fault) gives b everywhere,
+    as the eager form does."""
     return torch.minimum(torch.where((x > 0) & (x < float("inf")), x, 0.0), b)
 
 
@@ -35,12 +44,17 @@ def _clamp_inplace(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return x.copy_(clamp_expr(x, b))
 
 
-_BODIES = {(False, False): clip_expr, (False, True): _clip_inplace,
-           (True, False): clamp_expr, (True, True): _clamp_inplace}
+def _clamp_zero_inplace(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return x.copy_(clamp_zero_expr(x, b))
+
+
+_BODIES = {("clip", False): clip_expr, ("clip", True): _clip_inplace,
+           ("clamp", False): clamp_expr, ("clamp", True): _clamp_inplace,
+           ("clamp_zero", False): clamp_zero_expr, ("clamp_zero", True): _clamp_zero_inplace}
 _COMPILED: dict = {}
 
 
-def compiled(clamp: bool, inplace: bool):
+def compiled(form: str, inplace: bool):
     """The expression compiled once per process with dynamic shapes, shared by every site and shape.
 
     Dynamic shapes because dynamo treats parameter shapes as static and would recompile per site
@@ -48,14 +62,15 @@ def compiled(clamp: bool, inplace: bool):
     reason). ``cpp.dynamic_threads``: with dynamic shapes inductor otherwise emits a single-threaded
     loop; this makes it an OpenMP loop that takes the thread count at run time.
     """
-    body = _BODIES[(clamp, inplace)]
+    body = _BODIES[(form, inplace)]
     if body not in _COMPILED:
         _COMPILED[body] = torch.compile(body, dynamic=True, options={"cpp.dynamic_threads": True})
     return _COMPILED[body]
 
 
-def fused_bounded(x: torch.Tensor, bound: torch.Tensor, clamp: bool, inplace: bool) -> torch.Tensor:
-    """Clamp (Ranger) or clip (Clip-Act, FitReLU-Naive) ``x`` at ``bound`` in one pass."""
+def fused_bounded(x: torch.Tensor, bound: torch.Tensor, form: str, inplace: bool) -> torch.Tensor:
+    """The hard form ``form`` of ``x`` at ``bound`` in one pass: ``clip`` (Clip-Act, FitReLU-Naive),
+    ``clamp`` or ``clamp_zero`` (Ranger; cpu_kernel.FORMS)."""
     if cpu_kernel.usable(x, bound):
-        return cpu_kernel.bounded_relu(x, bound, clamp=clamp, inplace=inplace)
-    return compiled(clamp, inplace)(x, bound)
+        return cpu_kernel.bounded_relu(x, bound, form=form, inplace=inplace)
+    return compiled(form, inplace)(x, bound)

@@ -1,19 +1,21 @@
 """ProAct's progressive bound training (Mousavi et al., arXiv 2406.06313; docs/protections.md,
-"ProAct", says where it follows the reliable-relu-toolbox and where it differs).
+"ProAct", says where it follows the authors' reliable-relu-toolbox and where it differs).
 
 Every weight, bias and BatchNorm statistic is frozen and the model stays in eval mode; the sites'
-bounds train one site at a time, in forward order (``order: reverse``: last site first, as the
-toolbox). At each site, for each Adam weight decay of ``decays`` (largest first; the decay is what
-pulls the bound towards 0), up to ``epochs`` epochs of at most ``max_batches_per_epoch`` steps on
-the training split with
+bounds train one site at a time, last site first (``order: reverse``, the toolbox's; ``forward``:
+first to last). At each site, for each Adam weight decay of ``decays`` (largest first; the decay is
+what pulls the bound towards 0), up to ``epochs`` epochs of at most ``max_batches_per_epoch`` steps
+on the training split with
 
     loss = ce_weight * CE(student, labels) + kd_weight * T^2 * CE(student / T, softmax(teacher / T))
 
 through the smooth FitReLU, the teacher being the unprotected model. After every epoch the deployed
-form is validated on ``val_images`` stratified images of the validation split (never test): accuracy
->= clean validation accuracy - max_accuracy_drop keeps the epoch's bounds; otherwise the site's
-bounds go back to the last kept ones and the site moves on to the next decay. Bounds stay in their
-range (bound_training.keep_in_range) after every step.
+form is validated on ``val_images`` stratified images of the validation split (never test) and the
+``keep`` rule decides: ``band`` (the toolbox's) keeps the epoch's bounds if validation accuracy is
+within +-``band`` of the protected model's at its profiled bounds (a gain beyond it reverts too);
+``floor`` keeps them if accuracy >= clean validation accuracy - ``max_accuracy_drop`` (FitAct's
+Eq. 8). Otherwise the site's bounds go back to the last kept ones and the site moves on to the next
+decay. Bounds stay in their range (bound_training.keep_in_range) after every step.
 """
 from __future__ import annotations
 
@@ -29,10 +31,15 @@ from ..evaluate import evaluate_accuracy
 from .bound_training import bound_diagnostics, bound_tensors, fitrelus, keep_in_range
 from .protections.fitact import FitReLU, set_fitrelu_hard
 
-DEFAULTS = {"order": "forward", "epochs": 1, "max_batches_per_epoch": 10, "lr": 0.01, "lr_neuron": 0.001,
-            "decays": [0.1, 0.01], "ce_weight": 1.0, "kd_weight": 1.0, "temperature": 1.0,
-            "max_accuracy_drop": 0.01, "val_images": 1000}
+#: the toolbox's schedule (conf/protection/proact.yaml says what is scaled down for CPU: the epochs)
+TOOLBOX_DECAYS = [4e-5, 4e-6, 4e-7, 4e-8, 4e-9, 4e-10, 4e-11, 4e-12, 4e-13, 4e-14, 4e-15]
+DEFAULTS = {"order": "reverse", "epochs": 1, "max_batches_per_epoch": 10, "lr": 0.01, "lr_neuron": 0.01,
+            "decays": TOOLBOX_DECAYS, "ce_weight": 1.0, "kd_weight": 1.0, "temperature": 1.0,
+            "keep": "band", "band": 0.002, "max_accuracy_drop": 0.01, "val_images": 1000}
 ORDERS = ("forward", "reverse")
+KEEP_RULES = ("band", "floor")
+# accuracies are counts / images: a difference of exactly `band` must not fail on float rounding
+_TOLERANCE = 1e-9
 
 
 def check_progressive_config(cfg: Mapping) -> None:
@@ -51,6 +58,8 @@ def check_progressive_config(cfg: Mapping) -> None:
     expect_number(c["ce_weight"], f"{p}.ce_weight", 0)
     expect_number(c["kd_weight"], f"{p}.kd_weight", 0)
     expect_number(c["temperature"], f"{p}.temperature", 0, low_open=True)
+    expect_choice(c["keep"], f"{p}.keep", KEEP_RULES)
+    expect_number(c["band"], f"{p}.band", 0, 1)
     expect_number(c["max_accuracy_drop"], f"{p}.max_accuracy_drop", 0, 1)
     expect_int(c["val_images"], f"{p}.val_images", 1, allow_none=True)
 
@@ -109,11 +118,12 @@ def progressive_bounds(model: nn.Module, reference: nn.Module, datamodule, cfg: 
 
     if clean_val_acc is None:
         clean_val_acc = evaluate_accuracy(reference, val_x, val_y)
-    floor = float(clean_val_acc) - float(c["max_accuracy_drop"])
     order = forward_order(model, val_x[:2])
     if c["order"] == "reverse":
         order = order[::-1]
-    history = [{"epoch": 0, "site": -1, "decay": float("nan"), "loss": float("nan"), "val_acc": validate(),
+    start_acc = validate()  # the protected model at its profiled bounds: the band's centre
+    keeps = keep_rule(c, start_acc, float(clean_val_acc))
+    history = [{"epoch": 0, "site": -1, "decay": float("nan"), "loss": float("nan"), "val_acc": start_acc,
                 "kept": 1, **bound_diagnostics(bounds, initial)}]
     train_loader = datamodule.train_dataloader()
     started, step = time.perf_counter(), 0
@@ -129,7 +139,7 @@ def progressive_bounds(model: nn.Module, reference: nn.Module, datamodule, cfg: 
             for _ in range(int(c["epochs"])):
                 loss = _train_epoch(model, reference, site, optimiser, train_loader, c, device)
                 acc = validate()
-                ok = acc >= floor
+                ok = keeps(acc)
                 with torch.no_grad():
                     if ok:
                         kept = [p.detach().clone() for p in params]
@@ -151,7 +161,18 @@ def progressive_bounds(model: nn.Module, reference: nn.Module, datamodule, cfg: 
     diagnostics = bound_diagnostics(bounds, initial)
     return {"stage": "progressive", "history": history, "time_s": elapsed, "order": order,
             "mean_bound_ratio": diagnostics["mean_bound_ratio"], "diagnostics": diagnostics,
-            "clean_val_acc": float(clean_val_acc), "val_acc": validate()}
+            "clean_val_acc": float(clean_val_acc), "start_val_acc": start_acc, "val_acc": validate()}
+
+
+def keep_rule(c: Mapping, start_acc: float, clean_val_acc: float):
+    """acc -> whether an epoch's bounds are kept: ``band``, |acc - start_acc| <= band (the toolbox's,
+    two-sided: a gain beyond the band reverts too; start_acc = the protected model at its profiled
+    bounds); ``floor``, acc >= clean_val_acc - max_accuracy_drop."""
+    if c["keep"] == "band":
+        band = float(c["band"])
+        return lambda acc: abs(acc - start_acc) <= band + _TOLERANCE
+    floor = clean_val_acc - float(c["max_accuracy_drop"])
+    return lambda acc: acc >= floor
 
 
 def _train_epoch(model: nn.Module, teacher: nn.Module, site: FitReLU, optimiser, loader, c: Mapping, device) -> float:

@@ -1,8 +1,9 @@
 """ProAct (Mousavi et al., arXiv 2406.06313): a hybrid bounded activation, one bound per site
 (layer-wise) at every activation site but the last, whose bound is neuron-wise; the bounds start at
 the profiled maxima and are trained site by site with every weight frozen, distilled from the
-unprotected model (progressive.py). The activation is FitReLU (smooth while training, hard at
-inference by default), so everything that trains or faults FitAct's bounds serves ProAct too."""
+unprotected model (progressive.py). The activation is FitReLU, smooth while training and, as the
+authors deploy it, at inference (``hard: true``: FitReLU-Naive, as FitAct deploys), so everything
+that trains or faults FitAct's bounds serves ProAct too."""
 from __future__ import annotations
 
 from ...registry import ConfigError
@@ -33,14 +34,14 @@ def _check(cfg) -> None:
     check_progressive_config(cfg.get("progressive") or {})
 
 
-def _smooth(params) -> bool:
-    return params.get("protection.hard") == "False"
+def _hard(params) -> bool:
+    return params.get("protection.hard") == "True"
 
 
 register_protection(Protection(
     "proact", ProActReLU, "as fitact, with one b per site (layer) at every site but the last, neuron-wise b "
     "there; b trained site by site, distilled from the unprotected model",
     config_keys=("granularity", "k", "hard", "fused", "progressive"), bounds_stage="progressive",
-    default_granularity="layer", order=50, options=_options, check=_check, defaults={"hard": True},
-    site_granularity=_site_granularity, label=lambda params: " smooth" if _smooth(params) else "",
-    inference_form=lambda params: "FitReLU (smooth)" if _smooth(params) else "FitReLU-Naive (hard)"))
+    default_granularity="layer", order=50, options=_options, check=_check, defaults={"hard": False},
+    site_granularity=_site_granularity, label=lambda params: " hard" if _hard(params) else "",
+    inference_form=lambda params: "FitReLU-Naive (hard)" if _hard(params) else "FitReLU (smooth)"))
