@@ -155,9 +155,13 @@ def parent_run_file(sweep_dir: str | os.PathLike) -> Path:
 
 def open_parent_run(tracking_cfg: DictConfig, cache_dir: str, sweep_key: str, sweep_dir: str | os.PathLike,
                     name: str) -> str:
-    """Create (or reuse, when the same sweep is re-launched, also concurrently) the sweep's parent run."""
+    """Create (or reuse, when the same sweep is re-launched, also concurrently) the sweep's parent run.
+    The launcher holds the sweep's live lock until it ends (``release_sweep``); parents of sweeps
+    whose launcher died without closing them are marked KILLED first."""
     exp_id = ensure_store(tracking_cfg)
     client = MlflowClient(mlflow.get_tracking_uri())
+    hold_sweep(tracking_cfg, cache_dir, sweep_key)  # before the parent is RUNNING: never seen dead
+    retire_dead_sweeps(client, exp_id, tracking_cfg, cache_dir)
     with claim(tracking_cfg, cache_dir, f"sweep-{sweep_key}"):
         existing = find_runs(client, exp_id, sweep_key=sweep_key, run_kind="sweep")
         if existing:
@@ -168,6 +172,65 @@ def open_parent_run(tracking_cfg: DictConfig, cache_dir: str, sweep_key: str, sw
     Path(sweep_dir).mkdir(parents=True, exist_ok=True)
     parent_run_file(sweep_dir).write_text(run_id)
     return run_id
+
+
+_LIVE: dict[str, FileLock] = {}  # sweep key -> the live lock this process holds
+
+
+def _live_lock_path(tracking_cfg: DictConfig, cache_dir: str, sweep_key: str, pid: int | str) -> Path:
+    return claims_dir(tracking_cfg, cache_dir) / f"sweep-live-{sweep_key}-{pid}.lock"
+
+
+def hold_sweep(tracking_cfg: DictConfig, cache_dir: str, sweep_key: str) -> None:
+    """Mark this process as the live launcher of a sweep: an OS lock, released however it ends."""
+    if sweep_key not in _LIVE:
+        lock = FileLock(str(_live_lock_path(tracking_cfg, cache_dir, sweep_key, os.getpid())))
+        lock.acquire(timeout=0)
+        _LIVE[sweep_key] = lock
+
+
+def release_sweep(sweep_key: str) -> None:
+    lock = _LIVE.pop(sweep_key, None)
+    if lock is not None:
+        lock.release()
+        Path(lock.lock_file).unlink(missing_ok=True)
+
+
+def sweep_is_live(tracking_cfg: DictConfig, cache_dir: str, sweep_key: str) -> bool:
+    """Whether some process still holds a live lock of this sweep (its own locks count)."""
+    if sweep_key in _LIVE:
+        return True
+    for path in claims_dir(tracking_cfg, cache_dir).glob(f"sweep-live-{sweep_key}-*.lock"):
+        lock = FileLock(str(path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        lock.release()
+        path.unlink(missing_ok=True)  # its launcher is gone
+    return False
+
+
+def retire_dead_sweeps(client: MlflowClient, experiment_id: str, tracking_cfg: DictConfig, cache_dir: str) -> int:
+    """Mark parent runs left RUNNING by a launcher that was killed (no live lock) as KILLED, as
+    ``retire_unfinished`` does for job runs. Returns how many were retired."""
+    retired = 0
+    for run in find_runs(client, experiment_id, run_kind="sweep"):
+        key = run.data.tags.get("sweep_key", "")
+        if run.info.status == "RUNNING" and not sweep_is_live(tracking_cfg, cache_dir, key):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            retired += 1
+    if retired:
+        log.warning("%d sweep run(s) left RUNNING by a launcher that ended were marked KILLED", retired)
+    return retired
+
+
+def close_parent_run(tracking_cfg: DictConfig, run_id: str, status: str) -> None:
+    """End a sweep's parent run (FINISHED, FAILED or KILLED) if it is still RUNNING."""
+    ensure_store(tracking_cfg)
+    client = MlflowClient(mlflow.get_tracking_uri())
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_terminated(run_id, status=status)
 
 
 @contextlib.contextmanager

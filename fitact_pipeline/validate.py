@@ -11,13 +11,17 @@ ConfigError; `__main__` prints it on one line and exits 2.
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 from typing import Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
+from .cli_errors import closest, hydra_message, parse_error
 from .checks import expect_bool, expect_int, expect_str, fail, is_int
+from .launchers import check_launcher
 from .registry import ConfigError
+from .store_check import check_store
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 TOP_KEYS = ("seed", "device", "threads", "progress_bar", "profile_images", "profile_site", "overhead",
@@ -127,10 +131,11 @@ def _parse(texts: list[str]) -> list[tuple[str, list[str]]]:
     how a new builder argument is given) keeps its ``+``, so the jobs are checked with it."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    parser = OverridesParser.create()
     try:
-        overrides = OverridesParser.create().parse_overrides(texts)
-    except Exception as exc:  # Hydra's grammar errors are several lines long
-        raise ConfigError(f"cannot parse the command line: {str(exc).splitlines()[0]}") from None
+        overrides = parser.parse_overrides(texts)
+    except Exception:  # Hydra's grammar errors are several lines long and name no fix
+        raise ConfigError(parse_error(texts, lambda text: parser.parse_overrides([text]))) from None
     return [(("+" if o.is_add() else "") + o.key_or_group, list(o.sweep_string_iterator()) if o.is_sweep_override()
              else [o.get_value_element_as_str()]) for o in overrides
             if not (o.key_or_group.startswith("hydra") or o.is_delete())]
@@ -146,7 +151,8 @@ def preflight(argv: list[str]) -> None:
         if key in groups:
             for value in values:
                 if value not in groups[key] and value != "null":
-                    raise ConfigError(f"unknown {key} '{value}'; choose one of: {', '.join(groups[key])}")
+                    raise ConfigError(f"unknown {key} '{value}'{closest(value, groups[key])}; "
+                                      f"choose one of: {', '.join(groups[key])}")
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         base = _compose(compose, [f"{k}={v[0]}" for k, v in given], groups)
         dims = list(given)
@@ -154,10 +160,30 @@ def preflight(argv: list[str]) -> None:
             params = OmegaConf.to_container(base.hydra.sweeper.get("params") or OmegaConf.create({}))
             dims += [kv for kv in _parse([f"{k}={v}" for k, v in params.items()]) if kv[0] not in dict(given)]
         checked: set = set()
+        stores: dict = {}
         for combo in itertools.product(*[[f"{k}={v}" for v in values] for k, values in dims]):
             cfg = _compose(compose, list(combo), groups)
             check_config(cfg, structure=False)
             _check_structure_once(cfg, checked)
+            stores[(cfg.tracking.get("uri"), cfg.tracking.root, cfg.cache_dir)] = cfg
+        check_launcher(_hydra_node(compose, argv).launcher)
+    for cfg in stores.values():  # last: the only check that waits (up to a few seconds for a server)
+        check_store(cfg.tracking, cfg.cache_dir)
+
+
+def _hydra_node(compose, argv: list[str]) -> DictConfig:
+    """The ``hydra`` node with the command line's own Hydra overrides (launcher and its settings)."""
+    texts = [t for t in _override_args(argv) if t.lstrip("+~").startswith("hydra")]
+    try:
+        return compose("config", overrides=texts, return_hydra_config=True).hydra
+    except Exception as exc:  # Hydra's message is several lines
+        message = hydra_message(exc)
+        unknown = re.match(r"unknown config option '(hydra\.[^']+)'", message)
+        if unknown:  # name the keys the chosen launcher (or other hydra node) has
+            groups_only = [t for t in texts if "/" in t.split("=", 1)[0]]
+            node = compose("config", overrides=groups_only, return_hydra_config=True)
+            message += closest(unknown.group(1), known_keys(node, hydra=True))
+        raise ConfigError(message) from None
 
 
 def _check_structure_once(cfg: DictConfig, checked: set) -> None:
@@ -183,17 +209,33 @@ def _compose(compose, overrides: list[str], groups: dict[str, list[str]]) -> Dic
         # keys(), not `in`: a key whose value is ??? (dataset.root of imagefolder) counts as absent for `in`
         if not isinstance(node, DictConfig) or leaf not in list(node.keys()):
             where = f"under '{parent}'" if parent else "at the top level"
-            allowed = ", ".join(sorted(node.keys())) if isinstance(node, DictConfig) else "none"
-            raise ConfigError(f"unknown config option '{key}'; keys allowed {where}: {allowed}")
+            hint = closest(key, [*known_keys(cfg), *groups])
+            if not isinstance(node, DictConfig):
+                raise ConfigError(f"unknown config option '{key}'{hint}; the config has no section '{parent}'")
+            raise ConfigError(f"unknown config option '{key}'{hint}; keys allowed {where}: {', '.join(sorted(node.keys()))}")
     try:
         cfg = compose("config", overrides=overrides, return_hydra_config=True)
     except Exception as exc:
-        raise ConfigError(str(exc).splitlines()[0]) from None
+        raise ConfigError(hydra_message(exc)) from None
     HydraConfig.instance().set_config(cfg)  # ${hydra:runtime.cwd} in paths resolves as in a job
     missing = [k for k in _missing_keys(cfg) if not k.startswith("hydra")]
     if missing:
         raise ConfigError(f"{missing[0]} has no value (???); set it on the command line, e.g. {missing[0]}=...")
     return cfg
+
+
+def known_keys(node: DictConfig, prefix: str = "", hydra: bool = False) -> list[str]:
+    """Every dotted key of a composed config (without Hydra's own node unless ``hydra``)."""
+    out = []
+    for key in node.keys():
+        path = f"{prefix}{key}"
+        if path.startswith("hydra") and not hydra:
+            continue
+        out.append(path)
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            out += known_keys(child, path + ".", hydra)
+    return out
 
 
 def _missing_keys(node, prefix: str = "") -> list[str]:
