@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import tracking
 from .evaluate import evaluate_accuracy
+from .counts import eval_count
 from .device import resolve_device
 from .faults import FAULT_MODELS, FORMATS, apply_datapath, as_rate_list, run_campaign
 from .keys import job_key, plain
@@ -113,7 +114,8 @@ def _run_stages(cfg: DictConfig, datamodule, device: torch.device, rates: list[f
                                reference=prepared.reference)
     protected = prepared.protected.eval()
     apply_datapath(protected, cfg.faults.datapath)
-    images, labels = datamodule.eval_tensors(cfg.campaign.eval_split, cfg.campaign.eval_images, cfg.campaign.seed)
+    images, labels = datamodule.eval_tensors(cfg.campaign.eval_split, eval_count(cfg.campaign.eval_images),
+                                            cfg.campaign.seed)
     images, labels = images.to(device), labels.to(device)
     if cfg.overhead.enabled:
         _log_overhead(prepared.reference, protected, images, cfg.overhead)

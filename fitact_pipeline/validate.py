@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .cli_errors import closest, hydra_message, parse_error
 from .checks import expect_bool, expect_int, expect_str, fail, is_int
+from .counts import check_counts
 from .launchers import check_launcher
 from .registry import ConfigError
 from .store_check import check_store
@@ -31,9 +33,10 @@ _HYDRA_FLAGS_WITH_VALUE = {"-cn", "--config-name", "-cp", "--config-path", "-cd"
                            "--info", "-i", "--experimental-rerun", "--cfg", "-c", "--package", "-p"}
 
 
-def check_config(cfg: DictConfig, structure: bool = True) -> None:
-    """Every value of one job's config, each by the component that owns it; then, unless
-    ``structure=False``, what depends on the model's structure."""
+def check_config(cfg: DictConfig, structure: bool = True, explicit: Iterable[str] = ()) -> list[str]:
+    """Every value of one job's config, each by the component that owns it, and every image count
+    against the data (counts.py; ``explicit``: the keys given on the command line); then, unless
+    ``structure=False``, what depends on the model's structure. Returns notes for the user."""
     from .faults import check_campaign_config, check_faults_config
     from .models import check_model_config
     from .overhead import check_overhead_config
@@ -43,7 +46,8 @@ def check_config(cfg: DictConfig, structure: bool = True) -> None:
 
     _check_top(cfg)
     check_model_config(cfg.model)
-    _dataset_class(cfg.dataset).check_config(cfg.dataset)
+    dataset_class = _dataset_class(cfg.dataset)
+    dataset_class.check_config(cfg.dataset)
     check_train_config(cfg.train)
     check_posttrain_config(cfg.posttrain)
     check_campaign_config(cfg.campaign)
@@ -51,9 +55,11 @@ def check_config(cfg: DictConfig, structure: bool = True) -> None:
     check_faults_config(cfg.faults)
     check_overhead_config(cfg.overhead)
     check_tracking_config(cfg.tracking)
+    notes = check_counts(cfg, dataset_class, explicit)
     if structure:
         from .structure import check_structure
         check_structure(cfg)
+    return notes
 
 
 def _check_top(cfg: DictConfig) -> None:
@@ -161,14 +167,17 @@ def preflight(argv: list[str]) -> None:
             dims += [kv for kv in _parse([f"{k}={v}" for k, v in params.items()]) if kv[0] not in dict(given)]
         checked: set = set()
         stores: dict = {}
+        notes: dict[str, None] = {}  # ordered, each once
         for combo in itertools.product(*[[f"{k}={v}" for v in values] for k, values in dims]):
             cfg = _compose(compose, list(combo), groups)
-            check_config(cfg, structure=False)
+            notes.update(dict.fromkeys(check_config(cfg, structure=False, explicit=[k.lstrip("+") for k, _ in given])))
             _check_structure_once(cfg, checked)
             stores[(cfg.tracking.get("uri"), cfg.tracking.root, cfg.cache_dir)] = cfg
         check_launcher(_hydra_node(compose, argv).launcher)
     for cfg in stores.values():  # last: the only check that waits (up to a few seconds for a server)
         check_store(cfg.tracking, cfg.cache_dir)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
 
 
 def _hydra_node(compose, argv: list[str]) -> DictConfig:

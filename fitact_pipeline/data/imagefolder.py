@@ -132,6 +132,12 @@ class ImageFolderDataModule(TensorDataModule):
         expect_int(cfg.get("crop"), "dataset.crop", 1, allow_none=True)
         check_tree(Path(cfg["root"]).expanduser())
 
+    @classmethod
+    def split_sizes(cls, cfg: Mapping) -> dict[str, int]:
+        root = Path(cfg["root"]).expanduser()
+        train = _class_dirs(root / "train")
+        return {split: _count_images(str(root / split), tuple(train)) for split in ("train", "test")}
+
     def __init__(self, root: str, name: str = "imagefolder", cache_dir: str = ".cache/data",
                  grayscale: bool = False, decode_processes: int = 2, resize: int | None = None,
                  crop: int | None = None, **kwargs):
@@ -212,6 +218,11 @@ def _empty_files(root: str, train: tuple, test: tuple) -> list[str]:
     base = Path(root)
     return [f"{split}/{c}/{n}" for split, classes in (("train", train), ("test", test)) for c in classes
             for n in _image_names(base / split / c) if (base / split / c / n).stat().st_size == 0]
+
+
+@functools.lru_cache(maxsize=16)
+def _count_images(split_dir: str, classes: tuple) -> int:
+    return len(list_image_folder(Path(split_dir), list(classes))[0])
 
 
 def check_tree(root: Path) -> None:
