@@ -201,19 +201,25 @@ def measure_resilience(model: nn.Module | Hardened, data, rates: Sequence[float]
                        mlflow: Mapping | None = None) -> Resilience:
     """A fault campaign on a copy of ``model`` (or of a ``Hardened`` model): ``trials`` fault maps per
     rate, each kept for one pass over the evaluation images (``data``: a DataLoader or an
-    ``(images, labels)`` pair; ``images`` caps their number). ``faults``: a name of conf/faults/
-    (``q15_16``, ``float32``, ``int8``, ...) or keys over the default, Q15.16 bit flips in weights,
-    biases and bounds. ``adaptive``: ``{"target_halfwidth", "min_trials", "max_trials"}`` stops a rate
+    ``(images, labels)`` pair; ``images``: the first that many of them, no more than it holds).
+    ``faults``: a name of conf/faults/ (``q15_16``, ``float32``, ``int8``, ...) or keys over the
+    default, Q15.16 bit flips in weights, biases and bounds; every key applies as in a job
+    (``datapath``: activations rounded and saturated to that format; ``model: activation``: weights
+    stored in ``fmt``, faults in the activation words). ``adaptive``: ``{"target_halfwidth", "min_trials", "max_trials"}`` stops a rate
     early. ``mlflow``: ``{"experiment": name, "tracking_uri": uri, "run_name": name}`` logs the run as
     a job logs its campaign (docs/tracking.md)."""
-    from .faults import FAULT_MODELS, run_campaign
+    from .faults import FAULT_MODELS, apply_datapath, run_campaign
 
     hardened = model if isinstance(model, Hardened) else None
     net = copy.deepcopy(hardened.model if hardened else model).eval()
     x, y = as_tensors(data, images)
+    if images is not None and len(y) < images:  # a requested quantity is never silently reduced
+        raise ValueError(f"images={images} is more than the {len(y)} images of data; pass images <= {len(y)}, "
+                         "or None for all of them")
     device = next((p.device for p in net.parameters()), torch.device("cpu"))
     x, y = x.to(device), y.to(device)
     cfg = _faults_config(faults)
+    apply_datapath(net, cfg["datapath"])  # as a job does: before the clean evaluation and any fault hook
     float_accuracy = evaluate_accuracy(net, x, y, batch_size)  # before the fault space is quantised
     injector = FAULT_MODELS[cfg["model"]].build(net, cfg)
     started = time.perf_counter()

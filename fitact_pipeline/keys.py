@@ -112,5 +112,8 @@ def job_key(cfg: DictConfig, datamodule, device: torch.device) -> str:
         campaign.update(design=design, images_per_trial=cfg.campaign.images_per_trial)
     if cfg.campaign.get("maps_per_pass", 1) != 1:
         campaign["maps_per_pass"] = cfg.campaign.maps_per_pass
+    faults = _faults(cfg)
+    if cfg.faults.model == "activation":  # its weights are stored in faults.fmt now: older runs differ
+        faults["weights_stored"] = True
     return config_hash({"bounds": bounds_key(cfg, datamodule, device), "campaign": campaign,
-                        "faults": _faults(cfg), "sampler": SAMPLER})
+                        "faults": faults, "sampler": SAMPLER})
