@@ -84,17 +84,28 @@ def _check_sizes(shapes: set) -> None:
 
 def decode_images(paths: list[str], mode: str, processes: int, resize: int | None = None,
                   crop: int | None = None) -> torch.Tensor:
-    """Decode image files into one uint8 (N, C, H, W) tensor, with a small process pool."""
+    """Decode image files into one uint8 (N, C, H, W) tensor, with a small process pool; a file
+    that is not an image is a ConfigError naming it."""
+    images, bad = try_decode_images(paths, mode, processes, resize, crop)
+    refuse_undecodable(bad)
+    return images
+
+
+def try_decode_images(paths: list[str], mode: str, processes: int, resize: int | None = None,
+                      crop: int | None = None) -> tuple[torch.Tensor | None, list[tuple[str, str]]]:
+    """The decoded images, or None and (path, reason) of every file that cannot be decoded."""
     chunks = [(paths[i:i + 1000], mode, resize, crop) for i in range(0, len(paths), 1000)]
     if processes > 1 and len(chunks) > 1:
         with Pool(processes) as pool:
             results = pool.map(_decode_chunk, chunks)
     else:
         results = [_decode_chunk(c) for c in chunks]
-    refuse_undecodable([b for _, bad in results for b in bad])
+    bad = [b for _, chunk_bad in results for b in chunk_bad]
+    if bad:
+        return None, bad
     arrays = [a for a, _ in results]
     _check_sizes({a.shape[1:] for a in arrays})
-    return torch.from_numpy(np.concatenate(arrays).transpose(0, 3, 1, 2).copy())
+    return torch.from_numpy(np.concatenate(arrays).transpose(0, 3, 1, 2).copy()), []
 
 
 def refuse_undecodable(bad: list[tuple[str, str]]) -> None:
@@ -197,11 +208,13 @@ class ImageFolderDataModule(TensorDataModule):
         with FileLock(str(path) + ".lock"):
             if path.exists():
                 return torch.load(path, weights_only=True)
-            data = {}
-            for split in ("train", "test"):
+            data, bad = {}, []
+            for split in ("train", "test"):  # both splits, so every broken file is named at once
                 paths, labels = list_image_folder(self.root / split, self.classes)
-                data[f"{split}_x"] = decode_images(paths, self.mode, self.decode_processes, self.resize, self.crop)
-                data[f"{split}_y"] = torch.tensor(labels, dtype=torch.long)
+                images, split_bad = try_decode_images(paths, self.mode, self.decode_processes, self.resize, self.crop)
+                data[f"{split}_x"], data[f"{split}_y"] = images, torch.tensor(labels, dtype=torch.long)
+                bad += split_bad
+            refuse_undecodable(bad)
             tmp = path.with_suffix(".tmp")
             torch.save(data, tmp)
             os.replace(tmp, path)  # atomic: a reader never sees a half-written cache
