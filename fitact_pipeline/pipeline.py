@@ -83,6 +83,8 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.dataset)
     key = job_key(cfg, datamodule, device)
     exp_id = tracking.ensure_store(cfg.tracking)
+    if _parent_run_id() is None:  # a launch of its own: runs that died before it are closed (a sweep's callback does it)
+        tracking.retire_dead_runs(MlflowClient(mlflow.get_tracking_uri()), exp_id, cfg.tracking, cfg.cache_dir)
     with tracking.claim(cfg.tracking, cfg.cache_dir, key):
         client = MlflowClient(mlflow.get_tracking_uri())
         if cfg.tracking.resume:

@@ -156,12 +156,12 @@ def parent_run_file(sweep_dir: str | os.PathLike) -> Path:
 def open_parent_run(tracking_cfg: DictConfig, cache_dir: str, sweep_key: str, sweep_dir: str | os.PathLike,
                     name: str) -> str:
     """Create (or reuse, when the same sweep is re-launched, also concurrently) the sweep's parent run.
-    The launcher holds the sweep's live lock until it ends (``release_sweep``); parents of sweeps
-    whose launcher died without closing them are marked KILLED first."""
+    The launcher holds the sweep's live lock until it ends (``release_sweep``); runs left RUNNING by
+    processes that died are marked KILLED first."""
     exp_id = ensure_store(tracking_cfg)
     client = MlflowClient(mlflow.get_tracking_uri())
     hold_sweep(tracking_cfg, cache_dir, sweep_key)  # before the parent is RUNNING: never seen dead
-    retire_dead_sweeps(client, exp_id, tracking_cfg, cache_dir)
+    retire_dead_runs(client, exp_id, tracking_cfg, cache_dir)
     with claim(tracking_cfg, cache_dir, f"sweep-{sweep_key}"):
         existing = find_runs(client, exp_id, sweep_key=sweep_key, run_kind="sweep")
         if existing:
@@ -211,17 +211,34 @@ def sweep_is_live(tracking_cfg: DictConfig, cache_dir: str, sweep_key: str) -> b
     return False
 
 
-def retire_dead_sweeps(client: MlflowClient, experiment_id: str, tracking_cfg: DictConfig, cache_dir: str) -> int:
-    """Mark parent runs left RUNNING by a launcher that was killed (no live lock) as KILLED, as
-    ``retire_unfinished`` does for job runs. Returns how many were retired."""
+def _claim_free(tracking_cfg: DictConfig, cache_dir: str, key: str) -> bool:
+    """Nobody holds the job's claim: a job that holds none is not running anywhere."""
+    lock = FileLock(str(claims_dir(tracking_cfg, cache_dir) / f"{key}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return False
+    lock.release()
+    return True
+
+
+def retire_dead_runs(client: MlflowClient, experiment_id: str, tracking_cfg: DictConfig, cache_dir: str) -> int:
+    """Mark runs left RUNNING by a process that was killed as KILLED: sweep parents whose launcher
+    holds no live lock, and job runs whose job holds no claim (a job claims its key before its run
+    exists). ``retire_unfinished`` does the same for one job key when that job runs again. Returns
+    how many were retired."""
     retired = 0
-    for run in find_runs(client, experiment_id, run_kind="sweep"):
-        key = run.data.tags.get("sweep_key", "")
-        if run.info.status == "RUNNING" and not sweep_is_live(tracking_cfg, cache_dir, key):
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=10000):
+        tags = run.data.tags
+        if tags.get("run_kind") == "sweep":
+            dead = not sweep_is_live(tracking_cfg, cache_dir, tags.get("sweep_key", ""))
+        else:
+            dead = tags.get("run_kind") == "job" and _claim_free(tracking_cfg, cache_dir, tags.get("job_key", ""))
+        if dead:
             client.set_terminated(run.info.run_id, status="KILLED")
             retired += 1
     if retired:
-        log.warning("%d sweep run(s) left RUNNING by a launcher that ended were marked KILLED", retired)
+        log.warning("%d run(s) left RUNNING by a process that ended were marked KILLED", retired)
     return retired
 
 

@@ -17,7 +17,7 @@ from filelock import FileLock
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from torch import nn
 
 from fitact_pipeline import measure_resilience, tracking
@@ -223,26 +223,35 @@ def test_a_sweep_whose_parent_cannot_be_opened_stops_on_one_line(tmp_path, capsy
         f"error: the sweep's MLflow parent run could not be opened in the store ({tmp_path}/mlruns): database is locked"]
 
 
-def test_parents_of_dead_launchers_are_killed_at_the_next_launch_and_live_ones_kept(tmp_path):
+@pytest.mark.slow  # a small subprocess holds the locks of a live launcher and job
+def test_runs_of_dead_processes_are_killed_at_the_next_launch_and_live_ones_kept(tmp_path):
+    """A launcher or job killed with SIGKILL cannot close its run: the next launch does, for sweep
+    parents whose launcher holds no live lock and job runs whose job holds no claim."""
     cfg = _hydra_cfg(tmp_path)
     exp = tracking.ensure_store(cfg.tracking)
     client = MlflowClient(mlflow.get_tracking_uri())
-    dead = client.create_run(exp, tags={"sweep_key": "dead", "run_kind": "sweep"}).info.run_id
-    alive = client.create_run(exp, tags={"sweep_key": "alive", "run_kind": "sweep"}).info.run_id
-    lock = tracking.claims_dir(cfg.tracking, cfg.cache_dir) / "sweep-live-alive-1.lock"
-    holder = subprocess.Popen([sys.executable, "-c", f"from filelock import FileLock; l = FileLock({str(lock)!r}); "
-                               "l.acquire(); print('held', flush=True); import time; time.sleep(120)"],
+    runs = {name: client.create_run(exp, tags=tags).info.run_id for name, tags in (
+        ("dead sweep", {"sweep_key": "dead", "run_kind": "sweep"}), ("live sweep", {"sweep_key": "alive", "run_kind": "sweep"}),
+        ("dead job", {"job_key": "deadjob", "run_kind": "job"}), ("live job", {"job_key": "livejob", "run_kind": "job"}),
+        ("api run", {"source": "fitact_pipeline.api"}))}
+    claims = tracking.claims_dir(cfg.tracking, cfg.cache_dir)
+    locks = [str(claims / "sweep-live-alive-1.lock"), str(claims / "livejob.lock")]  # held by a live process
+    holder = subprocess.Popen([sys.executable, "-c", f"from filelock import FileLock; ls = [FileLock(p) for p in {locks!r}]; "
+                               "[l.acquire() for l in ls]; print('held', flush=True); import time; time.sleep(120)"],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         parent = tracking.open_parent_run(cfg.tracking, cfg.cache_dir, "new", tmp_path / "sweep", "sweep")
         status = _statuses(tmp_path / "mlruns")
-        assert status[dead] == "KILLED" and status[alive] == "RUNNING" and status[parent] == "RUNNING"
+        assert {name: status[run] for name, run in runs.items()} == {
+            "dead sweep": "KILLED", "live sweep": "RUNNING", "dead job": "KILLED", "live job": "RUNNING",
+            "api run": "RUNNING"}  # not a pipeline run: left alone
+        assert status[parent] == "RUNNING"
     finally:
         holder.kill()
         holder.wait()
         tracking.release_sweep("new")
-    FileLock(str(lock)).acquire(timeout=5)  # the holder is gone: its lock is free
+    FileLock(locks[0]).acquire(timeout=5)  # the holder is gone: its locks are free
 
 
 @pytest.mark.slow
@@ -275,6 +284,8 @@ def cli_run(tmp_path_factory, one_thread):
     cfg = _hydra_cfg(tmp, "protection=ranger", "train.epochs=2", "profile_images=200", "campaign.rates=[3e-4]",
                      "campaign.trials=4", "campaign.eval_images=120", "progress_bar=false", "threads=1",
                      "device=cpu", *[f"faults.datapath.{k}={v}" for k, v in FIXED.items()])
+    with open_dict(cfg):
+        del cfg["hydra"]  # a job's config has no hydra node (HydraConfig holds it)
     summary = run_job(cfg)
     client = MlflowClient(mlflow.get_tracking_uri())
     table = json.loads(Path(client.download_artifacts(summary["run_id"], "trials.json", str(tmp))).read_text())

@@ -68,7 +68,8 @@ def _decode_chunk(args) -> tuple[np.ndarray | None, list[tuple[str, str]]]:
             with Image.open(path) as img:
                 out.append(np.asarray(fit_image(img.convert(mode), resize, crop)))
         except (OSError, SyntaxError, Image.DecompressionBombError) as err:  # PIL's errors for broken files
-            bad.append((path, str(err).splitlines()[0] if str(err) else type(err).__name__))
+            reason = str(err).splitlines()[0].replace(f" '{path}'", "") if str(err) else type(err).__name__
+            bad.append((path, reason))
     if bad or not out:
         return None, bad
     _check_sizes({a.shape for a in out})
