@@ -18,7 +18,8 @@ QUOTE_FIX = "quote a value with spaces or any of = , [ ] { } ( ) ; ' \" inside t
 
 def closest(word: str, known: Iterable[str]) -> str:
     """`` (did you mean X?)`` for the closest known word, or nothing."""
-    match = difflib.get_close_matches(str(word), sorted(set(known)), n=1, cutoff=0.6)
+    candidates = sorted(k for k in set(known) if not str(word).startswith(f"{k}."))  # not its own parent
+    match = difflib.get_close_matches(str(word), candidates, n=1, cutoff=0.6)
     return f" (did you mean {match[0]}?)" if match else ""
 
 

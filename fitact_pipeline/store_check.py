@@ -22,13 +22,17 @@ from .registry import ConfigError
 TIMEOUT_S = 3.0
 
 
-def check_store(tracking_cfg: Mapping, cache_dir: str | None = None, timeout: float = TIMEOUT_S) -> None:
-    """A one-line ConfigError when the store of ``tracking_cfg`` cannot be reached or written."""
+def check_store(tracking_cfg: Mapping, cache_dir: str | None = None, timeout: float = TIMEOUT_S,
+                figures_dir: str | None = None) -> None:
+    """A one-line ConfigError when the store of ``tracking_cfg`` cannot be reached or written, or the
+    stage cache (``cache_dir``: baselines, profiles, bounds, job claims) or ``figures_dir`` cannot
+    be written."""
+    for folder, path in ((cache_dir, "cache_dir"), (figures_dir, "figures_dir")):
+        if folder:
+            check_writable(Path(folder), path)
     uri = tracking_cfg.get("uri")
     if uri:
         check_server(str(uri), timeout)
-        if cache_dir:  # job claims of a tracking-server sweep live in the stage cache
-            check_writable(Path(cache_dir), "cache_dir")
     else:
         check_writable(Path(str(tracking_cfg.get("root"))), "tracking.root")
 

@@ -65,7 +65,7 @@ def check_config(cfg: DictConfig, structure: bool = True, explicit: Iterable[str
 def _check_top(cfg: DictConfig) -> None:
     from .device import resolve_device
 
-    expect_int(cfg.get("seed"), "seed")
+    expect_int(cfg.get("seed"), "seed", 0, 2**32 - 1)  # Lightning seeds numpy with it: numpy's range
     resolve_device(cfg.get("device", "auto"))
     expect_int(cfg.get("threads"), "threads", 1, allow_none=True)
     expect_bool(cfg.get("progress_bar", True), "progress_bar")
@@ -153,6 +153,12 @@ def preflight(argv: list[str]) -> None:
 
     groups = config_groups()
     given = _parse(_override_args(argv))
+    multirun = "-m" in argv or "--multirun" in argv
+    for key, values in given:
+        if len(values) > 1 and not multirun:  # Hydra's answer spans five lines
+            raw = next(t for t in _override_args(argv) if t.split("=", 1)[0] == key)
+            as_list = "" if key in groups else f", or write a list for one job ({key}=[{raw.split('=', 1)[1]}])"
+            raise ConfigError(f"{raw} lists several values, which is a sweep: add -m to run one job per value{as_list}")
     for key, values in given:
         if key in groups:
             for value in values:
@@ -162,7 +168,7 @@ def preflight(argv: list[str]) -> None:
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         base = _compose(compose, [f"{k}={v[0]}" for k, v in given], groups)
         dims = list(given)
-        if "-m" in argv or "--multirun" in argv:  # the experiment's own sweep, unless overridden
+        if multirun:  # the experiment's own sweep, unless overridden
             params = OmegaConf.to_container(base.hydra.sweeper.get("params") or OmegaConf.create({}))
             dims += [kv for kv in _parse([f"{k}={v}" for k, v in params.items()]) if kv[0] not in dict(given)]
         checked: set = set()
@@ -172,10 +178,10 @@ def preflight(argv: list[str]) -> None:
             cfg = _compose(compose, list(combo), groups)
             notes.update(dict.fromkeys(check_config(cfg, structure=False, explicit=[k.lstrip("+") for k, _ in given])))
             _check_structure_once(cfg, checked)
-            stores[(cfg.tracking.get("uri"), cfg.tracking.root, cfg.cache_dir)] = cfg
+            stores[(cfg.tracking.get("uri"), cfg.tracking.root, cfg.cache_dir, cfg.figures_dir)] = cfg
         check_launcher(_hydra_node(compose, argv).launcher)
     for cfg in stores.values():  # last: the only check that waits (up to a few seconds for a server)
-        check_store(cfg.tracking, cfg.cache_dir)
+        check_store(cfg.tracking, cfg.cache_dir, figures_dir=cfg.figures_dir)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
 
@@ -191,8 +197,22 @@ def _hydra_node(compose, argv: list[str]) -> DictConfig:
         if unknown:  # name the keys the chosen launcher (or other hydra node) has
             groups_only = [t for t in texts if "/" in t.split("=", 1)[0]]
             node = compose("config", overrides=groups_only, return_hydra_config=True)
-            message += closest(unknown.group(1), known_keys(node, hydra=True))
+            owner = _launcher_owning(compose, unknown.group(1))
+            known = [k for k in known_keys(node, hydra=True) if not k.rsplit(".", 1)[-1].startswith("_")]
+            message += owner or closest(unknown.group(1), known)
         raise ConfigError(message) from None
+
+
+def _launcher_owning(compose, key: str) -> str:
+    """``; it is a setting of hydra/launcher=X: add that`` when another launcher of conf/ has ``key``."""
+    if not key.startswith("hydra.launcher."):
+        return ""
+    leaf = key.split(".", 2)[2]
+    for option in config_groups().get("hydra/launcher", []):
+        launcher = compose("config", overrides=[f"hydra/launcher={option}"], return_hydra_config=True).hydra.launcher
+        if leaf in launcher:
+            return f"; it is a setting of hydra/launcher={option}: add hydra/launcher={option} to the command line"
+    return ""
 
 
 def _check_structure_once(cfg: DictConfig, checked: set) -> None:
