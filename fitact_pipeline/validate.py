@@ -55,7 +55,7 @@ def check_config(cfg: DictConfig, structure: bool = True, explicit: Iterable[str
     check_faults_config(cfg.faults)
     check_overhead_config(cfg.overhead)
     check_tracking_config(cfg.tracking)
-    notes = check_counts(cfg, dataset_class, explicit)
+    notes = check_counts(cfg, dataset_class, explicit) + _schedule_notes(cfg.train)
     if structure:
         from .structure import check_structure
         check_structure(cfg)
@@ -75,6 +75,16 @@ def _check_top(cfg: DictConfig) -> None:
         fail("profile_site", site, "expected a site index, a site name or null")
     for key in ("cache_dir", "figures_dir"):
         expect_str(cfg.get(key), key)
+
+
+def _schedule_notes(train: DictConfig) -> list[str]:
+    """A run that never leaves its learning-rate warm-up trains at a fraction of train.lr throughout:
+    allowed (quick tests do it), but said."""
+    warmup, epochs = train.get("warmup_epochs", 0), train.get("epochs")
+    if is_int(epochs) and isinstance(warmup, (int, float)) and warmup > 0 and warmup >= epochs:
+        return [f"train.warmup_epochs={warmup} >= train.epochs={epochs}: the whole training is the learning-rate "
+                "warm-up (the rate ramps up to train.lr and never decays); set train.warmup_epochs=0 for a short run"]
+    return []
 
 
 def _dataset_class(dataset: DictConfig):

@@ -29,6 +29,7 @@ from fitact_pipeline.store_check import check_store
 from fitact_pipeline.validate import CONF_DIR, ConfigError, preflight
 
 ROOT = Path(__file__).resolve().parent.parent
+A_FILE = ROOT / "pyproject.toml"  # a path under a file is a folder nobody can create
 
 
 def refused(argv, fragment):
@@ -192,6 +193,25 @@ def test_counts_up_to_the_data_pass_and_protection_defaults_are_reported(capsys)
 ])
 def test_command_line_slips_get_the_fix(argv, fragment):
     refused(argv, fragment)
+
+
+@pytest.mark.parametrize("argv, fragment", [  # found trying inputs as a new user would
+    (["seed=-1"], "seed=-1 is not allowed; expected an integer >= 0 and <= 4294967295"),
+    ([f"cache_dir={A_FILE}/cache"], f"cache_dir='{A_FILE}/cache' is not allowed; '{A_FILE}' is a file"),
+    ([f"figures_dir={A_FILE}/figures"], f"figures_dir='{A_FILE}/figures' is not allowed"),
+    (["campaign.rates=1e-5,1e-4"], "campaign.rates=1e-5,1e-4 lists several values, which is a sweep: add -m to run one "
+                                   "job per value, or write a list for one job (campaign.rates=[1e-5,1e-4])"),
+    (["-m", "hydra.launcher.n_jobs=2"], "it is a setting of hydra/launcher=local_parallel: add hydra/launcher="
+                                        "local_parallel to the command line"),
+])
+def test_more_edges_are_one_line(argv, fragment):
+    refused(argv, fragment)
+
+
+def test_a_run_that_never_leaves_its_warmup_is_reported(capsys):
+    preflight(["train.epochs=1"])
+    assert "note: train.warmup_epochs=1 >= train.epochs=1: the whole training is the learning-rate warm-up" \
+        in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------ no stray RUNNING
