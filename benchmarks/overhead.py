@@ -6,7 +6,7 @@
     python benchmarks/overhead.py --models vgg16 --activations relu,relu6,gelu,silu --pairs 10
     python benchmarks/overhead.py --models torchvision:mobilenet_v2,torchvision:efficientnet_b0 --size 224 --batch 32
 
-``--activations`` swaps every ReLU of the model for another activation kind (protect/activations.py)
+``--activations`` swaps every ReLU of the model for another activation kind (activations.py)
 and measures the bounded forms of that kind against the unprotected model with the same
 activation, side by side (the fused kernels are ReLU-only: other kinds run their eager forms).
 ``torchvision:<arch>`` measures a torchvision classifier with its own activations (random weights).

@@ -31,6 +31,7 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from fitact_pipeline import pipeline, stages  # noqa: E402
+from fitact_pipeline.keys import all_keys  # noqa: E402
 from fitact_pipeline.protect.posttrain import posttrain_bounds  # noqa: E402
 
 
@@ -56,7 +57,7 @@ def main() -> None:
     device = pipeline.configure_runtime(cfg)
     datamodule = instantiate(cfg.dataset)
     datamodule.setup()
-    prepared = stages.prepare_protected(cfg, datamodule, device)
+    prepared = stages.prepare_protected(cfg, datamodule, device, all_keys(cfg, datamodule, device))
     clean, protected = prepared.clean_val_acc, prepared.protected
     train_s = float(prepared.train_info["train_time_s"])
 

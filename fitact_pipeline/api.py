@@ -17,54 +17,33 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+import mlflow
 import torch
 from torch import nn
 
+from . import tracking
+from .configs import group_config
+from .data.loaders import LoaderData, as_tensors
 from .evaluate import accuracy, evaluate_accuracy
+from .faults import FAULT_MODELS, apply_datapath, as_rate_list, check_faults_config, run_campaign
+from .protect import PROTECTIONS, profile_ranges
+from .protect.bounds_stages import STORED_FAULT_KEYS, BoundsJob
+from .recipe import Prepared, check_needs, prepare, protection_config, run_bounds_stage
+from .training import quiet_lightning
 
 #: the faults of a campaign when none are given: conf/faults/<DEFAULT_FAULTS>.yaml, the paper's Q15.16
 #: bit flips in weights, biases and bounds
 DEFAULT_FAULTS = "q15_16"
 
 
-@dataclass
-class Hardened:
-    """A hardened model: ``model`` is what to deploy; ``reference`` is the unprotected model as it is
-    deployed (BatchNorm folded), the baseline to measure against."""
+#: a hardened model is the recipe's result (recipe.Prepared): ``.model`` to deploy, ``.reference``
+Hardened = Prepared
 
-    model: nn.Module
-    reference: nn.Module
-    protection: str
-    granularity: str
-    profile: dict[str, torch.Tensor]
-    lower: dict[str, torch.Tensor]
-    clean_val_accuracy: float | None = None
-    bounds_info: dict = field(default_factory=dict)  # post-training history, or searched thresholds
-
-
-class _Loaders:
-    """The two loaders post-training reads, in the shape of a data module."""
-
-    def __init__(self, train, val):
-        self.train, self.val = train, val
-
-    def setup(self, stage=None) -> None:
-        return None
-
-    def train_dataloader(self):
-        return self.train
-
-    def val_dataloader(self):
-        return self.val
-
-    def eval_tensors(self, split: str = "val", num_images: int | None = None, seed: int = 0):
-        """The first ``num_images`` validation images (ProAct's decisions); never a test split."""
-        if split != "val":
-            raise ValueError(f"harden decides on val_loader only, not on {split!r}")
-        return as_tensors(self.val, num_images)
+#: the FT-ClipAct search's settings harden() takes besides the config's (conf/protection/clipact.yaml)
+SEARCH_EXTRAS = ("seed", "faults", "batch_size")
 
 
 def harden(model: nn.Module, protection: str = "fitact", train_loader=None, val_loader=None, *,
@@ -73,99 +52,60 @@ def harden(model: nn.Module, protection: str = "fitact", train_loader=None, val_
            progressive: Mapping | None = None,
            device: str | torch.device | None = None, **options) -> Hardened:
     """Protect a copy of a trained ``model`` with ``protection`` (none, ranger, clipact, gbrelu, proact,
-    fitact) from DataLoaders of ``(images, labels)``.
+    fitact) from DataLoaders of ``(images, labels)``, by the recipe every job runs (recipe.py).
 
     Bounds come from profiling ``profile_images`` images of ``profile_loader`` (default:
     ``train_loader``; a loader without augmentation is best). FitAct then post-trains its bounds on
     ``train_loader`` and selects them on ``val_loader`` (``posttrain``: the keys of
     conf/posttrain/default.yaml); ProAct trains its bounds site by site distilled from the model
-    (``progressive``: the keys of conf/protection/proact.yaml's ``progressive``). Clip-Act searches its thresholds when ``search`` is given (keys
-    ``rates``, ``candidates``, ``iterations``, ``trials``, ``images``, ``seed``, ``faults``).
+    (``progressive``: the keys of conf/protection/proact.yaml's ``progressive``). Clip-Act searches
+    its thresholds when ``search`` is given (the keys of conf/protection/clipact.yaml's ``search``,
+    whose defaults apply, ``rates`` required; and ``seed``, ``faults``, ``batch_size``).
     ``options`` go to the bounded activations (FitAct's ``k``, ``hard``; ``fused``; GBReLU's
     ``bounds``). The model's activations may be any kind of docs/protections.md.
     """
-    from .protect import PROTECTIONS, fold_batchnorm as fold, profile_ranges, protect_model
-
-    entry = PROTECTIONS[protection]
     if not (posttrain or {}).get("progress_bar", False):
-        from .training import _quiet_lightning
-
-        _quiet_lightning(False)  # Lightning's device banners, once per post-training, are noise here
-    reference = copy.deepcopy(model).eval()
-    if device is not None:
-        reference.to(device)
-    if fold_batchnorm:
-        fold(reference)
+        quiet_lightning(False)  # Lightning's device banners, once per post-training, are noise here
     loader = profile_loader if profile_loader is not None else train_loader
     if loader is None:
         raise ValueError("harden needs images to profile: pass train_loader (or profile_loader)")
-    profile, lower = profile_ranges(reference, loader, profile_images)
-    clean = accuracy(reference, val_loader) if val_loader is not None else None
-    protected = protect_model(copy.deepcopy(reference), protection, granularity, profile, lower=lower, **options)
-    info = _bounds_stage(entry, protected, reference, train_loader, val_loader, clean, posttrain, search, progressive)
-    return Hardened(protected.eval(), reference, protection, granularity or entry.default_granularity, profile,
-                    lower, clean, info)
+    search_node = None if search is None else {**{k: v for k, v in search.items() if k not in SEARCH_EXTRAS},
+                                               "enabled": True}
+    config = protection_config(protection, granularity=granularity, search=search_node, progressive=progressive,
+                               **{k: v for k, v in options.items() if k in PROTECTIONS[protection].config_keys})
+    extra = {k: v for k, v in options.items() if k not in PROTECTIONS[protection].config_keys}
+    given = {name for name, value in (("train", train_loader), ("val", val_loader)) if value is not None}
+    check_needs(protection, PROTECTIONS[protection].bounds_stage_for(config), given | {"reference"})
+    hardened = prepare(model, config, lambda reference: profile_ranges(reference, loader, profile_images),
+                       fold=fold_batchnorm, clean_val=(lambda m: accuracy(m, val_loader)) if val_loader else None,
+                       device=device, **extra)
+    job = BoundsJob(hardened.protected, hardened.reference, LoaderData(train_loader, val_loader),
+                    hardened.clean_val_acc, **_stage_settings(hardened.stage, config, posttrain, search))
+    run_bounds_stage(hardened, job)
+    hardened.protected.eval()
+    return hardened
 
 
-def _bounds_stage(entry, protected, reference, train_loader, val_loader, clean, posttrain, search, progressive) -> dict:
-    if entry.bounds_stage == "posttrain":
-        from .protect.posttrain import posttrain_bounds
-
-        if train_loader is None or val_loader is None:
-            raise ValueError(f"{entry.name} post-trains its bounds: pass train_loader and val_loader")
-        return posttrain_bounds(protected, _Loaders(train_loader, val_loader), posttrain, clean)
-    if entry.bounds_stage == "progressive":
-        from .protect.progressive import progressive_bounds
-
-        if train_loader is None or val_loader is None:
-            raise ValueError(f"{entry.name} trains its bounds site by site: pass train_loader and val_loader")
-        return progressive_bounds(protected, reference, _Loaders(train_loader, val_loader), progressive, clean)
-    if entry.bounds_stage == "search" and search is not None:
-        from .protect.clipact_search import clipact_search
-
-        if val_loader is None:
-            raise ValueError(f"{entry.name}'s search scores thresholds on validation images: pass val_loader")
-        s = dict(search)
-        images, labels = as_tensors(val_loader, s.pop("images", 500))
-        faults = _faults_config(s.pop("faults", None))
-        kwargs = {k: faults[k] for k in ("fmt", "word_bits", "frac_bits", "targets", "include", "exclude")}
-        return {"thresholds": clipact_search(protected, images, labels, kwargs, **s)}
+def _stage_settings(stage: str, config: Mapping, posttrain: Mapping | None, search: Mapping | None) -> dict:
+    """The BoundsJob fields of ``stage`` from harden()'s arguments (a job reads them from its config)."""
+    if stage == "posttrain":
+        return {"settings": posttrain}
+    if stage == "progressive":
+        return {"settings": config.get("progressive")}
+    if stage == "search":
+        if config["search"].get("rates") is None:
+            raise ValueError("search={...} needs 'rates': the fault rates the thresholds are scored at")
+        faults = _faults_config(search.get("faults"))
+        return {"settings": {**config["search"], "rates": as_rate_list(config["search"]["rates"])},
+                "faults": {k: faults[k] for k in STORED_FAULT_KEYS if k != "fold_batchnorm"},
+                "seed": search.get("seed", 0), "batch_size": search.get("batch_size", 256)}
     return {}
-
-
-def as_tensors(data, num_images: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images, labels)`` from a DataLoader (its first ``num_images`` in iteration order: pass an
-    unshuffled one) or from an ``(images, labels)`` pair."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0]):
-        images, labels = data
-    else:
-        xs, ys, seen = [], [], 0
-        for x, y in data:
-            xs.append(x)
-            ys.append(y)
-            seen += len(y)
-            if num_images is not None and seen >= num_images:
-                break
-        if not xs:
-            raise ValueError("the data yielded no images")
-        images, labels = torch.cat(xs), torch.cat(ys)
-    return (images, labels) if num_images is None else (images[:num_images], labels[:num_images])
 
 
 def _faults_config(faults: str | Mapping | None) -> dict:
     """A ``faults`` config: a name of conf/faults/ (``q15_16``, ``float32``, ...), or keys over the
     default (Q15.16 in weights, biases and bounds), checked as a job's are."""
-    from omegaconf import OmegaConf
-
-    from .faults import check_faults_config
-    from .validate import CONF_DIR
-
-    name = faults if isinstance(faults, str) else DEFAULT_FAULTS
-    path = CONF_DIR / "faults" / f"{name}.yaml"
-    if not path.exists():
-        raise ValueError(f"unknown faults {name!r}; choose one of: "
-                         f"{', '.join(sorted(p.stem for p in path.parent.glob('*.yaml')))}, or give a dict")
-    cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    cfg = group_config("faults", faults if isinstance(faults, str) else DEFAULT_FAULTS)
     if not isinstance(faults, str):
         cfg.update(dict(faults or {}))
     check_faults_config(cfg)
@@ -208,8 +148,6 @@ def measure_resilience(model: nn.Module | Hardened, data, rates: Sequence[float]
     stored in ``fmt``, faults in the activation words). ``adaptive``: ``{"target_halfwidth", "min_trials", "max_trials"}`` stops a rate
     early. ``mlflow``: ``{"experiment": name, "tracking_uri": uri, "run_name": name}`` logs the run as
     a job logs its campaign (docs/tracking.md)."""
-    from .faults import FAULT_MODELS, apply_datapath, run_campaign
-
     hardened = model if isinstance(model, Hardened) else None
     net = copy.deepcopy(hardened.model if hardened else model).eval()
     x, y = as_tensors(data, images)
@@ -235,21 +173,17 @@ def measure_resilience(model: nn.Module | Hardened, data, rates: Sequence[float]
 
 def _log(target: Mapping, result, fault_space: dict, hardened: Hardened | None, float_accuracy: float,
          campaign_time_s: float, settings: dict) -> str:
-    import mlflow as ml
-
-    from . import tracking
-
     if target.get("tracking_uri"):
-        ml.set_tracking_uri(target["tracking_uri"])
-    ml.set_experiment(target.get("experiment", "fitact_api"))
+        mlflow.set_tracking_uri(target["tracking_uri"])
+    mlflow.set_experiment(target.get("experiment", "fitact_api"))
     tags = {"protection": hardened.protection if hardened else "none", "source": "fitact_pipeline.api"}
     if hardened:
         tags["granularity"] = hardened.granularity
-    with ml.start_run(run_name=target.get("run_name"), tags=tags) as run:
-        ml.log_params(tracking.flatten(settings))
+    with mlflow.start_run(run_name=target.get("run_name"), tags=tags) as run:
+        mlflow.log_params(tracking.flatten(settings))
         clean_val = hardened.clean_val_accuracy if hardened and hardened.clean_val_accuracy is not None else float("nan")
         tracking.log_job_results(result, fault_space, {}, hardened.bounds_info if hardened else {},
-                                 float_accuracy=float_accuracy, clean_val_accuracy=clean_val,
+                                 stage=hardened.stage if hardened else "none", float_accuracy=float_accuracy, clean_val_accuracy=clean_val,
                                  campaign_time_s=campaign_time_s)
         return run.info.run_id
 

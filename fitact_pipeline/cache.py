@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from filelock import FileLock
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 MARKER = ".complete"
 log = logging.getLogger(__name__)
@@ -27,13 +28,8 @@ log = logging.getLogger(__name__)
 
 def _canonical(obj: Any) -> Any:
     """JSON-able form with a single spelling per value (OmegaConf nodes, tuples, paths, floats)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(obj, (DictConfig, ListConfig)):
-            obj = OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(obj, (DictConfig, ListConfig)):
+        obj = OmegaConf.to_container(obj, resolve=True)
     if isinstance(obj, dict):
         return {str(k): _canonical(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

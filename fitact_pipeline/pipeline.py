@@ -20,8 +20,9 @@ from .evaluate import evaluate_accuracy
 from .counts import eval_count
 from .device import resolve_device
 from .faults import FAULT_MODELS, FORMATS, apply_datapath, as_rate_list, run_campaign
-from .keys import job_key, plain
+from .identity import context_key, plain, result_identity, slot_key, stage_keys
 from .models import model_tag
+from .overhead import overhead
 from .protect.sites import select_sites
 from .stages import prepare_protected, stage_bounds
 from .validate import check_config
@@ -65,9 +66,14 @@ def _parent_run_id() -> str | None:
     return marker.read_text().strip() if marker.exists() else None
 
 
-def job_tags(cfg: DictConfig, dataset: str, key: str, rates: list[float], device: torch.device) -> dict[str, str]:
+def job_tags(cfg: DictConfig, dataset: str, identity: dict, rates: list[float], device: torch.device
+             ) -> dict[str, str]:
+    """The run's tags: what the MLflow UI filters on, and the result's identity as the report reads
+    it (its job key, its slot: the curve it belongs to, its context: which runs it pairs with)."""
     faults = cfg.faults
-    return {"device": device.type, "model": model_tag(cfg.model), "dataset": dataset, "protection": cfg.protection.name,
+    key = stage_keys(identity)["job"]
+    return {"result_slot": slot_key(identity), "result_context": context_key(identity), "device": device.type,
+            "model": model_tag(cfg.model), "dataset": dataset, "protection": cfg.protection.name,
             "granularity": cfg.protection.get("granularity", "layer"),
             "fault_format": FORMATS[faults.fmt].label(faults.word_bits, faults.frac_bits),
             "fault_model": faults.model, "fault_rates": ",".join(tracking.rate_label(r) for r in rates),
@@ -81,7 +87,8 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     device = configure_runtime(cfg)
     datamodule = instantiate(cfg.dataset)
-    key = job_key(cfg, datamodule, device)
+    identity = result_identity(cfg, datamodule, device)
+    key = stage_keys(identity)["job"]
     exp_id = tracking.ensure_store(cfg.tracking)
     if _parent_run_id() is None:  # a launch of its own: runs that died before it are closed (a sweep's callback does it)
         tracking.retire_dead_runs(MlflowClient(mlflow.get_tracking_uri()), exp_id, cfg.tracking, cfg.cache_dir)
@@ -93,27 +100,29 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
                 log.info("job %s already finished as run %s: skipped", key, done.info.run_id)
                 return {"skipped": True, "run_id": done.info.run_id, "job_key": key}
             tracking.retire_unfinished(client, exp_id, key)
-        return _run_logged(cfg, datamodule, device, key)
+        return _run_logged(cfg, datamodule, device, identity)
 
 
-def _run_logged(cfg: DictConfig, datamodule, device: torch.device, key: str) -> dict[str, Any]:
+def _run_logged(cfg: DictConfig, datamodule, device: torch.device, identity: dict) -> dict[str, Any]:
     rates = as_rate_list(cfg.campaign.rates)
     datamodule.setup()
-    tags = job_tags(cfg, datamodule.name, key, rates, device)
+    tags = job_tags(cfg, datamodule.name, identity, rates, device)
+    key = tags["job_key"]
     run_name = f"{tags['model']}-{datamodule.name}-{cfg.protection.name}-{tags['fault_rates']}"
     with tracking.job_run(cfg.tracking, run_name, tags, _parent_run_id()) as run:
         mlflow.log_dict(OmegaConf.to_container(cfg, resolve=True), "config.yaml")
+        mlflow.log_dict(identity, "identity.json")
         mlflow.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
-        summary = _run_stages(cfg, datamodule, device, rates)
+        summary = _run_stages(cfg, datamodule, device, rates, stage_keys(identity))
         summary.update(run_id=run.info.run_id, job_key=key, skipped=False)
     return summary
 
 
-def _run_stages(cfg: DictConfig, datamodule, device: torch.device, rates: list[float]) -> dict[str, Any]:
-    prepared = prepare_protected(cfg, datamodule, device)
+def _run_stages(cfg: DictConfig, datamodule, device: torch.device, rates: list[float], keys: dict[str, str]
+                ) -> dict[str, Any]:
+    prepared = prepare_protected(cfg, datamodule, device, keys)
     _log_profile_site(prepared.profile, cfg.profile_site)
-    bounds_info = stage_bounds(cfg, prepared.protected, datamodule, device, prepared.clean_val_acc,
-                               reference=prepared.reference)
+    bounds_info = stage_bounds(cfg, prepared, datamodule, keys)
     protected = prepared.protected.eval()
     apply_datapath(protected, cfg.faults.datapath)
     images, labels = datamodule.eval_tensors(cfg.campaign.eval_split, eval_count(cfg.campaign.eval_images),
@@ -131,7 +140,7 @@ def _run_stages(cfg: DictConfig, datamodule, device: torch.device, rates: list[f
                           design=campaign.design, images_per_trial=campaign.images_per_trial,
                           maps_per_pass=maps_per_pass(campaign.maps_per_pass, protected, device))
     tracking.log_job_results(result, injector.fault_space, prepared.train_info, bounds_info,
-                             float_accuracy=float_acc, clean_val_accuracy=prepared.clean_val_acc,
+                             stage=prepared.stage, float_accuracy=float_acc, clean_val_accuracy=prepared.clean_val_acc,
                              campaign_time_s=time.perf_counter() - started)
     return {"clean_accuracy": result.clean_accuracy,
             "mean_accuracy": {r: s["mean"] for r, s in result.per_rate.items()}}
@@ -167,8 +176,6 @@ def _log_profile_site(profile: dict[str, torch.Tensor], site_index: int | None) 
 
 def _log_overhead(reference: torch.nn.Module, protected: torch.nn.Module, images: torch.Tensor,
                   overhead_cfg: DictConfig) -> None:
-    from .overhead import overhead
-
     reps = -(-overhead_cfg.batch_size // images.shape[0])
     batch = images.repeat(reps, 1, 1, 1)[: overhead_cfg.batch_size]
     mlflow.log_metrics(overhead(reference, protected, batch, repeats=overhead_cfg.repeats))

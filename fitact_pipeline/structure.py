@@ -12,6 +12,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from .cache import config_hash
 from .checks import fail
+from .faults.activation import select_sites as select_activation_sites
+from .faults.space import select_tensors
+from .models import model_from_config, model_tag
+from .protect import profile_ranges
+from .protect.sites import select_sites
+from .recipe import prepare
 from .registry import ConfigError
 
 
@@ -24,37 +30,33 @@ def structure_key(cfg: DictConfig) -> str:
 
 
 def skeleton(cfg: DictConfig):
-    """(datamodule, protected model skeleton): random weights, the job's names and sites."""
-    from .models import model_from_config, model_tag
-    from .protect import PROTECTIONS, fold_batchnorm, profile_ranges, protect_model
-
+    """(datamodule, protected model skeleton, profile): random weights, the job's names and sites,
+    made by the recipe every job runs (recipe.py), profiled on two blank images."""
     datamodule = instantiate(cfg.dataset)  # reads no images
     # a source model loads its weights here: a file that does not match is refused before any work
     model = model_from_config(cfg.model, datamodule.num_classes, datamodule.in_channels, cfg.seed).eval()
-    if cfg.faults.fold_batchnorm:
-        fold_batchnorm(model)
     size = datamodule.image_size
+
+    def blank_profile(net: torch.nn.Module):
+        try:
+            return profile_ranges(net, torch.zeros(2, datamodule.in_channels, size, size))
+        except ConfigError:
+            raise
+        except (RuntimeError, AssertionError, ValueError) as exc:  # e.g. a ViT built for another image size
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"model {model_tag(cfg.model)} cannot run on the dataset's {datamodule.in_channels}x"
+                              f"{size}x{size} images: {reason}") from None
+
     try:
-        profile, lower = profile_ranges(model, torch.zeros(2, datamodule.in_channels, size, size))
+        prepared = prepare(model, cfg.protection, blank_profile, fold=cfg.faults.fold_batchnorm)
     except ConfigError:
         raise
-    except (RuntimeError, AssertionError, ValueError) as exc:  # e.g. a ViT built for another image size
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"model {model_tag(cfg.model)} cannot run on the dataset's {datamodule.in_channels}x{size}x"
-                          f"{size} images: {reason}") from None
-    entry = PROTECTIONS[cfg.protection.name]
-    try:
-        options = entry.options(cfg.protection, list(profile))
-    except ValueError as exc:
+    except ValueError as exc:  # a protection's options refused for this model (e.g. GBReLU's sites)
         raise ConfigError(str(exc)) from None
-    protected = protect_model(model, entry.name, cfg.protection.get("granularity"), profile, lower=lower, **options)
-    return datamodule, protected, profile
+    return datamodule, prepared.protected, prepared.profile
 
 
 def check_structure(cfg: DictConfig) -> None:
-    from .faults.space import select_tensors
-    from .protect.sites import select_sites
-
     _, model, profile = skeleton(cfg)
     if cfg.get("profile_site") is not None:
         try:
@@ -75,9 +77,7 @@ def check_structure(cfg: DictConfig) -> None:
 
 
 def _check_activation_sites(model, patterns: list[str]) -> None:
-    from .faults.activation import select_sites
-
     names = [n for n, _ in model.named_modules() if n]
     for pattern in patterns:
-        if not select_sites(model, [pattern]):
+        if not select_activation_sites(model, [pattern]):
             fail("faults.sites", pattern, f"the pattern matches no module; names look like: {', '.join(names[:5])}")

@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from .checks import check_keys, expect_bool, expect_str, fail
+from .protect.bounds_stages import BOUNDS_STAGES, BoundsStage
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +281,7 @@ def flatten(cfg: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def log_job_results(result, fault_space: dict, train_info: dict, bounds_info: dict, *,
+def log_job_results(result, fault_space: dict, train_info: dict, bounds_info: dict, *, stage: str,
                     float_accuracy: float, clean_val_accuracy: float, campaign_time_s: float) -> None:
     """Log a finished campaign into the active run, named so the MLflow UI compares resilience
     directly: `acc_mean/ber_1e-05` is the mean accuracy at that rate (docs/tracking.md)."""
@@ -299,8 +300,9 @@ def log_job_results(result, fault_space: dict, train_info: dict, bounds_info: di
     mlflow.log_dict({"trials": [{k: t[k] for k in ("rate", "trial", "flips_per_bit", "flips_per_tensor")}
                                 for t in result.trials]}, "trial_faults.json")
     mlflow.log_dict(fault_space, "fault_space.json")
+    mlflow.set_tag("rate_unit", fault_space.get("rate_unit", "bit"))  # what the rates count (faults/units.py)
     mlflow.log_params({f"fault_space.{k}": fault_space[k] for k in ("num_tensors", "total_elements", "total_bits")})
-    _log_bounds_info(bounds_info, metrics["train_time_s"])
+    _log_bounds_info(BOUNDS_STAGES[stage], bounds_info, metrics["train_time_s"])
 
 
 def _per_rate_table(result) -> dict[str, list]:
@@ -311,21 +313,20 @@ def _per_rate_table(result) -> dict[str, list]:
     return table
 
 
-def _log_bounds_info(info: dict, train_time_s: float) -> None:
-    """Bound-training curves, one step per epoch: FitAct's post-training as ``posttrain/<k>`` (loss,
-    val_acc and the diagnostics of protect/bound_training.py: mean_bound_ratio, zero_fraction,
-    ratio_q05..q95, penalty), ProAct's progressive training as ``progressive/<k>`` (step = its
-    running epoch count over every site); the training time and the kept bounds' ratio."""
-    prefix = info.get("stage", "posttrain")
-    for entry in info.get("history", []):
-        mlflow.log_metrics({f"{prefix}/{k}": float(v) for k, v in entry.items()
+def _log_bounds_info(stage: BoundsStage, info: dict, train_time_s: float) -> None:
+    """What the bounds stage declares it logs (protect/bounds_stages.py): its per-epoch curves as
+    ``<curves>/<k>``, one step per epoch (FitAct's post-training: loss, val_acc and the diagnostics of
+    protect/bound_training.py; ProAct's progressive training, step = its running epoch count over
+    every site), its metrics (training time, the kept bounds' ratio), params and artifacts."""
+    if not info:  # the stage did not run (a cached job's info is the stage's own record)
+        return
+    for entry in info.get("history", []) if stage.curves else []:
+        mlflow.log_metrics({f"{stage.curves}/{k}": float(v) for k, v in entry.items()
                             if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)},
                            step=int(entry["epoch"]))
-    if "time_s" in info:
-        mlflow.log_metrics({"posttrain_time_s": float(info["time_s"]),
-                            "posttrain_overhead": float(info["time_s"]) / train_time_s,
-                            "mean_bound_ratio": float(info["mean_bound_ratio"])})
-        if "selected_epoch" in info:
-            mlflow.log_param("posttrain.selected_epoch", info["selected_epoch"])
-    if "thresholds" in info:
-        mlflow.log_dict({k: float(v) for k, v in info["thresholds"].items()}, "clipact_thresholds.json")
+    if stage.metrics(info, train_time_s):
+        mlflow.log_metrics(stage.metrics(info, train_time_s))
+    if stage.params(info):
+        mlflow.log_params(stage.params(info))
+    for name, table in stage.artifacts(info).items():
+        mlflow.log_dict(table, name)

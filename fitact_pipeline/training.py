@@ -19,24 +19,17 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .checks import check_keys, expect_bool, expect_int, expect_number
+from .configs import group_config
 from .device import lightning_accelerator
 from .evaluate import accuracy
 
-DEFAULTS = {
-    "epochs": 30,
-    "lr": 0.01,
-    "momentum": 0.9,
-    "nesterov": True,
-    "weight_decay": 5e-4,
-    "warmup_epochs": 1,
-    "batch_size": 128,
-    "max_time_s": None,
-    "progress_bar": True,
-    "init_from_seed": True,
-}
+#: the training settings and their defaults, as declared in conf/train/default.yaml (a call outside
+#: a job, which has no top-level progress_bar to interpolate, shows its progress bar)
+DEFAULTS = {**group_config("train", "default"), "progress_bar": True}
 
 
 #: training settings that change the trained weights (the baseline's cache key reads these)
@@ -111,13 +104,8 @@ class ClassifierModule(L.LightningModule):
 
 
 def _plain_cfg(train_cfg) -> dict:
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(train_cfg, DictConfig):
-            train_cfg = OmegaConf.to_container(train_cfg, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf ships with hydra
-        pass
+    if isinstance(train_cfg, DictConfig):
+        train_cfg = OmegaConf.to_container(train_cfg, resolve=True)
     if train_cfg is not None and not isinstance(train_cfg, Mapping):
         raise TypeError(f"train_cfg must be a mapping, got {type(train_cfg).__name__}")
     unknown = set(train_cfg or {}) - set(DEFAULTS)
@@ -137,7 +125,7 @@ def reset_parameters(model: nn.Module, seed: int) -> None:
                 module.reset_running_stats()
 
 
-def _quiet_lightning(progress_bar: bool) -> None:
+def quiet_lightning(progress_bar: bool) -> None:
     # Lightning's "GPU available / TPU available" banners are noise in tests and sweeps.
     if not progress_bar:
         for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
@@ -159,7 +147,7 @@ def train_baseline(model: nn.Module, datamodule, train_cfg=None, seed: int = 0,
     if cfg["init_from_seed"]:
         reset_parameters(model, seed)
     L.seed_everything(seed, workers=True, verbose=False)
-    _quiet_lightning(cfg["progress_bar"])
+    quiet_lightning(cfg["progress_bar"])
     if cfg["batch_size"]:
         datamodule.batch_size = int(cfg["batch_size"])
 

@@ -13,19 +13,18 @@ from __future__ import annotations
 import itertools
 import re
 import sys
-from pathlib import Path
 from typing import Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
 from .cli_errors import closest, hydra_message, parse_error
 from .checks import expect_bool, expect_int, expect_str, fail, is_int
+from .configs import CONF_DIR
 from .counts import check_counts
 from .launchers import check_launcher
 from .registry import ConfigError
 from .store_check import check_store
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 TOP_KEYS = ("seed", "device", "threads", "progress_bar", "profile_images", "profile_site", "overhead",
             "cache_dir", "figures_dir")
 # Flags that belong to Hydra itself, not to overrides.

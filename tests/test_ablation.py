@@ -9,9 +9,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
-from fitact_pipeline.cache import config_hash
 from fitact_pipeline.faults import FaultInjector
-from fitact_pipeline.keys import bounds_key, job_key, profile_key
+from fitact_pipeline.keys import job_key
 from fitact_pipeline.models import build_model
 from fitact_pipeline.protect import profile_activations, protect_model
 from fitact_pipeline.report.runs import JobRun, variant_of
@@ -65,16 +64,8 @@ def test_the_ablation_sweep_and_its_variants_are_what_the_issue_asks():
                       "fitact_layer": ("fitact", "layer", "posttrain"), "proact": ("proact", "layer", "progressive")}
 
 
-def test_fitact_bounds_keys_are_unchanged_and_every_variant_has_its_own():
-    cfg = composed()
-    dm = instantiate(cfg.dataset)
-    # the key FitAct's bounds had before issue 19 (cached bounds stay valid)
-    old = config_hash({"profile": profile_key(cfg, dm, CPU),
-                       "protection": {"name": "fitact", "granularity": "neuron", "k": 20.0, "hard": True},
-                       "default_granularity": "neuron", "stage": "posttrain",
-                       "posttrain": {k: cfg.posttrain[k] for k in ("epochs", "lr", "zeta", "max_accuracy_drop",
-                                                                  "max_batches_per_epoch")}})
-    assert bounds_key(cfg, dm, CPU) == old
+def test_every_variant_has_its_own_job_key():
+    dm = instantiate(composed().dataset)
     jobs = {v: job_key(composed(f"protection={v}"), dm, CPU) for v in VARIANTS}
     jobs["sum"] = job_key(composed("posttrain.penalty=sum"), dm, CPU)
     jobs["fault-aware"] = job_key(composed("posttrain.fault_rate=1e-5"), dm, CPU)
@@ -128,7 +119,7 @@ def test_the_claims_table_lists_each_variant_minus_fitact_at_every_rate(tmp_path
 
 
 def test_an_experiments_own_posttraining_schedule_is_no_variant():
-    from fitact_pipeline.protect.posttrain import settings_label
+    from fitact_pipeline.protect.protections.fitact import settings_label
 
     base = {"posttrain.penalty": "mean_square", "posttrain.fault_rate": "None", "posttrain.fault_weight": "1.0"}
     assert settings_label({**base, "posttrain.epochs": "8", "posttrain.lr": "0.03"}) == ""

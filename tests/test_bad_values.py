@@ -124,6 +124,7 @@ def test_imagefolder_root_on_the_command_line_is_accepted(tmp_path):
     preflight(["dataset=imagefolder", f"dataset.root={tmp_path}", "model=small_cnn", "dataset.val_size=1"])
 
 
+@pytest.mark.slow
 def test_cli_bad_device_is_one_line_exit_2_and_nothing_is_written(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fitact_pipeline", "device=tpu", f"cache_dir={tmp_path}/cache",
                            f"tracking.root={tmp_path}/mlruns"], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -70,6 +70,7 @@ WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_processes_compute_once(tmp_path):
     log = tmp_path / "computes.log"
     cmd = [sys.executable, "-c", WORKER, str(tmp_path / "cache"), str(log)]

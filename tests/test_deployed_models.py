@@ -44,6 +44,7 @@ def fault_space(tmp: Path, run) -> dict:
     return json.loads(Path(client.download_artifacts(run.info.run_id, "fault_space.json", str(tmp))).read_text())
 
 
+@pytest.mark.slow
 def test_torchvision_cnns_with_every_protection(tree, tmp_path):
     proc = sweep(tmp_path, "dataset=imagefolder", f"dataset.root={tree}", "model=torchvision",
                  "model.arch=mobilenet_v2,efficientnet_b0,resnet18")
@@ -62,6 +63,7 @@ def test_torchvision_cnns_with_every_protection(tree, tmp_path):
             assert "posttrain_time_s" in run.data.metrics and run.data.tags["granularity"] == "neuron"
 
 
+@pytest.mark.slow
 def test_a_small_vision_transformer_with_every_protection(tree, tmp_path):
     proc = sweep(tmp_path, "dataset=imagefolder", f"dataset.root={tree}", "model=vit_tiny_p4",
                  "model.kwargs.num_layers=2", "model.kwargs.hidden_dim=16", "model.kwargs.mlp_dim=32",
@@ -104,6 +106,7 @@ def test_model_errors_stop_before_any_work(argv, fragment, tree):
     assert fragment in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_cli_refuses_an_activation_without_bounded_form_and_a_mismatching_file(tree, tmp_path):
     import torchvision
 

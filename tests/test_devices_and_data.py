@@ -32,6 +32,7 @@ def job(tmp: Path, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_your_own_imagefolder_tree_end_to_end(tmp_path):
     tree = small_tree(tmp_path / "tree")
     proc = job(tmp_path, "dataset=imagefolder", f"dataset.root={tree}", "dataset.val_size=30",

@@ -317,11 +317,12 @@ def test_measure_resilience_with_a_datapath_gives_the_clis_numbers(cli_run):
     from hydra.utils import instantiate
 
     from fitact_pipeline.counts import eval_count
+    from fitact_pipeline.keys import all_keys
     from fitact_pipeline.stages import prepare_protected
 
     cfg, clean, per_trial = cli_run
     dm = instantiate(cfg.dataset)
-    prepared = prepare_protected(cfg, dm, torch.device("cpu"))  # the job's model, from the stage cache
+    prepared = prepare_protected(cfg, dm, torch.device("cpu"), all_keys(cfg, dm, torch.device("cpu")))  # cached
     images, labels = dm.eval_tensors("test", eval_count(cfg.campaign.eval_images), cfg.campaign.seed)
     kwargs = dict(rates=[3e-4], trials=4, seed=cfg.campaign.seed, batch_size=cfg.campaign.batch_size)
     api = measure_resilience(prepared.protected, (images, labels), faults={"datapath": FIXED}, **kwargs)

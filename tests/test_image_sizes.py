@@ -8,7 +8,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from fitact_pipeline.data import BatchTransform, ImageFolderDataModule
-from fitact_pipeline.keys import data_parts
+from fitact_pipeline.identity import result_identity
+from fitact_pipeline.keys import baseline_key
 from fitact_pipeline.registry import ConfigError
 from fitact_pipeline.validate import CONF_DIR, check_config
 
@@ -84,14 +85,15 @@ def _composed(*overrides):
     return cfg
 
 
-def test_new_data_options_keep_existing_keys_and_the_imagenet_preset_checks(tmp_path):
+def test_the_resize_setting_is_in_the_baseline_key_and_the_imagenet_preset_checks(tmp_path):
     root = tree(tmp_path / "tree")
     cfg = _composed("dataset=imagefolder", f"dataset.root={root}", "dataset.val_size=2")
     dm = ImageFolderDataModule(str(root), cache_dir=str(tmp_path / "c"), val_size=2)
-    before = data_parts(cfg, dm)
-    assert not {"resize", "crop", "mean", "std", "crop_scale"} & set(before)
+    cpu = torch.device("cpu")
+    before = baseline_key(cfg, dm, cpu)
     cfg.dataset.resize = 24
-    assert data_parts(cfg, dm)["resize"] == 24
+    assert result_identity(cfg, dm, cpu)["baseline"]["data"]["resize"] == 24
+    assert baseline_key(cfg, dm, cpu) != before
     preset = _composed("dataset=imagefolder224", f"dataset.root={root}", "dataset.val_size=2",
                        "model=torchvision", "model.arch=shufflenet_v2_x0_5")
     assert preset.dataset.crop == 224 and preset.dataset.mean == [0.485, 0.456, 0.406]

@@ -73,8 +73,8 @@ def test_fitact_bounds_do_not_depend_on_the_fault_format_but_a_search_does():
 
 def test_job_key_changes_with_the_sampler(monkeypatch):
     """A finished run drawn by another sampler must not be resumed as this one's result."""
-    from fitact_pipeline import faults
+    from fitact_pipeline import identity
 
     key = keys()["job"]
-    monkeypatch.setattr(faults, "SAMPLER", faults.SAMPLER + "-other")
+    monkeypatch.setattr(identity, "SAMPLER", identity.SAMPLER + "-other")
     assert keys()["job"] != key

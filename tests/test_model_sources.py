@@ -183,6 +183,7 @@ def test_the_baseline_stage_fine_tunes_a_source_model_instead_of_reinitialising_
     registry models only (train.init_from_seed), never a source's weights."""
     from hydra.utils import instantiate
 
+    from fitact_pipeline.keys import all_keys
     from fitact_pipeline.stages import stage_baseline
     from tests.test_devices_and_data import small_tree
     from tests.test_image_sizes import _composed
@@ -194,6 +195,6 @@ def test_the_baseline_stage_fine_tunes_a_source_model_instead_of_reinitialising_
                     f"cache_dir={tmp_path}/cache", "progress_bar=false")
     datamodule = instantiate(cfg.dataset)
     datamodule.setup()
-    model, info = stage_baseline(cfg, datamodule, torch.device("cpu"))
+    model, info = stage_baseline(cfg, datamodule, torch.device("cpu"), all_keys(cfg, datamodule, torch.device("cpu")))
     _same_except_head(model, state)
     assert model.fc.out_features == 3 and info["epochs"] == 0

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+# end-to-end: jobs, sweeps and reports in subprocesses or real MLflow stores (the slow tier)
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 RATES = [1e-5, 3e-5, 1e-4, 3e-4]
 TRIALS = 5

@@ -93,6 +93,7 @@ def test_fault_configs_and_model_configs_name_registered_components():
             assert set(model) == {"name", "label", *SOURCES[model["name"]].keys}, path.name
 
 
+@pytest.mark.slow
 def test_docs_lists_are_generated_from_the_registries():
     proc = subprocess.run([sys.executable, "docs/tools/registry_tables.py", "--check"], cwd=ROOT,
                           capture_output=True, text=True)

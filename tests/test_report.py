@@ -15,6 +15,7 @@ from fitact_pipeline import stats
 from fitact_pipeline.report import build_report, variant_of
 from fitact_pipeline.report.tables import read_csv
 
+
 ROOT = Path(__file__).resolve().parent.parent
 EXP = "report_test"
 RATES = [1e-4, 3e-4]
@@ -76,6 +77,7 @@ def _metric(run, stat, rate):
     return run.data.metrics[f"acc_{stat}/ber_{rate:.0e}"]
 
 
+@pytest.mark.slow
 def test_every_output_written_and_logged_to_a_report_run(sweep):
     tmp, client, _, runs, jobs, _ = sweep
     assert len(jobs) == 4, sorted(jobs)
@@ -92,6 +94,7 @@ def test_every_output_written_and_logged_to_a_report_run(sweep):
     assert {f"{s}.png" for s in FIGURES} | {f"{s}.pdf" for s in FIGURES} | set(TABLES) <= logged
 
 
+@pytest.mark.slow
 def test_fig6_curves_equal_the_logged_metrics(sweep):
     _, _, _, _, jobs, report = sweep
     panel = report.drawn["fig6"][("small_cnn", "digits", "memory")]
@@ -103,6 +106,7 @@ def test_fig6_curves_equal_the_logged_metrics(sweep):
         assert panel[variant]["ci_high"] == pytest.approx([min(100, 100 * _metric(run, "ci_high", r)) for r in RATES])
 
 
+@pytest.mark.slow
 def test_fig5_boxes_equal_trials_and_metrics(sweep):
     tmp, client, _, _, jobs, report = sweep
     boxes = report.drawn["fig5"]["boxes"]
@@ -119,6 +123,7 @@ def test_fig5_boxes_equal_trials_and_metrics(sweep):
             assert box["mean"] == pytest.approx(100 * np.mean(accs))
 
 
+@pytest.mark.slow
 def test_fig1_points_equal_the_gbrelu_runs(sweep):
     _, _, _, _, jobs, report = sweep
     drawn = report.drawn["fig1"]
@@ -130,6 +135,7 @@ def test_fig1_points_equal_the_gbrelu_runs(sweep):
         assert drawn[rate] == pytest.approx([100 * _metric(gb[b], "mean", rate) for b in BOUNDS])
 
 
+@pytest.mark.slow
 def test_fig2_histogram_is_the_logged_profile(sweep):
     tmp, client, _, _, jobs, report = sweep
     drawn = report.drawn["fig2"]
@@ -140,6 +146,7 @@ def test_fig2_histogram_is_the_logged_profile(sweep):
     assert client.get_run(drawn["run_id"]).data.tags["protection"] == "none"  # the unprotected run is preferred
 
 
+@pytest.mark.slow
 def test_fig3_curves_are_the_paper_functions(sweep):
     c = _cfg(Path("/nonexistent")).fig3
     drawn = sweep[5].drawn["fig3"]
@@ -153,6 +160,7 @@ def test_fig3_curves_are_the_paper_functions(sweep):
     assert curves["FitReLU"] == pytest.approx(smooth, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_table1_csv_equals_overhead_metrics(sweep):
     tmp, _, _, _, jobs, _ = sweep
     rows = read_csv(tmp / "figures" / EXP / "table1_overhead.csv")
@@ -169,6 +177,7 @@ def test_table1_csv_equals_overhead_metrics(sweep):
     assert "\\begin{tabular}" in tex and f"{100 * m['memory_overhead']:+.2f} \\%" in tex
 
 
+@pytest.mark.slow
 def test_resilience_summary_equals_recomputed_statistics(sweep):
     tmp, _, _, _, jobs, _ = sweep
     rows = {r["protection"]: r for r in read_csv(tmp / "figures" / EXP / "resilience_summary.csv")}
@@ -180,6 +189,7 @@ def test_resilience_summary_equals_recomputed_statistics(sweep):
         assert float(rows[variant]["clean_accuracy"]) == pytest.approx(run.data.metrics["clean_accuracy"])
 
 
+@pytest.mark.slow
 def test_paired_differences_equal_recomputed_from_trials(sweep):
     tmp, client, _, _, jobs, _ = sweep
     rows = read_csv(tmp / "figures" / EXP / "paired_differences.csv")
@@ -198,6 +208,7 @@ def test_paired_differences_equal_recomputed_from_trials(sweep):
     assert {float(r["rate"]) for r in rows} == set(RATES)
 
 
+@pytest.mark.slow
 def test_partial_experiment_skips_with_notes(sweep):
     tmp, client, _, _, _, _ = sweep
     client.create_experiment("empty_for_report")
@@ -211,6 +222,7 @@ def test_partial_experiment_skips_with_notes(sweep):
     assert "fig6" not in report.drawn
 
 
+@pytest.mark.slow
 def test_selection_without_matching_runs_is_a_note_not_a_crash(sweep):
     tmp = sweep[0]
     report = build_report(_cfg(tmp, fig1={"model": "alexnet", "dataset": None},
@@ -220,6 +232,7 @@ def test_selection_without_matching_runs_is_a_note_not_a_crash(sweep):
     assert "fig6" in report.drawn and "fig1" not in report.drawn
 
 
+@pytest.mark.slow
 def test_unknown_experiment_is_a_one_line_error(sweep):
     tmp = sweep[0]
     proc = subprocess.run([sys.executable, "-m", "fitact_pipeline.report", "experiment=nope",
@@ -229,23 +242,27 @@ def test_unknown_experiment_is_a_one_line_error(sweep):
     assert "no MLflow experiment named 'nope'" in proc.stdout + proc.stderr
 
 
-def test_a_rerun_slot_keeps_only_the_newest_run():
-    from fitact_pipeline.report import JobRun, latest_per_slot, merge_curves
+def test_a_rerun_slot_keeps_only_the_newest_run_and_another_slot_is_another_curve():
+    from fitact_pipeline.report import JobRun, current_jobs, merge_curves
 
-    def job(run_id, start, curve, variant="fitact"):
-        return JobRun(run_id, "vgg16", "cifar10", variant, "memory", variant, ("vgg16", "cifar10", "memory"), {}, {},
-                      {r: {"mean": acc} for r, acc in curve.items()}, start)
+    ctx = ("vgg16", "cifar10", "memory", "c1")
+
+    def job(run_id, start, curve, variant="fitact", slot="s-fitact"):
+        return JobRun(run_id, "vgg16", "cifar10", variant, "memory", variant, ctx, {}, {},
+                      {r: {"mean": acc} for r, acc in curve.items()}, start, slot)
 
     old = job("old", 1, {1e-6: 0.5, 1e-5: 0.3})
     new = job("new", 2, {1e-6: 0.6, 1e-5: 0.4})
     other_rates = job("one_rate", 0, {1e-4: 0.1})  # a job of another rate of the same curve: merged
-    clipact = job("clipact", 3, {1e-6: 0.55, 1e-5: 0.35}, variant="clipact")
-    kept, superseded = latest_per_slot([new, clipact, old, other_rates])
+    clipact = job("clipact", 3, {1e-6: 0.55, 1e-5: 0.35}, variant="clipact", slot="s-clipact")
+    # the same label, another result identity (e.g. other fault-space targets): never superseded
+    other_setting = job("k10", 4, {1e-6: 0.7, 1e-5: 0.5}, slot="s-fitact-k10")
+    kept, superseded = current_jobs([new, clipact, old, other_rates, other_setting])
     assert [j.run_id for j in superseded] == ["old"]
-    assert [j.run_id for j in kept] == ["one_rate", "new", "clipact"]
+    assert [j.run_id for j in kept] == ["one_rate", "new", "clipact", "k10"]
     curves = merge_curves(kept)
-    assert {r: s["mean"] for r, s in curves[(("vgg16", "cifar10", "memory"), "fitact")].items()} == {
-        1e-4: 0.1, 1e-6: 0.6, 1e-5: 0.4}
+    assert {r: s["mean"] for r, s in curves[(ctx, "fitact")].items()} == {1e-4: 0.1, 1e-6: 0.6, 1e-5: 0.4}
+    assert {r: s["mean"] for r, s in curves[(ctx, "fitact (setting #2)")].items()} == {1e-6: 0.7, 1e-5: 0.5}
 
 
 def test_variant_labels_keep_granularities_and_forms_apart():

@@ -8,10 +8,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 from fitact_pipeline.validate import CONF_DIR
+
+
+# end-to-end: jobs, sweeps and reports in subprocesses or real MLflow stores (the slow tier)
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 

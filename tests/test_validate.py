@@ -46,6 +46,7 @@ def test_default_config_is_valid():
         check_config(compose("config"))
 
 
+@pytest.mark.slow
 def test_cli_bad_rate_is_one_line_and_trains_nothing(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fitact_pipeline", "campaign.rates=[1.5]",
                            f"cache_dir={tmp_path}/cache"], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -28,6 +28,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 def tables() -> dict[str, str]:
     from fitact_pipeline.faults import FAULT_MODELS, FORMATS, TARGET_KINDS
     from fitact_pipeline.faults.designs import DESIGNS
+    from fitact_pipeline.faults.units import RATE_UNITS
     from fitact_pipeline.models import MODELS
     from fitact_pipeline.models.sources import SOURCES
     from fitact_pipeline.protect import ACTIVATIONS, PROTECTIONS
@@ -47,7 +48,10 @@ def tables() -> dict[str, str]:
                            for n, k in TARGET_KINDS.items()]),
         "designs": _table(["`campaign.design`", "trial i evaluates", "what a trial's accuracy is"],
                           [[f"`{n}`", d.summary, d.trial_meaning] for n, d in DESIGNS.items()]),
-        "fault_models": _table(["`faults.model`", "faults"], [[f"`{n}`", m.summary] for n, m in FAULT_MODELS.items()]),
+        "fault_models": _table(["`faults.model`", "faults", "`faults.rate_unit` (first: auto)"],
+                               [[f"`{n}`", m.summary, ", ".join(m.rate_units)] for n, m in FAULT_MODELS.items()]),
+        "rate_units": _table(["`faults.rate_unit`", "what the rate counts"],
+                             [[f"`{n}`", u.summary] for n, u in RATE_UNITS.items()]),
         "activations": _table(
             ["kind", "modules (and functional forms)", "g(x)", "lower bound", "natural cap"],
             [[f"`{n}`", ", ".join([f"`nn.{c.__name__}`" for c in k.modules] + [f"`F.{f.__name__}`" for f in k.functions

@@ -10,6 +10,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from ..activations import kind_of
 from ..layer_types import CONV_LINEAR
 from .formats import FORMATS, FixedCodec
 
@@ -21,9 +22,7 @@ def datapath_codec(datapath: Mapping):
 
 def stores_activations(model: nn.Module) -> list[nn.Module]:
     """The modules whose outputs are activations between layers: conv/linear layers and sites."""
-    from ..protect.sites import is_site
-
-    return [m for m in model.modules() if isinstance(m, CONV_LINEAR) or is_site(m)]
+    return [m for m in model.modules() if isinstance(m, CONV_LINEAR) or kind_of(m) is not None]
 
 
 def apply_datapath(model: nn.Module, datapath: Mapping) -> list:

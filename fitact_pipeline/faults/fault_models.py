@@ -20,6 +20,7 @@ from .formats import FORMATS
 from .injector import FaultInjector
 from .sampler import BitFlips, Bursts, StuckBits
 from .space import FaultSpace, check_targets
+from .units import AUTO, RATE_UNITS, resolve
 
 #: keys every fault model shares: the stored format and fault space of the parameters, BatchNorm
 #: folding, and the activation datapath
@@ -43,13 +44,30 @@ class FaultModel:
     persistent: bool = True  # a trial's faults stay for every pass of its evaluation
     rate_axis: str = "fault rate (bit error rate, flips per stored bit)"  # what the rate counts, for figures
     check: Callable[[Mapping], None] = field(default=lambda faults: None)
+    rate_units: tuple[str, ...] = ("bit",)  # faults.rate_unit values it honours; the first is its own (auto)
+
+    def unit(self, faults: Mapping) -> str:
+        """The rate unit a ``faults`` config means for this model (``auto``: the model's own)."""
+        return resolve(faults.get("rate_unit", AUTO), self.rate_units[0])
 
 
 FAULT_MODELS: Registry[FaultModel] = Registry("fault model")
 
 
-def _memory(sampler_of: Callable[[Mapping], BitFlips]):
-    return lambda model, faults: FaultInjector(model, **injector_kwargs(faults), sampler=sampler_of(faults))
+def _memory(sampler_of: Callable[[Mapping, Any], BitFlips]):
+    """A stored-parameter model's builder: ``sampler_of(faults, rate unit entry)``."""
+    def build(model: nn.Module, faults: Mapping) -> FaultInjector:
+        unit = RATE_UNITS[FAULT_MODELS[faults["model"]].unit(faults)]
+        return FaultInjector(model, **injector_kwargs(faults), sampler=sampler_of(faults, unit))
+    return build
+
+
+def _check_unit(faults: Mapping) -> None:
+    """faults.rate_unit is one the chosen fault model honours (auto: its own)."""
+    entry = FAULT_MODELS[faults["model"]]
+    unit = faults.get("rate_unit", AUTO)
+    if unit != AUTO and unit not in entry.rate_units:
+        fail("faults.rate_unit", unit, f"faults.model={entry.name} honours: " + ", ".join((AUTO, *entry.rate_units)))
 
 
 def _check_stuck(faults: Mapping) -> None:
@@ -83,16 +101,18 @@ def _check_activation(faults: Mapping) -> None:
 
 
 for _model in (
-    FaultModel("memory", _memory(lambda faults: BitFlips()),
-               "persistent bit flips in stored parameters, each bit with probability = the rate"),
-    FaultModel("stuck_at", _memory(lambda faults: StuckBits(faults["stuck_value"])),
+    FaultModel("memory", _memory(lambda faults, unit: BitFlips(unit)),
+               "persistent bit flips in stored parameters, each bit with probability = the rate (rate_unit=word: "
+               "each word, one bit of it; toolbox: the authors' tool's count)", rate_units=("bit", "word", "toolbox")),
+    FaultModel("stuck_at", _memory(lambda faults, unit: StuckBits(faults["stuck_value"], unit)),
                "permanent stuck-at bits in stored parameters (stuck_value 0, 1 or mix), each bit with probability "
-               "= the rate; a stuck bit that holds its value already changes nothing", ("stuck_value",),
-               rate_axis="fault rate (stuck bits per stored bit)", check=_check_stuck),
-    FaultModel("burst", _memory(lambda faults: Bursts(faults["burst_length"])),
+               "= the rate (rate_unit=word: each word, one bit of it); a stuck bit that holds its value already "
+               "changes nothing", ("stuck_value",), rate_axis="fault rate (stuck bits per stored bit)",
+               check=_check_stuck, rate_units=("bit", "word")),
+    FaultModel("burst", _memory(lambda faults, unit: Bursts(faults["burst_length"])),
                "multi-bit upsets: each stored word with probability = the rate (a per-word rate) gets burst_length "
                "adjacent bits flipped", ("burst_length",), rate_axis="fault rate (upsets per stored word)",
-               check=_check_burst),
+               check=_check_burst, rate_units=("word",)),
     FaultModel("activation", _activation,
                "transient bit flips in activation words (datapath format) at chosen sites (default: every conv and "
                "linear output), drawn per (trial, site, image), each bit with probability = the rate; the weights "
@@ -102,7 +122,7 @@ for _model in (
 ):
     FAULT_MODELS.register(_model.name, _model)
 
-FAULTS_KEYS = COMMON_KEYS + tuple(k for _, m in FAULT_MODELS.items() for k in m.config_keys)
+FAULTS_KEYS = COMMON_KEYS + ("rate_unit",) + tuple(k for _, m in FAULT_MODELS.items() for k in m.config_keys)
 
 
 def check_faults_config(faults: Mapping) -> None:
@@ -110,6 +130,7 @@ def check_faults_config(faults: Mapping) -> None:
     formats and the target kinds are checked by their registries, each model's keys by its entry."""
     check_keys(faults, "faults", FAULTS_KEYS)
     FAULT_MODELS.check("faults.model", faults.get("model"))
+    _check_unit(faults)
     FORMATS.check("faults.fmt", faults.get("fmt")).check(faults.get("word_bits"), faults.get("frac_bits"))
     targets = expect_list(faults.get("targets"), "faults.targets", expect_str_item)
     check_targets(targets, faults["fmt"])

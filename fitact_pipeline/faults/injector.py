@@ -78,7 +78,7 @@ class FaultInjector:
     def fault_space(self) -> dict:
         """JSON-able description of the fault space, for logging with every run."""
         return {**self.space.describe(), "fault_model": self.fault_model, "rate_unit": self.sampler.unit,
-                **({"burst_length": self.sampler.length} if self.sampler.unit == "word" else {}),
+                **({"burst_length": self.sampler.length} if hasattr(self.sampler, "length") else {}),
                 **({"stuck_value": self.sampler.value} if hasattr(self.sampler, "value") else {})}
 
     def sample(self, rate: float, seed: int, trial: int = 0) -> FaultMap:

@@ -161,25 +161,39 @@ def split_positions(space, field_idx: np.ndarray, pos: np.ndarray) -> tuple[np.n
 
 
 class BitFlips:
-    """``memory``: every stored bit flips independently with probability ``rate``."""
+    """``memory``: every stored bit flips independently with probability ``rate``; or, with another
+    rate unit (units.py: a ``RateUnit`` whose ``draw`` gives the hits), each word with probability
+    ``rate``, or the authors' toolbox count."""
 
     fault_model, unit, bits_per_fault = "memory", "bit", 1
+    _draw = None  # the rate unit's draw of (field, element, bit); None: per bit (sample_positions)
+
+    def __init__(self, unit=None):
+        if unit is not None and unit.name != "bit":
+            self.unit, self._draw = unit.name, unit.draw
+
+    def hits(self, hashes: np.ndarray, space, rate: float, seed: int, trial: int):
+        """(field, element, bit) of the faulty bits of (rate, seed, trial) in the rate unit."""
+        if self._draw is not None:
+            return self._draw(hashes, space, rate, seed, trial)
+        field_idx, pos = sample_positions(hashes, space.field_n_bits, rate, seed, trial)
+        return (field_idx, *split_positions(space, field_idx, pos))
 
     def __call__(self, space, rate: float, seed: int, trial: int):
-        field_idx, pos = sample_positions(space.field_name_hash, space.field_n_bits, rate, seed, trial)
-        return (field_idx, *split_positions(space, field_idx, pos), None)
+        return (*self.hits(space.field_name_hash, space, rate, seed, trial), None)
 
     def draw_block(self, space, rate: float, seed: int, trials: list[int]) -> list[tuple]:
         """``self(space, rate, seed, t)`` for each of ``trials``: one vectorised draw for plain bit
         flips (several maps per pass draw a block of maps; drawing them one by one cost as much as
         the pass of a small model), one call per trial for the fault models that draw more."""
-        if type(self) is not BitFlips:
+        if type(self) is not BitFlips or self._draw is not None:
             return [self(space, rate, seed, t) for t in trials]
         return [(field_idx, *split_positions(space, field_idx, pos), None) for field_idx, pos in
                 sample_positions_block(space.field_name_hash, space.field_n_bits, rate, seed, list(trials))]
 
     def units(self, space) -> int:
-        return space.num_bits
+        """How many units the rate counts: words for a per-word rate, else bits."""
+        return int(space.field_numel.sum()) if self.unit == "word" else space.num_bits
 
 
 class StuckBits(BitFlips):
@@ -190,20 +204,21 @@ class StuckBits(BitFlips):
     fault_model = "stuck_at"
     VALUES = (0, 1, "mix")
 
-    def __init__(self, value=1):
+    def __init__(self, value=1, unit=None):
         if value not in self.VALUES or isinstance(value, bool):
             raise ValueError(f"stuck value {value!r} is not allowed; choose one of: 0, 1, mix")
+        super().__init__(unit)
         self.value = value
 
     def __call__(self, space, rate: float, seed: int, trial: int):
         hashes = salted(space.field_name_hash, "stuck_at")
-        field_idx, pos = sample_positions(hashes, space.field_n_bits, rate, seed, trial)
+        field_idx, elements, bits = self.hits(hashes, space, rate, seed, trial)
         if self.value == "mix":
             counts = per_field_counts(field_idx, len(space.fields))
             values = (stream_uniforms(field_keys(salted(hashes, "value"), seed, trial), counts) < 0.5).astype(np.int64)
         else:
             values = np.full(field_idx.size, self.value, dtype=np.int64)
-        return (field_idx, *split_positions(space, field_idx, pos), values)
+        return field_idx, elements, bits, values
 
 
 class Bursts(BitFlips):
@@ -229,9 +244,5 @@ class Bursts(BitFlips):
         span = np.arange(self.length, dtype=np.int64)
         return (np.repeat(field_idx, self.length), np.repeat(words, self.length),
                 (start[:, None] + span).reshape(-1), None)
-
-    def units(self, space) -> int:
-        return int(space.field_numel.sum())
-
 
 Sampler = BitFlips

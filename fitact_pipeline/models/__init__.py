@@ -28,7 +28,6 @@ MODELS: Registry[Builder] = Registry("model")
 
 def register_model(name: str) -> Callable[[Builder], Builder]:
     """Decorator that adds a builder to MODELS under ``name``."""
-
     def decorator(builder: Builder) -> Builder:
         return MODELS.register(name, builder)
 
@@ -53,8 +52,6 @@ def _check_width(width) -> float:
 def check_model_config(cfg) -> None:
     """A one-line ConfigError for a bad ``model`` value, before any work: a registered model, or a
     source (torchvision, timm) with its own keys."""
-    from .sources import SOURCES, check_source_config
-
     name = cfg.get("name")
     if isinstance(name, str) and name in SOURCES:
         return check_source_config(cfg)
@@ -66,8 +63,6 @@ def check_model_config(cfg) -> None:
 def model_from_config(cfg, num_classes: int, in_channels: int = 3, seed: int = 0) -> nn.Module:
     """The model a ``model`` config describes: a registered builder (``name``, ``width``), or a
     source's model built (weights loaded, head replaced) with its new parameters drawn from ``seed``."""
-    from .sources import SOURCES, build_from_source
-
     if cfg["name"] in SOURCES:
         return build_from_source(cfg, num_classes, in_channels, seed)
     return build_model(cfg["name"], num_classes, in_channels, cfg.get("width", 1.0))
@@ -76,15 +71,11 @@ def model_from_config(cfg, num_classes: int, in_channels: int = 3, seed: int = 0
 def owns_init(cfg) -> bool:
     """Whether the model comes initialised (a source: the library's initialisation or pretrained
     weights), so training must not re-initialise it."""
-    from .sources import SOURCES
-
     return cfg["name"] in SOURCES
 
 
 def model_tag(cfg) -> str:
     """The run tag ``model``: the registry name, or a source model's label (its architecture)."""
-    from .sources import SOURCES, model_label
-
     return model_label(cfg) if cfg["name"] in SOURCES else str(cfg["name"])
 
 
@@ -96,8 +87,9 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, width: float 
     return builder(int(num_classes), int(in_channels), _check_width(width))
 
 
-# Importing the family modules registers their builders.
+# Importing the family modules registers their builders (they import MODELS from here).
 from . import alexnet, resnet, small_cnn, vgg  # noqa: E402,F401
+from .sources import SOURCES, build_from_source, check_source_config, model_label  # noqa: E402
 
 __all__ = ["MODELS", "build_model", "check_model_config", "model_from_config", "model_tag", "owns_init",
            "register_model", "scaled"]

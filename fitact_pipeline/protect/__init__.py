@@ -3,7 +3,7 @@ kinds of activations.py), replace them with bounded activations, and set the bou
 post-training, FT-ClipAct search).
 
 The protections themselves are registry entries (registry.py, one module each in protections/)."""
-from .activations import ACTIVATIONS, ActivationKind, register_activation
+from ..activations import ACTIVATIONS, ActivationKind, register_activation
 from .batchnorm import fold_batchnorm
 from .bounded import GRANULARITIES, BoundedReLU, reduce_profile
 from .profile import profile_activations, profile_ranges

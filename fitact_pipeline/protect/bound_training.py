@@ -8,7 +8,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .activations import ACTIVATIONS
+from ..activations import ACTIVATIONS
 from .protections.fitact import FitReLU
 
 RATIO_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .activations import ACTIVATIONS, ActivationKind, kind_of
+from ..activations import ACTIVATIONS, ActivationKind, BoundsAKind, kind_of
 from .kernels import fused_bounded
 
 GRANULARITIES = ("layer", "channel", "neuron")
@@ -58,7 +58,7 @@ def reduce_profile(profile: torch.Tensor, granularity: str, lower: bool = False)
     return reduce(p, dim=tuple(range(1, p.dim())), keepdim=True)
 
 
-class BoundedReLU(nn.Module):
+class BoundedReLU(nn.Module, BoundsAKind):
     """Base class: a ReLU (or, with ``activation``, the activation of that module's kind) with an
     upper bound ``bound`` (scalar or per channel/neuron) and, for kinds unbounded below, a lower
     bound ``lower`` of the same shape."""

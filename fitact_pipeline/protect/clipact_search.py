@@ -20,6 +20,8 @@ import math
 import torch
 from torch import nn
 
+from ..evaluate import evaluate_accuracy
+from ..faults import FaultInjector
 from .protections.clipact import ClipActReLU
 
 
@@ -99,11 +101,8 @@ def clipact_search(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     ``sites`` restricts the search to some sites (default all); ``log(site, it, threshold, score)``
     is called for every scored candidate.
     """
-    if injector_factory is None or evaluate is None:
-        from ..evaluate import evaluate_accuracy
-        from ..faults import FaultInjector
-        injector_factory = injector_factory or FaultInjector
-        evaluate = evaluate or evaluate_accuracy
+    injector_factory = injector_factory or FaultInjector
+    evaluate = evaluate or evaluate_accuracy
     rates = sorted(float(r) for r in rates)
     if not rates or rates[0] <= 0:
         raise ValueError(f"rates must be positive fault rates, got {rates!r}")

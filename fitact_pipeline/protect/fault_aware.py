@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..faults import FaultInjector
 from .protections.fitact import FitReLU, set_fitrelu_hard
 
 SEED = 0
@@ -37,8 +38,6 @@ class FaultyTwin:
     """The faulty copy of ``model`` (its FitReLU bounds shared) and the injector of its weights."""
 
     def __init__(self, model: nn.Module, rate: float, weight: float, faults: Mapping | None = None):
-        from ..faults import FaultInjector
-
         self.rate, self.weight = float(rate), float(weight)
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():

@@ -34,49 +34,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_keys, expect_bool, expect_choice, expect_int, expect_number
+from ..configs import group_config
 from ..device import lightning_accelerator
 from ..evaluate import count_correct
 from .bound_training import bound_diagnostics, bound_penalty, bound_tensors, fitrelus, keep_in_range
-from .protections.fitact import FitReLU, set_fitrelu_hard
+from .fault_aware import FaultyTwin
+from .protections.fitact import set_fitrelu_hard
 
-# Evidence for these defaults: docs/protections.md ("Post-training defaults").
-DEFAULTS = {"epochs": 2, "lr": 0.005, "zeta": 0.1, "max_accuracy_drop": 0.01,
-            "max_batches_per_epoch": 40, "progress_bar": False,
-            "penalty": "mean_square", "fault_rate": None, "fault_weight": 1.0}
+#: the post-training settings and their defaults, as declared in conf/posttrain/default.yaml (evidence
+#: for them: docs/protections.md, "Post-training defaults"); no progress bar outside a job
+DEFAULTS = {**group_config("posttrain", "default"), "progress_bar": False}
 #: settings that change the post-trained bounds (the bounds' cache key reads these)
 RESULT_KEYS = tuple(k for k in DEFAULTS if k != "progress_bar")
-#: the settings every post-training key has held since the first one; the later ones enter a key
-#: only when they differ from their default, so existing keys (and cached bounds) stay valid
-KEYED_ALWAYS = ("epochs", "lr", "zeta", "max_accuracy_drop", "max_batches_per_epoch")
 PENALTIES = ("mean_square", "sum")
 
 
 def result_settings(cfg: Mapping) -> dict:
     """The post-training settings a bounds key holds (docs/tracking.md)."""
-    out = {k: cfg[k] for k in KEYED_ALWAYS if k in cfg}
-    out.update({k: cfg[k] for k in RESULT_KEYS if k not in KEYED_ALWAYS and k in cfg and cfg[k] != DEFAULTS[k]})
-    return out
-
-
-def settings_label(params: Mapping[str, str]) -> str:
-    """`` (post-training penalty=sum, fault_rate=1e-05)``: the run's post-training variant settings
-    (penalty, fault_rate, fault_weight) that differ from the defaults, from its MLflow params
-    (strings); a schedule an experiment sets (epochs, lr, ...) is not part of the label. Runs logged before the post-training variants
-    existed (no ``posttrain.penalty`` param) keep the plain label: the report superseded them by
-    their reruns when a default changed (docs/report.md)."""
-    if "posttrain.penalty" not in params:
-        return ""
-
-    def same(value: str, default) -> bool:
-        try:
-            return float(value) == float(default)
-        except (TypeError, ValueError):
-            return value == str(default)
-
-    # only the variants' settings: an experiment's own schedule (epochs, lr, ...) is no variant
-    diff = [f"{k}={params[f'posttrain.{k}']}" for k in RESULT_KEYS
-            if k not in KEYED_ALWAYS and f"posttrain.{k}" in params and not same(params[f"posttrain.{k}"], DEFAULTS[k])]
-    return f" (post-training {', '.join(diff)})" if diff else ""
+    return {k: cfg[k] for k in RESULT_KEYS if k in cfg}
 
 
 class BoundPostTraining(L.LightningModule):
@@ -220,8 +195,6 @@ def posttrain_bounds(model: nn.Module, datamodule, cfg=None, clean_val_acc: floa
     c = _cfg(cfg)
     twin = None
     if c["fault_rate"] is not None:
-        from .fault_aware import FaultyTwin
-
         twin = FaultyTwin(model, c["fault_rate"], c["fault_weight"], faults)
     module = BoundPostTraining(model, lr=c["lr"], zeta=c["zeta"], penalty=c["penalty"], twin=twin)
     datamodule.setup("fit")

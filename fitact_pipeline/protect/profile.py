@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .activations import kind_of
+from ..activations import kind_of
 from .sites import check_supported, is_site, split_activation_sites
 
 

@@ -17,10 +17,6 @@ from torch import nn
 
 from ..registry import ConfigError, Registry
 
-#: What sets the bounds after profiling (stages.py runs them): nothing, FitAct's bound-only
-#: post-training, the FT-ClipAct threshold search, or ProAct's progressive site-by-site training.
-BOUNDS_STAGES = ("none", "posttrain", "search", "progressive")
-
 
 def _no_options(cfg: Mapping, sites: list[str]) -> dict[str, Any]:
     return {}
@@ -56,7 +52,7 @@ class Protection:
     activation: type[nn.Module] | None  # None: the sites stay nn.ReLU
     summary: str = ""  # f(x) at one neuron with bound b, for the docs' table
     config_keys: tuple[str, ...] = ("granularity",)
-    bounds_stage: str = "none"
+    bounds_stage: str = "none"  # a name of bounds_stages.BOUNDS_STAGES: what sets the bounds after profiling
     default_granularity: str = "layer"
     order: int = 100  # position in reports and docs: weakest protection first
     given_bounds: bool = False  # bounds come from the config, not from profiling
@@ -69,10 +65,6 @@ class Protection:
     label: Callable[[Mapping[str, str]], str] = field(default=_no_label)
     # the inference form Table I measured, from the run's params
     inference_form: Callable[[Mapping[str, str]], str] = field(default=lambda params: "-")
-
-    def __post_init__(self):
-        if self.bounds_stage not in BOUNDS_STAGES:
-            raise ValueError(f"bounds_stage={self.bounds_stage!r}; choose one of: {', '.join(BOUNDS_STAGES)}")
 
     def bounds_stage_for(self, cfg: Mapping) -> str:
         """The bounds stage a job with this protection config runs."""
@@ -98,5 +90,5 @@ def _discover() -> None:
         importlib.import_module(f"{protections.__name__}.{module.name}")
 
 
-__all__ = ["BOUNDS_STAGES", "PROTECTIONS", "ConfigError", "Protection", "register_protection"]
+__all__ = ["PROTECTIONS", "ConfigError", "Protection", "register_protection"]
 _discover()

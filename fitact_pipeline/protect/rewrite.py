@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .activations import kind_of
+from ..activations import kind_of
 from .bounded import BoundedReLU, check_granularity, reduce_profile
 from .registry import PROTECTIONS, Protection
 from .sites import check_supported, split_activation_sites

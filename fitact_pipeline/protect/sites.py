@@ -1,7 +1,7 @@
 """Activation sites: every activation call site its own module, so that each gets its own bound
 (DESIGN.md §2.2) while every other tensor keeps its name (which pairs fault maps across protections).
 
-A site is a module of a registered activation kind (activations.py: ReLU, ReLU6, GELU, ...) or a
+A site is a module of a registered activation kind (../activations.py: ReLU, ReLU6, GELU, ...) or a
 bounded activation; functional calls of a kind and repeated calls of one module become modules of
 their own (``split_activation_sites``). Activations without a bounded form are refused.
 """
@@ -13,7 +13,7 @@ import torch
 from torch import fx, nn
 
 from ..registry import ConfigError
-from .activations import ACTIVATIONS, UNSUPPORTED_FUNCTIONS, kind_of, kind_of_function, unsupported
+from ..activations import ACTIVATIONS, UNSUPPORTED_FUNCTIONS, kind_of, kind_of_function, unsupported
 from .bounded import BoundedReLU
 
 

@@ -17,7 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hydra
+from omegaconf import DictConfig
+
 from ..checks import expect_bool, expect_choice, expect_int, expect_list, expect_number, expect_str
+from ..configs import CONF_DIR
 from ..registry import ConfigError
 from . import figures
 from .outputs import OUTPUTS
@@ -120,10 +124,6 @@ def build_report(cfg: Any) -> Report:
 
 
 def main() -> None:
-    import hydra
-    from omegaconf import DictConfig
-
-    from ..validate import CONF_DIR
 
     @hydra.main(config_path=str(CONF_DIR), config_name="report", version_base="1.3")
     def _run(cfg: DictConfig) -> None:

@@ -5,8 +5,6 @@ compare a figure with the runs it came from without reading pixels.
 """
 from __future__ import annotations
 
-import math
-import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -18,6 +16,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib import cbook  # noqa: E402
 
+from ..faults import FAULT_MODELS  # noqa: E402
+from ..protect import PROTECTIONS  # noqa: E402
+from ..protect.protections.fitact import FitReLU  # noqa: E402
+from ..protect.protections.gbrelu import GBReLU  # noqa: E402
 from .select import variant_sort_key  # noqa: E402
 
 RATE_AXIS = "fault rate (bit error rate, flips per stored bit)"
@@ -34,8 +36,6 @@ _EXTRA_COLORS = ("tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "g
 
 def palette(variants: Iterable[str]) -> dict[str, tuple[str, str]]:
     """{variant: (colour, marker)}: a plain protection keeps its fixed colour in every figure."""
-    from ..protect import PROTECTIONS
-
     out, extra = {}, 0
     for variant in sorted(variants, key=variant_sort_key):
         base = variant.split(" ")[0]
@@ -128,9 +128,6 @@ def fig3_activations(global_bound: float = 2.0, neuron_bound: float = 1.0, k: fl
                      x_range: tuple[float, float] = (-1.0, 3.0)):
     """ReLU, GBReLU (layer bound), FitReLU-Naive and FitReLU (neuron bound, slope k), evaluated by
     the modules the pipeline runs, so the figure shows the implemented functions."""
-    from ..protect.protections.fitact import FitReLU
-    from ..protect.protections.gbrelu import GBReLU
-
     x = torch.linspace(*x_range, 801)
     with torch.no_grad():
         curves = {
@@ -208,8 +205,6 @@ def fig5_boxes(trials: dict[str, dict[float, list[float]]], title: str):
 # --- Fig. 6 -----------------------------------------------------------------------------------
 
 def rate_axis(fault_model: str) -> str:
-    from ..faults import FAULT_MODELS
-
     return FAULT_MODELS[fault_model].rate_axis if fault_model in FAULT_MODELS else RATE_AXIS
 
 

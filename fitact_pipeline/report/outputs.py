@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..faults.designs import DESIGNS
 from . import figures, tables
 from .select import (PAIRED, PRECISION, SUMMARY, TABLE1, by_panel, fig1_groups, fig1_points, merge_curves,
                      paired_rows, panels, pick_panel, precision_rows, summary_rows, table1_rows, trial_accuracies)
@@ -69,8 +70,6 @@ def fig5(exp: "Experiment", cfg: Any, out: "Report") -> None:
 
 def trial_meaning(jobs) -> str:
     """What one box-plot sample is, per design: under nested it also carries image sampling noise."""
-    from ..faults.designs import DESIGNS
-
     meanings = sorted({DESIGNS[j.params.get("campaign.design", "classic")].trial_meaning for j in jobs
                        if j.params.get("campaign.design", "classic") in DESIGNS})
     return "; ".join(meanings) or "one fault map"

@@ -13,16 +13,11 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-_RATE_METRIC = re.compile(r"^acc_(?P<stat>[a-z0-9_]+)/ber_(?P<rate>[0-9.e+-]+)$")
-# Params that decide which fault maps a trial gets and which model they hit: runs that agree on all
-# of them saw the same fault map at the same (rate, trial) in their shared tensors (DESIGN §2.1).
-_CONTEXT_PARAMS = ("seed", "model.width", "campaign.seed", "campaign.eval_split", "campaign.eval_images",
-                   "faults.fmt", "faults.word_bits", "faults.frac_bits", "faults.include", "faults.exclude",
-                   "faults.fold_batchnorm", "faults.datapath", "faults.stuck_value", "faults.burst_length",
-                   "faults.sites", "campaign.design", "campaign.images_per_trial", "profile_images")
-_CONTEXT_PREFIXES = ("train.", "model.", "dataset.")
-_IGNORED = ("progress_bar", "num_workers", "cache_dir", "root")
+from ..faults import FAULT_MODELS
+from ..faults.units import suffix
+from ..protect import PROTECTIONS
 
+_RATE_METRIC = re.compile(r"^acc_(?P<stat>[a-z0-9_]+)/ber_(?P<rate>[0-9.e+-]+)$")
 
 def rate_stats(metrics: dict[str, float]) -> dict[float, dict[str, float]]:
     """{rate: {stat: value}} from one run's metrics."""
@@ -44,8 +39,6 @@ def variant_of(tags: dict[str, str], params: dict[str, str]) -> str:
     different curves (a granularity other than the protection's default, FitAct's smooth form, the
     GBReLU bound, a restricted fault space). Runs that differ only in other settings share a label
     (and a rerun supersedes the older run, see select.latest_per_slot)."""
-    from ..protect import PROTECTIONS
-
     protection = tags.get("protection", "?")
     label = protection
     granularity = tags.get("granularity")
@@ -57,6 +50,7 @@ def variant_of(tags: dict[str, str], params: dict[str, str]) -> str:
     include = params.get("faults.include", "[]")
     if include not in ("[]", "", "None"):
         label += " faults in " + patterns(include)
+    label += unit_suffix(tags)
     user_label = params.get("tracking.label", "None")
     if user_label not in ("None", ""):
         label += f" {user_label}"
@@ -66,19 +60,29 @@ def variant_of(tags: dict[str, str], params: dict[str, str]) -> str:
     return label
 
 
+def rate_unit(tags: dict[str, str]) -> tuple[str, str]:
+    """(the run's rate unit, its fault model's own)."""
+    fault_model = tags.get("fault_model", "memory")
+    native = FAULT_MODELS[fault_model].rate_units[0] if fault_model in FAULT_MODELS else "bit"
+    return tags.get("rate_unit", native), native
+
+
+def unit_suffix(tags: dict[str, str]) -> str:
+    """' (per stored word)' for a run whose rate unit is not its fault model's own, else ''."""
+    return suffix(*rate_unit(tags))
+
+
 def without_design(label: str) -> str:
     """``fitact layer`` of ``fitact layer (nested, n=25)``: the curve's protection variant without the
     campaign design that measured it (the suffix variant_of adds)."""
     return re.sub(r" \([a-z_]+, n=[^)]*\)$", "", label)
 
 
-def context_of(tags: dict[str, str], params: dict[str, str]) -> tuple:
-    """(model, dataset, fault model, settings...): runs of one context saw the same fault maps. The
-    first three name a panel: figures and tables are split by fault model."""
-    keys = [k for k in params if k.startswith(_CONTEXT_PREFIXES) or k in _CONTEXT_PARAMS]
-    keys = [k for k in keys if not any(word in k for word in _IGNORED)]
-    return (tags.get("model"), tags.get("dataset"), tags.get("fault_model", "memory")) + \
-        tuple(sorted((k, params[k]) for k in keys))
+def context_of(tags: dict[str, str]) -> tuple:
+    """(model, dataset, fault model, context key): runs of one context saw the same fault maps in
+    their shared tensors (identity.context_key, logged as a tag). The first three name a panel:
+    figures and tables are split by fault model."""
+    return (tags.get("model"), tags.get("dataset"), tags.get("fault_model", "memory"), tags.get("result_context"))
 
 
 @dataclass
@@ -95,17 +99,54 @@ class JobRun:
     metrics: dict[str, float]
     curve: dict[float, dict[str, float]] = field(default_factory=dict)
     start_time: int = 0  # ms since the epoch, as MLflow stores it
+    slot: str = ""  # the curve it belongs to: identity.slot_key, logged as a tag
 
     @classmethod
     def from_run(cls, run) -> "JobRun":
         tags, params = run.data.tags, run.data.params
         return cls(run.info.run_id, tags.get("model", "?"), tags.get("dataset", "?"), tags.get("protection", "?"),
-                   tags.get("fault_model", "memory"), variant_of(tags, params), context_of(tags, params), dict(params), dict(run.data.metrics),
-                   rate_stats(run.data.metrics), int(run.info.start_time or 0))
+                   tags.get("fault_model", "memory"), variant_of(tags, params), context_of(tags), dict(params), dict(run.data.metrics),
+                   rate_stats(run.data.metrics), int(run.info.start_time or 0), tags.get("result_slot", ""))
 
 
 def finished_jobs(runs) -> list[JobRun]:
     return [JobRun.from_run(r) for r in runs if r.info.status == "FINISHED" and r.data.tags.get("run_kind") == "job"]
+
+
+def latest_per_slot(jobs: list[JobRun]) -> tuple[list[JobRun], list[JobRun]]:
+    """(kept, superseded): of finished runs of the same slot (the same result identity, rates
+    aside: identity.slot_key) and the same rate set, only the newest is kept: a rerun of the same
+    settings replaces the older run instead of merging with it."""
+    latest: dict[tuple, JobRun] = {}
+    superseded = []
+    for job in sorted(jobs, key=lambda j: j.start_time):
+        slot = (job.slot, tuple(sorted(job.curve)))
+        if slot in latest:
+            superseded.append(latest[slot])
+        latest[slot] = job
+    return sorted(latest.values(), key=lambda j: j.start_time), superseded
+
+
+def label_variants(jobs: list[JobRun]) -> list[JobRun]:
+    """Give runs of different slots in one context different curve labels: a setting the automatic
+    label does not show (a post-training schedule, the fault-space targets) must not merge two
+    results into one curve; the later slot gets a numbered label (oldest first)."""
+    slots: dict[tuple, list[str]] = defaultdict(list)
+    for job in sorted(jobs, key=lambda j: j.start_time):
+        seen = slots[(job.context, job.variant)]
+        if job.slot not in seen:
+            seen.append(job.slot)
+    for job in jobs:
+        n = slots[(job.context, job.variant)].index(job.slot) + 1
+        if n > 1:
+            job.variant = f"{job.variant} (setting #{n})"
+    return jobs
+
+
+def current_jobs(jobs: list[JobRun]) -> tuple[list[JobRun], list[JobRun]]:
+    """(kept, superseded) with the kept runs' curve labels made unique per slot."""
+    kept, superseded = latest_per_slot(jobs)
+    return label_variants(kept), superseded
 
 
 def search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list:
@@ -122,11 +163,9 @@ class Experiment:
     """The finished job runs of one experiment (newest per slot), and their artifacts on demand."""
 
     def __init__(self, client: MlflowClient, experiment_id: str, workdir: Path):
-        from .select import latest_per_slot
-
         self.client, self.experiment_id, self.workdir = client, experiment_id, workdir
-        self.jobs, self.superseded = latest_per_slot(
-            finished_jobs(search_all(client, experiment_id, "tags.run_kind = 'job'")))
+        self.jobs, self.superseded = current_jobs(finished_jobs(search_all(client, experiment_id,
+                                                                           "tags.run_kind = 'job'")))
         self._artifacts: dict[tuple[str, str], Any] = {}
 
     def artifact(self, run_id: str, path: str) -> Any | None:

@@ -10,6 +10,7 @@ from collections import defaultdict
 from typing import Any, Callable
 
 from .. import stats
+from ..protect import PROTECTIONS
 from .runs import JobRun, patterns
 
 Curve = dict[float, dict[str, float]]
@@ -18,24 +19,8 @@ Curve = dict[float, dict[str, float]]
 def variant_sort_key(variant: str) -> tuple:
     """Variants are a protection name, optionally followed by a qualifier (`gbrelu b=0.5`): by the
     protection registry's order, then GBReLU bounds by value, not as text (b=2 before b=16)."""
-    from ..protect import PROTECTIONS
-
     bound = re.search(r" b=([0-9.e+-]+)", variant)
     return (PROTECTIONS.index(variant.split(" ")[0]), float(bound.group(1)) if bound else -math.inf, variant)
-
-
-def latest_per_slot(jobs: list[JobRun]) -> tuple[list[JobRun], list[JobRun]]:
-    """(kept, superseded): of finished runs of the same slot (context, curve label and rate set),
-    only the newest is kept. A slot is rerun when a setting the report does not tell apart changed
-    (e.g. the post-training defaults): merging both runs would mix two settings in one curve."""
-    latest: dict[tuple, JobRun] = {}
-    superseded = []
-    for job in sorted(jobs, key=lambda j: j.start_time):
-        slot = (job.context, job.variant, tuple(sorted(job.curve)))
-        if slot in latest:
-            superseded.append(latest[slot])
-        latest[slot] = job
-    return sorted(latest.values(), key=lambda j: j.start_time), superseded
 
 
 def merge_curves(jobs: list[JobRun]) -> dict[tuple, Curve]:
@@ -75,8 +60,6 @@ def pick_panel(available, model: str | None, dataset: str | None, size) -> tuple
 
 def fig1_groups(jobs: list[JobRun]) -> dict[tuple, list[JobRun]]:
     """GBReLU bound sweeps, one group per setting (context and the sites that carry the bound)."""
-    from ..protect import PROTECTIONS
-
     groups: dict[tuple, list[JobRun]] = defaultdict(list)
     for job in jobs:
         given = job.protection in PROTECTIONS and PROTECTIONS[job.protection].given_bounds
@@ -135,8 +118,6 @@ def _median_metric(jobs: list[JobRun], name: str) -> float:
 def table1_rows(jobs: list[JobRun]) -> list[dict]:
     """One row per (model, dataset, protection variant, inference form) that measured overheads;
     several jobs (one per rate) measure the same model: the median damps a noisy machine."""
-    from ..protect import PROTECTIONS
-
     groups: dict[tuple, list[JobRun]] = defaultdict(list)
     for job in jobs:
         if job.protection != "none" and "runtime_overhead" in job.metrics:

@@ -7,8 +7,8 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from . import figures
-from .runs import finished_jobs
-from .select import latest_per_slot, merge_curves, panels
+from .runs import current_jobs, finished_jobs
+from .select import merge_curves, panels
 
 
 def sweep_panels(client: MlflowClient, parent_run_id: str) -> dict[tuple[str, str], dict]:
@@ -16,7 +16,7 @@ def sweep_panels(client: MlflowClient, parent_run_id: str) -> dict[tuple[str, st
     parent = client.get_run(parent_run_id)
     runs = client.search_runs([parent.info.experiment_id],
                               filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10000)
-    return panels(merge_curves(latest_per_slot(finished_jobs(runs))[0]), [])
+    return panels(merge_curves(current_jobs(finished_jobs(runs))[0]), [])
 
 
 def sweep_resilience_figure(client: MlflowClient, parent_run_id: str, out_dir: Path) -> Path | None:

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...configs import group_config
 from ...registry import ConfigError
 from ..bounded import BoundedReLU
 from ..registry import Protection, register_protection
@@ -80,12 +81,31 @@ def _smooth(params) -> bool:
 
 def _label(params) -> str:
     """" smooth", " no post-training", and post-training settings other than the defaults."""
-    from ..posttrain import settings_label
-
     label = " smooth" if _smooth(params) else ""
     if params.get("protection.posttrain") == "False":
         return label + " no post-training"
     return label + settings_label(params)
+
+
+#: the post-training variants (docs/protections.md): a run's curve label names those not at their
+#: default (conf/posttrain/default.yaml); an experiment's own schedule (epochs, lr, ...) is no variant
+VARIANT_KEYS = ("penalty", "fault_rate", "fault_weight")
+
+
+def settings_label(params) -> str:
+    """`` (post-training penalty=sum, fault_rate=1e-05)``: the run's post-training variant settings
+    that differ from the defaults, from its MLflow params (strings)."""
+    defaults = group_config("posttrain", "default")
+
+    def same(value: str, default) -> bool:
+        try:
+            return float(value) == float(default)
+        except (TypeError, ValueError):
+            return value == str(default)
+
+    diff = [f"{k}={params[f'posttrain.{k}']}" for k in VARIANT_KEYS
+            if f"posttrain.{k}" in params and not same(params[f"posttrain.{k}"], defaults[k])]
+    return f" (post-training {', '.join(diff)})" if diff else ""
 
 
 def _posttrains(cfg) -> bool:

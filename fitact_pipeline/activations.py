@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registry import Registry
+from .registry import Registry
 
 
 @dataclass(frozen=True)
@@ -100,11 +100,16 @@ UNSUPPORTED_FUNCTIONS = {F.hardtanh: "hardtanh", F.rrelu: "rrelu", F.selu: "selu
                          F.logsigmoid: "logsigmoid", F.glu: "glu", torch.selu: "selu", torch.celu: "celu"}
 
 
+class BoundsAKind:
+    """Marks a module that bounds an activation kind (bounded.BoundedReLU): its ``kind`` names the
+    kind. Declared here, below bounded.py, so that kind_of needs no import of it."""
+
+    kind: str
+
+
 def kind_of(module: nn.Module) -> ActivationKind | None:
     """The kind a module computes (a bounded activation: the kind it bounds), or None."""
-    from .bounded import BoundedReLU
-
-    if isinstance(module, BoundedReLU):
+    if isinstance(module, BoundsAKind):
         return ACTIVATIONS[module.kind]
     name = f"{type(module).__module__}.{type(module).__qualname__}"
     for _, kind in ACTIVATIONS.items():
@@ -125,5 +130,5 @@ def unsupported(module: nn.Module) -> bool:
     return kind_of(module) is None and (isinstance(module, UNSUPPORTED) or name in UNSUPPORTED_FOREIGN)
 
 
-__all__ = ["ACTIVATIONS", "ActivationKind", "UNSUPPORTED", "UNSUPPORTED_FUNCTIONS", "kind_of", "kind_of_function",
+__all__ = ["ACTIVATIONS", "ActivationKind", "BoundsAKind", "UNSUPPORTED", "UNSUPPORTED_FUNCTIONS", "kind_of", "kind_of_function",
            "register_activation", "unsupported"]
