@@ -313,6 +313,7 @@ def cli_run(tmp_path_factory, one_thread):
     return cfg, client.get_run(summary["run_id"]).data.metrics["clean_accuracy"], accuracy
 
 
+@pytest.mark.slow  # its fixture trains a job (in process)
 def test_measure_resilience_with_a_datapath_gives_the_clis_numbers(cli_run):
     from hydra.utils import instantiate
 
