@@ -21,7 +21,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 IDENTITY_TAGS = ("model", "dataset", "protection", "granularity", "fault_format", "fault_rates", "seed",
-                 "width", "fault_model", "campaign_design", "variant")
+                 "width", "fault_model", "campaign_design", "variant", "weight_protection")
 
 
 def finished_jobs(store: Path, experiment: str) -> dict[tuple, str]:

@@ -4,7 +4,7 @@ The Python API (api.py) is importable from here: ``from fitact_pipeline import h
 measure_resilience``; it loads torch and the stages only when first used, so the command line
 starts as before."""
 
-_API = ("harden", "measure_resilience", "Hardened", "Resilience")
+_API = ("harden", "measure_resilience", "vulnerability", "write_fault_list", "Hardened", "Resilience")
 
 
 def __getattr__(name):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import mlflow
@@ -28,9 +28,11 @@ from . import tracking
 from .configs import group_config
 from .data.loaders import LoaderData, as_tensors
 from .evaluate import accuracy, evaluate_accuracy
-from .faults import FAULT_MODELS, apply_datapath, as_rate_list, check_faults_config, run_campaign
+from .faults import FAULT_MODELS, apply_datapath, as_rate_list, check_faults_config, faultlist, run_campaign
+from .faults.vulnerability import vulnerability_map
 from .protect import PROTECTIONS, profile_ranges
 from .protect.bounds_stages import STORED_FAULT_KEYS, BoundsJob
+from .protect.weights import WEIGHT_PROTECTIONS, check_weight_protection_config
 from .recipe import Prepared, check_needs, prepare, protection_config, run_bounds_stage
 from .training import quiet_lightning
 
@@ -49,7 +51,7 @@ SEARCH_EXTRAS = ("seed", "faults", "batch_size")
 def harden(model: nn.Module, protection: str = "fitact", train_loader=None, val_loader=None, *,
            granularity: str | None = None, profile_loader=None, profile_images: int | None = 5000,
            fold_batchnorm: bool = True, posttrain: Mapping | None = None, search: Mapping | None = None,
-           progressive: Mapping | None = None,
+           progressive: Mapping | None = None, site_granularity: Mapping[str, str] | None = None,
            device: str | torch.device | None = None, **options) -> Hardened:
     """Protect a copy of a trained ``model`` with ``protection`` (none, ranger, clipact, gbrelu, proact,
     fitact) from DataLoaders of ``(images, labels)``, by the recipe every job runs (recipe.py).
@@ -62,7 +64,9 @@ def harden(model: nn.Module, protection: str = "fitact", train_loader=None, val_
     its thresholds when ``search`` is given (the keys of conf/protection/clipact.yaml's ``search``,
     whose defaults apply, ``rates`` required; and ``seed``, ``faults``, ``batch_size``).
     ``options`` go to the bounded activations (FitAct's ``k``, ``hard``; ``fused``; GBReLU's
-    ``bounds``). The model's activations may be any kind of docs/protections.md.
+    ``bounds``). ``site_granularity`` {site: granularity} overrides the granularity of the sites it names
+    (protect/map_choice.py chooses them from a vulnerability map). The model's activations may be any
+    kind of docs/protections.md.
     """
     if not (posttrain or {}).get("progress_bar", False):
         quiet_lightning(False)  # Lightning's device banners, once per post-training, are noise here
@@ -74,6 +78,8 @@ def harden(model: nn.Module, protection: str = "fitact", train_loader=None, val_
     config = protection_config(protection, granularity=granularity, search=search_node, progressive=progressive,
                                **{k: v for k, v in options.items() if k in PROTECTIONS[protection].config_keys})
     extra = {k: v for k, v in options.items() if k not in PROTECTIONS[protection].config_keys}
+    if site_granularity:
+        extra["site_granularity"] = dict(site_granularity)
     given = {name for name, value in (("train", train_loader), ("val", val_loader)) if value is not None}
     check_needs(protection, PROTECTIONS[protection].bounds_stage_for(config), given | {"reference"})
     hardened = prepare(model, config, lambda reference: profile_ranges(reference, loader, profile_images),
@@ -115,39 +121,51 @@ def _faults_config(faults: str | Mapping | None) -> dict:
 @dataclass
 class Resilience:
     """What a campaign measured: the same statistics a pipeline job logs (``per_rate``: mean, std,
-    median, q1, q3, min, max, ci_low, ci_high, trials of the accuracy at each fault rate; ``trials``:
-    one record per fault map), the fault space, and the MLflow run when it was logged."""
+    median, q1, q3, min, max, ci_low, ci_high, trials of the accuracy at each fault rate; ``outcomes``:
+    rate -> {sdc, critical, wrong_to_right} -> the same statistics of those per-trial rates,
+    faults/outcomes.py; ``trials``: one record per fault map), the fault space, and the MLflow run
+    when it was logged."""
 
     clean_accuracy: float
     per_rate: dict[float, dict[str, float]]
     trials: list[dict[str, Any]]
     fault_space: dict
     run_id: str | None = None
+    outcomes: dict[float, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     def mean(self, rate: float) -> float:
         return self.per_rate[float(rate)]["mean"]
 
+    def sdc(self, rate: float) -> float:
+        """Mean SDC rate at ``rate``: the fraction of images whose faulty top-1 differs from the clean one."""
+        return self.outcomes[float(rate)]["sdc"]["mean"]
+
     def table(self) -> str:
-        """A Markdown table: mean accuracy and its confidence interval per fault rate."""
-        rows = [f"| clean | {100 * self.clean_accuracy:.2f} | | |"]
-        rows += [f"| {rate:g} | {100 * s['mean']:.2f} | [{100 * s['ci_low']:.2f}, {100 * s['ci_high']:.2f}] | "
-                 f"{int(s['trials'])} |" for rate, s in sorted(self.per_rate.items())]
-        return "\n".join(["| fault rate | mean accuracy % | CI % | trials |", "|---|---|---|---|", *rows])
+        """A Markdown table per fault rate: mean accuracy, SDC and critical rates, with their CIs."""
+        rows = [f"| clean | {100 * self.clean_accuracy:.2f} | 0 | 0 | |"]
+        rows += [f"| {rate:g} | {_pct_ci(s)} | {_pct_ci(self.outcomes.get(rate, {}).get('sdc'))} | "
+                 f"{_pct_ci(self.outcomes.get(rate, {}).get('critical'))} | {int(s['trials'])} |"
+                 for rate, s in sorted(self.per_rate.items())]
+        return "\n".join(["| fault rate | mean accuracy % [CI] | SDC % [CI] | critical % [CI] | trials |",
+                          "|---|---|---|---|---|", *rows])
 
 
-def measure_resilience(model: nn.Module | Hardened, data, rates: Sequence[float], trials: int = 20, *, seed: int = 0,
-                       faults: str | Mapping | None = None, images: int | None = None, batch_size: int = 256,
-                       confidence: float = 0.95, adaptive: Mapping | None = None,
-                       mlflow: Mapping | None = None) -> Resilience:
+def measure_resilience(model: nn.Module | Hardened, data, rates: Sequence[float] | None = None, trials: int = 20, *,
+                       seed: int = 0, faults: str | Mapping | None = None, images: int | None = None,
+                       batch_size: int = 256, confidence: float = 0.95, adaptive: Mapping | None = None,
+                       weight_protection: str | Mapping | None = None, mlflow: Mapping | None = None) -> Resilience:
     """A fault campaign on a copy of ``model`` (or of a ``Hardened`` model): ``trials`` fault maps per
     rate, each kept for one pass over the evaluation images (``data``: a DataLoader or an
     ``(images, labels)`` pair; ``images``: the first that many of them, no more than it holds).
     ``faults``: a name of conf/faults/ (``q15_16``, ``float32``, ``int8``, ...) or keys over the
     default, Q15.16 bit flips in weights, biases and bounds; every key applies as in a job
     (``datapath``: activations rounded and saturated to that format; ``model: activation``: weights
-    stored in ``fmt``, faults in the activation words). ``adaptive``: ``{"target_halfwidth", "min_trials", "max_trials"}`` stops a rate
-    early. ``mlflow``: ``{"experiment": name, "tracking_uri": uri, "run_name": name}`` logs the run as
-    a job logs its campaign (docs/tracking.md)."""
+    stored in ``fmt``, faults in the activation words); with ``"list": path`` the campaign replays
+    that CSV fault list (docs/faults.md, "Fault lists"): its rates and trials replace ``rates`` and
+    ``trials``. ``adaptive``: ``{"target_halfwidth", "min_trials", "max_trials"}`` stops a rate early.
+    ``weight_protection``: ``clamp``, ``parity_zero`` or a dict (conf/weight_protection/), on top of
+    the model's activation protection (protect/weights.py). ``mlflow``: ``{"experiment": name,
+    "tracking_uri": uri, "run_name": name}`` logs the run as a job logs its campaign (docs/tracking.md)."""
     hardened = model if isinstance(model, Hardened) else None
     net = copy.deepcopy(hardened.model if hardened else model).eval()
     x, y = as_tensors(data, images)
@@ -158,17 +176,94 @@ def measure_resilience(model: nn.Module | Hardened, data, rates: Sequence[float]
     x, y = x.to(device), y.to(device)
     cfg = _faults_config(faults)
     apply_datapath(net, cfg["datapath"])  # as a job does: before the clean evaluation and any fault hook
+    faultlist.check_fault_list(cfg, {"adaptive": {"enabled": bool(adaptive)}})
+    if cfg.get("list") is None and rates is None:
+        raise ValueError("rates=None is not allowed without a fault list; give the fault rates to measure")
+    weights = _weight_protection(weight_protection, cfg)
+    weights_entry = WEIGHT_PROTECTIONS[weights["name"]]
+    weights_entry.protect(net, weights)
     float_accuracy = evaluate_accuracy(net, x, y, batch_size)  # before the fault space is quantised
     injector = FAULT_MODELS[cfg["model"]].build(net, cfg)
+    weights_entry.attach(injector, weights)
+    injector = faultlist.replay(injector, cfg)
+    if cfg.get("list") is not None:
+        rates, trials = injector.faults.rates, injector.faults.trials_per_rate
     started = time.perf_counter()
     result = run_campaign(net, injector, x, y, [float(r) for r in rates], trials, seed, batch_size,
                           adaptive=dict(adaptive) if adaptive else None, progress=False, level=confidence)
-    out = Resilience(result.clean_accuracy, result.per_rate, result.trials, injector.fault_space)
+    out = Resilience(result.clean_accuracy, result.per_rate, result.trials, injector.fault_space,
+                     outcomes=result.outcomes)
     if mlflow is not None:
         out.run_id = _log(mlflow, result, injector.fault_space, hardened, float_accuracy,
                           time.perf_counter() - started, {"rates": list(rates), "trials": trials, "seed": seed,
-                                                          "faults": cfg})
+                                                          "faults": cfg, "weight_protection": weights})
     return out
+
+
+def vulnerability(model: nn.Module | Hardened, data, *, faults: str | Mapping | None = None, images: int | None = None,
+                  half_width: float = 0.05, confidence: float = 0.95, seed: int = 0, max_faults: int = 2000,
+                  tensors: Sequence[str] | None = None, bits: Sequence[int] | None = None,
+                  weight_protection: str | Mapping | None = None, batch_size: int = 256,
+                  mlflow: Mapping | None = None):
+    """Where single faults hurt a copy of ``model``: for every fault-space tensor x bit position,
+    P(SDC) and the mean accuracy loss of one flip, with exact intervals of at most ``half_width``
+    (faults/vulnerability.py). ``faults`` and ``weight_protection`` as in ``measure_resilience``
+    (a word format); ``tensors``/``bits`` restrict the cells. ``mlflow`` (as in
+    ``measure_resilience``) logs ``vulnerability.json`` to a run tagged ``run_kind=vulnerability``,
+    which the report draws (heat map and ranked table)."""
+    net = copy.deepcopy(model.model if isinstance(model, Hardened) else model).eval()
+    x, y = as_tensors(data, images)
+    device = next((p.device for p in net.parameters()), torch.device("cpu"))
+    cfg = _faults_config(faults)
+    if cfg["model"] != "memory":
+        raise ValueError(f"the vulnerability map flips single stored bits: faults.model must be memory, not {cfg['model']!r}")
+    weights = _weight_protection(weight_protection, cfg)
+    WEIGHT_PROTECTIONS[weights["name"]].protect(net, weights)
+    injector = FAULT_MODELS["memory"].build(net, cfg)
+    WEIGHT_PROTECTIONS[weights["name"]].attach(injector, weights)
+    vmap_ = vulnerability_map(net, injector, x.to(device), y.to(device), half_width=half_width, confidence=confidence,
+                              seed=seed, max_faults=max_faults, tensors=list(tensors) if tensors else None,
+                              bits=list(bits) if bits else None, batch_size=batch_size)
+    if mlflow is not None:
+        _log_vulnerability(mlflow, vmap_, model, weights["name"], {"faults": cfg, "seed": seed, "half_width": half_width,
+                                                                   "confidence": confidence, "max_faults": max_faults})
+    return vmap_
+
+
+def _log_vulnerability(target: Mapping, vmap_, model, weights: str, settings: dict) -> None:
+    if target.get("tracking_uri"):
+        mlflow.set_tracking_uri(target["tracking_uri"])
+    mlflow.set_experiment(target.get("experiment", "fitact_api"))
+    tags = {"run_kind": "vulnerability", "source": "fitact_pipeline.api", "weight_protection": weights,
+            "protection": model.protection if isinstance(model, Hardened) else "none"}
+    with mlflow.start_run(run_name=target.get("run_name", "vulnerability"), tags=tags):
+        mlflow.log_params(tracking.flatten(settings))
+        mlflow.log_dict(vmap_.to_dict(), "vulnerability.json")
+
+
+def _weight_protection(setting: str | Mapping | None, faults: Mapping) -> dict:
+    cfg = {"name": setting} if isinstance(setting, str) else dict(setting or {"name": "none"})
+    check_weight_protection_config(cfg, faults)
+    return cfg
+
+
+def _pct_ci(s: Mapping | None) -> str:
+    return "" if not s else f"{100 * s['mean']:.2f} [{100 * s['ci_low']:.2f}, {100 * s['ci_high']:.2f}]"
+
+
+def write_fault_list(model: nn.Module | Hardened, path, rates: Sequence[float], trials: int = 20, *, seed: int = 0,
+                     faults: str | Mapping | None = None):
+    """Write the fault maps that ``measure_resilience(model, data, rates, trials, seed=seed,
+    faults=faults)`` draws as a CSV fault list (docs/faults.md, "Fault lists"), evaluating nothing;
+    ``measure_resilience(..., faults={..., "list": path})`` replays it. Returns the path."""
+    cfg = _faults_config(faults)
+    if cfg["model"] not in faultlist.MODEL_COLUMNS:
+        raise ValueError(f"faults model={cfg['model']!r} is not allowed; a fault list holds persistent faults: "
+                         f"{', '.join(faultlist.MODEL_COLUMNS)}")
+    net = copy.deepcopy(model.model if isinstance(model, Hardened) else model)
+    injector = FAULT_MODELS[cfg["model"]].build(net, cfg)
+    maps = [injector.sample(float(rate), seed, trial) for rate in rates for trial in range(trials)]
+    return faultlist.write_fault_list(maps, path)
 
 
 def _log(target: Mapping, result, fault_space: dict, hardened: Hardened | None, float_accuracy: float,
@@ -188,4 +283,5 @@ def _log(target: Mapping, result, fault_space: dict, hardened: Hardened | None, 
         return run.info.run_id
 
 
-__all__ = ["DEFAULT_FAULTS", "Hardened", "Resilience", "as_tensors", "harden", "measure_resilience"]
+__all__ = ["DEFAULT_FAULTS", "Hardened", "Resilience", "as_tensors", "harden", "measure_resilience", "vulnerability",
+           "write_fault_list"]

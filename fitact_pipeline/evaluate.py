@@ -17,6 +17,18 @@ def correct_rows(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (pred == labels.to(pred.device)) & finite
 
 
+#: the prediction of a row with a non-finite logit: it matches no label and differs from every finite
+#: prediction, so such a row is a miss and (faulty) a silent data corruption
+MISS = -1
+
+
+def predict_rows(logits: torch.Tensor) -> torch.Tensor:
+    """Top-1 class per row, MISS for a row with any non-finite logit (``correct_rows`` = this == label)."""
+    finite = torch.isfinite(logits).all(dim=-1)
+    pred = torch.nan_to_num(logits, nan=0.0).argmax(dim=-1)
+    return torch.where(finite, pred, torch.full_like(pred, MISS))
+
+
 def count_correct(logits: torch.Tensor, labels: torch.Tensor) -> int:
     """Correct predictions; a row with any non-finite logit counts as a miss (DESIGN 2.1)."""
     return int(correct_rows(logits, labels).sum().item())
@@ -40,8 +52,14 @@ def float32_inference(device: torch.device) -> Iterator[None]:
 
 def correct_mask(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 250,
                  before_batch=None, image_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Per image: classified right (finite logits, right class)? ``before_batch(ids)`` is told
-    which images (``image_ids``, default 0..N-1) each forward pass is about to run: the
+    """Per image: classified right (finite logits, right class)? See ``predictions``."""
+    return predictions(model, images, batch_size, before_batch, image_ids) == labels.cpu()
+
+
+def predictions(model: nn.Module, images: torch.Tensor, batch_size: int = 250, before_batch=None,
+                image_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Per image: the top-1 class, MISS where a logit is not finite (on the CPU). ``before_batch(ids)``
+    is told which images (``image_ids``, default 0..N-1) each forward pass is about to run: the
     activation fault model draws its faults per image."""
     if len(images) == 0:
         raise ValueError("evaluate_accuracy got no images; give at least one")
@@ -56,10 +74,9 @@ def correct_mask(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, b
     with eval_mode(model), torch.inference_mode(), float32_inference(device):
         for start in range(0, len(images), batch_size):
             x = images[start:start + batch_size].to(device, torch.float32)
-            y = labels[start:start + batch_size].to(device)
             if before_batch is not None:
                 before_batch(ids[start:start + batch_size])
-            parts.append(correct_rows(model(x).float(), y).cpu())
+            parts.append(predict_rows(model(x).float()).cpu())
     return torch.cat(parts)
 
 

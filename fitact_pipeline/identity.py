@@ -10,11 +10,12 @@ report's grouping (report/runs.py).
     bounds    the protection and its own keys (its registry entry's config_keys, less the kernel
               choice), and what its bounds stage declares (protect/bounds_stages.py)
     job       the campaign's result keys, the fault model's keys (faults/fault_models.py: the keys
-              every fault model shares and the chosen model's own) and its rate unit, the sampler
+              every fault model shares and the chosen model's own) and its rate unit, the sampler,
+              the weight protection and its own keys (protect/weights.py)
 
 A run's *slot* in the report (which curve it belongs to) is the identity without the fault rates;
 its *context* (which runs saw the same fault maps, so that comparisons pair) is the identity
-without the protection's stage and the rates. Both are hashes of the same identity the keys hash,
+without the protections (activation: the bounds stage; weights: the weight protection) and the rates. Both are hashes of the same identity the keys hash,
 so no setting can change a result without changing the job key, the slot and (unless it is the
 protection's) the context.
 """
@@ -28,8 +29,10 @@ from omegaconf import DictConfig, OmegaConf
 from .cache import config_hash
 from .faults import FAULT_MODELS, SAMPLER
 from .faults.fault_models import COMMON_KEYS
+from .faults.faultlist import read_fault_list
 from .protect import PROTECTIONS
 from .protect.bounds_stages import BOUNDS_STAGES
+from .protect.weights import WEIGHT_PROTECTIONS
 from .training import RESULT_KEYS as TRAIN_KEYS
 
 #: the version of what the identity holds: when it changes, the integer goes up and every stage
@@ -61,10 +64,13 @@ def result_identity(cfg: DictConfig, datamodule, device: torch.device) -> dict[s
     if cfg.campaign.adaptive.enabled:
         campaign["adaptive"] = plain(cfg.campaign.adaptive)
     fault_model = FAULT_MODELS[cfg.faults.model]
+    weights = WEIGHT_PROTECTIONS[cfg.weight_protection.name]
     # the unit the rate is counted in, resolved (auto = the fault model's own unit)
     faults = {**pick(cfg.faults, COMMON_KEYS + fault_model.config_keys), "rate_unit": fault_model.unit(cfg.faults)}
     if fault_model.name == "activation":  # its weights are stored in faults.fmt since issue 26: earlier runs differ
         faults["weights_stored"] = True
+    if cfg.faults.get("list") is not None:  # a replayed fault list by content; without one, no entry
+        faults["list"] = read_fault_list(cfg.faults.list).digest()
     return {
         "baseline": {"scheme": KEY_SCHEME, "model": plain(cfg.model),
                      "data": {**datamodule.identity(), **pick(cfg.dataset, type(datamodule).RESULT_KEYS)},
@@ -73,7 +79,8 @@ def result_identity(cfg: DictConfig, datamodule, device: torch.device) -> dict[s
         "bounds": {"protection": {"name": protection.name, **pick(cfg.protection, own)},
                    "default_granularity": protection.default_granularity, "stage": stage.name,
                    **stage.settings(cfg)},
-        "job": {"campaign": campaign, "faults": faults, "sampler": SAMPLER},
+        "job": {"campaign": campaign, "faults": faults, "sampler": SAMPLER,
+                "weight_protection": {"name": weights.name, **pick(cfg.weight_protection, weights.config_keys)}},
     }
 
 
@@ -93,6 +100,11 @@ def _without_rates(identity: dict[str, dict]) -> dict[str, dict]:
     return {**identity, "job": job}
 
 
+def _without_protections(identity: dict[str, dict]) -> dict[str, dict]:
+    job = {k: v for k, v in identity["job"].items() if k != "weight_protection"}
+    return {**{k: v for k, v in identity.items() if k != "bounds"}, "job": job}
+
+
 def slot_key(identity: dict[str, dict]) -> str:
     """The curve a run belongs to: its identity without the fault rates."""
     return config_hash(_without_rates(identity))
@@ -100,8 +112,8 @@ def slot_key(identity: dict[str, dict]) -> str:
 
 def context_key(identity: dict[str, dict]) -> str:
     """Which runs saw the same fault maps in their shared tensors: the identity without the
-    protection's stage and the rates."""
-    return config_hash({k: v for k, v in _without_rates(identity).items() if k != "bounds"})
+    protections and the rates."""
+    return config_hash(_without_protections(_without_rates(identity)))
 
 
 __all__ = ["CAMPAIGN_RESULT_KEYS", "KEY_SCHEME", "NON_RESULT_PROTECTION_KEYS", "STAGES", "context_key",

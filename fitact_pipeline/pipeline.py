@@ -20,10 +20,12 @@ from .evaluate import evaluate_accuracy
 from .counts import eval_count
 from .device import resolve_device
 from .faults import FAULT_MODELS, FORMATS, apply_datapath, as_rate_list, run_campaign
+from .faults.faultlist import read_fault_list, replay
 from .identity import context_key, plain, result_identity, slot_key, stage_keys
 from .models import model_tag
 from .overhead import overhead
 from .protect.sites import select_sites
+from .protect.weights import WEIGHT_PROTECTIONS
 from .stages import prepare_protected, stage_bounds
 from .validate import check_config
 
@@ -78,6 +80,7 @@ def job_tags(cfg: DictConfig, dataset: str, identity: dict, rates: list[float], 
             "fault_format": FORMATS[faults.fmt].label(faults.word_bits, faults.frac_bits),
             "fault_model": faults.model, "fault_rates": ",".join(tracking.rate_label(r) for r in rates),
             "campaign_design": cfg.campaign.design, "job_key": key, "seed": str(cfg.seed),
+            "weight_protection": (cfg.get("weight_protection") or {}).get("name", "none"),
             "width": str(cfg.model.get("width", 1.0))}
 
 
@@ -103,8 +106,15 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         return _run_logged(cfg, datamodule, device, identity)
 
 
+def campaign_rates(cfg: DictConfig) -> list[float]:
+    """The rates a job measures: campaign.rates, or those of the fault list it replays."""
+    if cfg.faults.get("list") is not None:
+        return read_fault_list(cfg.faults.list).rates
+    return as_rate_list(cfg.campaign.rates)
+
+
 def _run_logged(cfg: DictConfig, datamodule, device: torch.device, identity: dict) -> dict[str, Any]:
-    rates = as_rate_list(cfg.campaign.rates)
+    rates = campaign_rates(cfg)
     datamodule.setup()
     tags = job_tags(cfg, datamodule.name, identity, rates, device)
     key = tags["job_key"]
@@ -130,12 +140,17 @@ def _run_stages(cfg: DictConfig, datamodule, device: torch.device, rates: list[f
     images, labels = images.to(device), labels.to(device)
     if cfg.overhead.enabled:
         _log_overhead(prepared.reference, protected, images, cfg.overhead)
+    weights = cfg.get("weight_protection") or {"name": "none"}
+    WEIGHT_PROTECTIONS[weights["name"]].protect(protected, weights)
     float_acc = evaluate_accuracy(protected, images, labels, cfg.campaign.batch_size)
     injector = FAULT_MODELS[cfg.faults.model].build(protected, cfg.faults)
+    _attach_weight_protection(weights, injector, protected, images, labels, cfg.campaign.batch_size)
+    injector = replay(injector, cfg.faults)
     campaign = cfg.campaign
     adaptive = plain(campaign.adaptive) if campaign.adaptive.enabled else None
+    trials = injector.faults.trials_per_rate if cfg.faults.get("list") is not None else campaign.trials
     started = time.perf_counter()
-    result = run_campaign(protected, injector, images, labels, rates, campaign.trials, campaign.seed,
+    result = run_campaign(protected, injector, images, labels, rates, trials, campaign.seed,
                           campaign.batch_size, adaptive=adaptive, progress=cfg.progress_bar, level=campaign.confidence,
                           design=campaign.design, images_per_trial=campaign.images_per_trial,
                           maps_per_pass=maps_per_pass(campaign.maps_per_pass, protected, device))
@@ -144,6 +159,16 @@ def _run_stages(cfg: DictConfig, datamodule, device: torch.device, rates: list[f
                              campaign_time_s=time.perf_counter() - started)
     return {"clean_accuracy": result.clean_accuracy,
             "mean_accuracy": {r: s["mean"] for r, s in result.per_rate.items()}}
+
+
+def _attach_weight_protection(weights, injector, model, images, labels, batch_size: int) -> None:
+    """The weight protection's step on the stored model (parity_zero: the parity bits), and what it
+    costs without faults: ``weight_protection_cost`` = clean accuracy before - after (parity's lost bit)."""
+    if weights["name"] == "none":
+        return
+    before = evaluate_accuracy(model, images, labels, batch_size)
+    WEIGHT_PROTECTIONS[weights["name"]].attach(injector, weights)
+    mlflow.log_metric("weight_protection_cost", before - evaluate_accuracy(model, images, labels, batch_size))
 
 
 def maps_per_pass(setting, model: torch.nn.Module, device: torch.device) -> int:

@@ -12,7 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from .cache import config_hash
 from .checks import fail
+from .faults import FAULT_MODELS
 from .faults.activation import select_sites as select_activation_sites
+from .faults.faultlist import replay
 from .faults.space import select_tensors
 from .models import model_from_config, model_tag
 from .protect import profile_ranges
@@ -74,6 +76,8 @@ def check_structure(cfg: DictConfig) -> None:
                  f"names look like: {', '.join(names[:4])}")
     if not select_tensors(model, kinds, tuple(faults.include), tuple(faults.exclude)):
         fail("faults.exclude", list(faults.exclude), "it leaves an empty fault space")
+    if faults.get("list") is not None:  # the list's tensors, indices and bits against the job's fault space
+        replay(FAULT_MODELS[faults.model].build(model, OmegaConf.to_container(faults, resolve=True)), faults)
 
 
 def _check_activation_sites(model, patterns: list[str]) -> None:

@@ -292,11 +292,11 @@ def log_job_results(result, fault_space: dict, train_info: dict, bounds_info: di
         metrics.update({f"acc_{stat}/ber_{rate_label(rate)}": float(v) for stat, v in summary.items()})
     if len(result.per_rate) == 1:  # one rate per job: plain names let the UI chart across jobs
         metrics.update({f"acc_{stat}": float(v) for stat, v in next(iter(result.per_rate.values())).items()})
+    metrics.update(outcome_metrics(getattr(result, "outcomes", {})))
     mlflow.log_metrics(metrics)
     mlflow.log_table(_per_rate_table(result), artifact_file="per_rate.json")
-    mlflow.log_table({k: [t[k] for t in result.trials]
-                      for k in ("rate", "trial", "accuracy", "images", "faults", "flips", "realised_ber")},
-                    artifact_file="trials.json")
+    columns = TRIAL_COLUMNS + tuple(k for k in OUTCOME_TRIAL_COLUMNS if result.trials and k in result.trials[0])
+    mlflow.log_table({k: [t[k] for t in result.trials] for k in columns}, artifact_file="trials.json")
     mlflow.log_dict({"trials": [{k: t[k] for k in ("rate", "trial", "flips_per_bit", "flips_per_tensor")}
                                 for t in result.trials]}, "trial_faults.json")
     mlflow.log_dict(fault_space, "fault_space.json")
@@ -305,11 +305,29 @@ def log_job_results(result, fault_space: dict, train_info: dict, bounds_info: di
     _log_bounds_info(BOUNDS_STAGES[stage], bounds_info, metrics["train_time_s"])
 
 
+TRIAL_COLUMNS = ("rate", "trial", "accuracy", "images", "faults", "flips", "realised_ber")
+#: per trial, beside its accuracy: the SDC, critical and wrong-to-right rates (faults/outcomes.py)
+OUTCOME_TRIAL_COLUMNS = ("sdc", "critical", "wrong_to_right", "wrong_to_right_count")
+#: what is logged of each outcome's per-rate statistics (metrics ``sdc_mean/ber_1e-05``, ...)
+OUTCOME_STATS = ("mean", "std", "ci_low", "ci_high", "ci_halfwidth")
+
+
+def outcome_metrics(outcomes: dict) -> dict[str, float]:
+    """``<outcome>_<stat>/ber_<rate>`` for each rate's SDC, critical and wrong-to-right statistics."""
+    return {f"{name}_{stat}/ber_{rate_label(rate)}": float(summary[stat])
+            for rate, per_outcome in outcomes.items() for name, summary in per_outcome.items()
+            for stat in OUTCOME_STATS}
+
+
 def _per_rate_table(result) -> dict[str, list]:
     rows = sorted(result.per_rate.items())
     table: dict[str, list] = {"rate": [r for r, _ in rows]}
     for stat in rows[0][1]:
         table[stat] = [s[stat] for _, s in rows]
+    outcomes = getattr(result, "outcomes", {})
+    for name in next(iter(outcomes.values()), {}):  # beside accuracy: sdc_mean, sdc_ci_low, ...
+        for stat in OUTCOME_STATS:
+            table[f"{name}_{stat}"] = [outcomes[rate][name][stat] for rate, _ in rows]
     return table
 
 

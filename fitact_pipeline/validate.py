@@ -37,9 +37,11 @@ def check_config(cfg: DictConfig, structure: bool = True, explicit: Iterable[str
     against the data (counts.py; ``explicit``: the keys given on the command line); then, unless
     ``structure=False``, what depends on the model's structure. Returns notes for the user."""
     from .faults import check_campaign_config, check_faults_config
+    from .faults.faultlist import check_fault_list
     from .models import check_model_config
     from .overhead import check_overhead_config
     from .protect.posttrain import check_posttrain_config
+    from .protect.weights import check_weight_protection_config
     from .tracking import check_tracking_config
     from .training import check_train_config
 
@@ -52,6 +54,8 @@ def check_config(cfg: DictConfig, structure: bool = True, explicit: Iterable[str
     check_campaign_config(cfg.campaign)
     _check_protection(cfg.protection)
     check_faults_config(cfg.faults)
+    check_weight_protection_config(cfg.get("weight_protection"), cfg.faults)
+    check_fault_list(cfg.faults, cfg.campaign)
     check_overhead_config(cfg.overhead)
     check_tracking_config(cfg.tracking)
     notes = check_counts(cfg, dataset_class, explicit) + _schedule_notes(cfg.train)

@@ -117,4 +117,5 @@ def test_numpy_flip_equals_decode_of_flipped_encode(codec):
 def test_unknown_format():
     with pytest.raises(ValueError, match="unknown fault format 'posit'"):
         make_codec("posit")
-    assert set(FORMATS) == {"fixed", "float32", "float16", "bfloat16", "int8"}
+    assert set(FORMATS) == {"fixed", "float32", "float16", "bfloat16", "int8", "int4", "fp8_e4m3", "fp8_e5m2", "mxfp8",
+                            "mxfp4"}

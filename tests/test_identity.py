@@ -24,6 +24,7 @@ from fitact_pipeline.models import MODELS
 from fitact_pipeline.models.sources import SOURCES
 from fitact_pipeline.protect import PROTECTIONS
 from fitact_pipeline.protect.posttrain import RESULT_KEYS as POSTTRAIN_KEYS
+from fitact_pipeline.protect.weights import WEIGHT_PROTECTIONS
 from fitact_pipeline.training import RESULT_KEYS as TRAIN_KEYS
 from fitact_pipeline.validate import CONF_DIR
 
@@ -48,7 +49,7 @@ def _datamodule(target: str):
 
 
 #: settings whose values are registry names: changed to another registered name
-REGISTERED = {"faults.model": FAULT_MODELS, "faults.rate_unit": RATE_UNITS, "faults.fmt": FORMATS, "model.name": MODELS, "campaign.design": DESIGNS}
+REGISTERED = {"weight_protection.name": WEIGHT_PROTECTIONS, "faults.model": FAULT_MODELS, "faults.rate_unit": RATE_UNITS, "faults.fmt": FORMATS, "model.name": MODELS, "campaign.design": DESIGNS}
 
 
 def other(value, path: str = ""):
@@ -110,6 +111,9 @@ def declared_settings():
     cases += [(("faults.rate_unit=word",), "faults.rate_unit", False)]  # word -> bit: other maps
     cases += [((), f"campaign.{k}", False) for k in CAMPAIGN_RESULT_KEYS if k != "rates"]
     cases += [((), f"train.{k}", False) for k in TRAIN_KEYS]
+    cases += [((), "weight_protection.name", True)]
+    for name, entry in WEIGHT_PROTECTIONS.items():
+        cases += [((f"weight_protection={name}",), f"weight_protection.{k}", True) for k in entry.config_keys]
     cases += [((), path, False) for path in ("seed", "profile_images", "model.name", "model.width")]
     dm = type(_datamodule(composed().dataset._target_))
     cases += [((), f"dataset.{k}", False) for k in dm.RESULT_KEYS]
@@ -152,3 +156,4 @@ def test_every_registered_model_source_and_protection_is_walked():
     assert {(f"protection={p}",) for p in PROTECTIONS} <= walked
     assert {(f"faults.model={m}",) for m in FAULT_MODELS} <= walked
     assert {(f"model={s}",) for s in SOURCES} <= walked
+    assert {(f"weight_protection={w}",) for w, entry in WEIGHT_PROTECTIONS.items() if entry.config_keys} <= walked

@@ -71,10 +71,9 @@ def test_fault_aware_posttraining_moves_only_bounds(digits_fitact):
     assert moved
 
 
-def test_new_settings_enter_the_key_only_when_not_default():
-    old = {"epochs": 2, "lr": 0.005, "zeta": 0.1, "max_accuracy_drop": 0.01, "max_batches_per_epoch": 40}
-    assert result_settings({**DEFAULTS}) == old  # every existing bounds key (and cached bounds) stays
-    assert result_settings({**DEFAULTS, "penalty": "sum"}) == {**old, "penalty": "sum"}
+def test_every_post_training_result_setting_is_keyed_and_the_progress_bar_is_not():
+    assert set(result_settings({**DEFAULTS})) == set(DEFAULTS) - {"progress_bar"}
+    assert result_settings({**DEFAULTS, "penalty": "sum"})["penalty"] == "sum"
     assert result_settings({**DEFAULTS, "fault_rate": 1e-4})["fault_rate"] == 1e-4
 
 
@@ -82,13 +81,14 @@ def test_posttrain_history_is_logged_per_epoch(tmp_path):
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from fitact_pipeline.protect.bounds_stages import BOUNDS_STAGES
     from fitact_pipeline.tracking import _log_bounds_info
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     history = [{"epoch": e, "loss": 1.0 / (e + 1), "val_acc": 0.9, "mean_bound_ratio": 1 - 0.1 * e,
                 "zero_fraction": 0.01 * e, "ratio_q50": 1 - 0.1 * e, "penalty": 0.5} for e in range(3)]
     with mlflow.start_run() as run:
-        _log_bounds_info({"history": history, "time_s": 2.0, "mean_bound_ratio": 0.8, "selected_epoch": 2}, 100.0)
+        _log_bounds_info(BOUNDS_STAGES["posttrain"], {"history": history, "time_s": 2.0, "mean_bound_ratio": 0.8, "selected_epoch": 2}, 100.0)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     for name in ("posttrain/zero_fraction", "posttrain/ratio_q50", "posttrain/penalty", "posttrain/mean_bound_ratio"):
         steps = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, name))

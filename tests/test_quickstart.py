@@ -72,6 +72,9 @@ def test_metrics_tables_and_config_are_logged(quickstart):
         for rate in RATES:  # the table and the metric agree
             accs = [r["accuracy"] for r in rows if r["rate"] == rate]
             assert sum(accs) / len(accs) == pytest.approx(metrics[f"acc_mean/ber_{rate:.0e}"])
+            for outcome in ("sdc", "critical"):  # SDC and critical rates beside accuracy, per trial and per rate
+                values = [r[outcome] for r in rows if r["rate"] == rate]
+                assert sum(values) / len(values) == pytest.approx(metrics[f"{outcome}_mean/ber_{rate:.0e}"])
         names = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "fault_space.json", "per_rate.json", "trial_faults.json"} <= names
 

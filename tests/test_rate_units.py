@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from scipy import stats
 from torch import nn
@@ -15,7 +17,7 @@ from torch import nn
 from fitact_pipeline.faults import FAULT_MODELS, FaultInjector, check_faults_config
 from fitact_pipeline.faults.sampler import BitFlips, StuckBits, field_keys, salted, stream_uniforms
 from fitact_pipeline.faults.units import RATE_UNITS, toolbox_counts
-from fitact_pipeline.keys import _faults
+from fitact_pipeline.identity import result_identity
 from fitact_pipeline.registry import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -112,9 +114,21 @@ def test_stuck_at_per_word_sticks_one_bit_of_each_hit_word():
     assert set(fmap.values.tolist()) == {0, 1}
 
 
-def faults_cfg(*overrides):
+def composed(*overrides):
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        return compose("config", overrides=list(overrides)).faults
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def faults_cfg(*overrides):
+    return composed(*overrides).faults
+
+
+def job_faults(*overrides):
+    """The fault settings a job's identity (and so its key) holds."""
+    cfg = composed(*overrides)
+    return result_identity(cfg, instantiate(cfg.dataset), torch.device("cpu"))["job"]["faults"]
 
 
 def test_default_is_the_models_own_unit_and_keeps_maps_and_keys():
@@ -124,10 +138,10 @@ def test_default_is_the_models_own_unit_and_keeps_maps_and_keys():
     plain = FaultInjector(net(), fmt="fixed", word_bits=32, frac_bits=16)
     assert built.sample(1e-3, 0, 1).records == plain.sample(1e-3, 0, 1).records
     assert built.fault_space["rate_unit"] == "bit"
-    assert _faults(OmegaConf.create({"faults": cfg})) == _faults(OmegaConf.create({"faults": faults_cfg("faults.rate_unit=bit")}))
-    assert "rate_unit" not in _faults(OmegaConf.create({"faults": cfg}))
-    word = _faults(OmegaConf.create({"faults": faults_cfg("faults.rate_unit=word")}))
-    assert word["rate_unit"] == "word"
+    # auto resolves to the model's own unit: the same identity (and key) as naming it
+    assert job_faults()["rate_unit"] == "bit"
+    assert job_faults() == job_faults("faults.rate_unit=bit")
+    assert job_faults("faults.rate_unit=word")["rate_unit"] == "word"
     burst = faults_cfg("faults.model=burst")
     assert FAULT_MODELS["burst"].build(net(), burst).fault_space["rate_unit"] == "word"
 

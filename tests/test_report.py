@@ -21,7 +21,8 @@ EXP = "report_test"
 RATES = [1e-4, 3e-4]
 TRIALS = 3
 BOUNDS = [0.5, 4.0]
-FIGURES = ["fig1_gbrelu_bound", "fig2_neuron_maxima", "fig3_activations", "fig5_boxplots", "fig6_resilience_grid"]
+FIGURES = ["fig1_gbrelu_bound", "fig2_neuron_maxima", "fig3_activations", "fig5_boxplots", "fig6_resilience_grid",
+           "fig_sdc_critical"]
 TABLES = ["table1_overhead.csv", "table1_overhead.md", "table1_overhead.tex", "resilience_summary.csv",
           "resilience_summary.md", "paired_differences.csv", "report_notes.md"]
 
@@ -104,6 +105,19 @@ def test_fig6_curves_equal_the_logged_metrics(sweep):
         assert panel[variant]["mean"] == pytest.approx([100 * _metric(run, "mean", r) for r in RATES])
         assert panel[variant]["ci_low"] == pytest.approx([max(0, 100 * _metric(run, "ci_low", r)) for r in RATES])
         assert panel[variant]["ci_high"] == pytest.approx([min(100, 100 * _metric(run, "ci_high", r)) for r in RATES])
+
+
+@pytest.mark.slow
+def test_sdc_figure_and_summary_column_equal_the_logged_metrics(sweep):
+    tmp, _, _, _, jobs, report = sweep
+    panel = report.drawn["sdc"][("small_cnn", "digits", "memory")]
+    assert set(panel["sdc"]) == set(jobs)
+    rows = {r["protection"]: r for r in read_csv(tmp / "figures" / EXP / "resilience_summary.csv")}
+    for variant, run in jobs.items():
+        for outcome in ("sdc", "critical"):
+            logged = [run.data.metrics[f"{outcome}_mean/ber_{r:.0e}"] for r in RATES]
+            assert panel[outcome][variant]["mean"] == pytest.approx([100 * v for v in logged])
+        assert float(rows[variant]["sdc_at_max"]) == pytest.approx(run.data.metrics[f"sdc_mean/ber_{max(RATES):.0e}"])
 
 
 @pytest.mark.slow
@@ -285,7 +299,8 @@ def test_a_sweep_over_two_seeds_draws_two_curves(tmp_path):
     parent = client.create_run(exp, tags={"run_kind": "sweep"}).info.run_id
     for seed, acc in ((0, 0.8), (1, 0.6)):
         run = client.create_run(exp, tags={"run_kind": "job", "mlflow.parentRunId": parent, "model": "small_cnn",
-                                           "dataset": "digits", "protection": "fitact", "granularity": "neuron"})
+                                           "dataset": "digits", "protection": "fitact", "granularity": "neuron",
+                                           "result_slot": f"slot-{seed}", "result_context": f"context-{seed}"})
         client.log_param(run.info.run_id, "seed", seed)
         client.log_metric(run.info.run_id, "acc_mean/ber_1e-05", acc)
         client.set_terminated(run.info.run_id, "FINISHED")

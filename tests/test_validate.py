@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
     (["campaign.no_such=1"], "keys allowed under 'campaign'"),
     (["protection.granularity=pixel"], "choose one of: layer, channel, neuron"),
     (["posttrain.max_accuracy_drop=1.5"], "posttrain.max_accuracy_drop=1.5"),
-    (["faults.fmt=int4"], "faults.fmt='int4'"),
+    (["faults.fmt=int2"], "faults.fmt='int2'"),
     (["faults.frac_bits=40"], "frac_bits"),
     (["model=lenet"], "unknown model 'lenet'"),
     (["campaign.adaptive.enabled=true", "campaign.adaptive.min_trials=50", "campaign.adaptive.max_trials=10"],

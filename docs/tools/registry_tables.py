@@ -32,6 +32,7 @@ def tables() -> dict[str, str]:
     from fitact_pipeline.models import MODELS
     from fitact_pipeline.models.sources import SOURCES
     from fitact_pipeline.protect import ACTIVATIONS, PROTECTIONS
+    from fitact_pipeline.protect.weights import WEIGHT_PROTECTIONS
     from torch.nn import functional as F
 
     return {
@@ -41,10 +42,13 @@ def tables() -> dict[str, str]:
             [[f"`{n}`", f"`{p.activation.__name__}`" if p.activation else "`nn.ReLU`", p.summary,
               ", ".join(f"`{k}`" for k in p.config_keys), p.default_granularity, p.bounds_stage]
              for n, p in PROTECTIONS.items()]),
+        "weight_protections": _table(["`weight_protection.name`", "what a layer reads", "config keys"],
+                                     [[f"`{n}`", w.summary, ", ".join(f"`{k}`" for k in w.config_keys) or "-"]
+                                      for n, w in WEIGHT_PROTECTIONS.items()]),
         "formats": _table(["`faults.fmt`", "format", "family"],
                           [[f"`{n}`", f.summary, f.family] for n, f in FORMATS.items()]),
         "targets": _table(["`faults.targets` kind", "tensors"],
-                          [[f"`{n}`", k.summary + (f" ({k.format} only)" if k.format else "")]
+                          [[f"`{n}`", k.summary + (f" ({k.family} formats only)" if k.family else "")]
                            for n, k in TARGET_KINDS.items()]),
         "designs": _table(["`campaign.design`", "trial i evaluates", "what a trial's accuracy is"],
                           [[f"`{n}`", d.summary, d.trial_meaning] for n, d in DESIGNS.items()]),

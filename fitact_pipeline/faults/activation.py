@@ -115,7 +115,7 @@ class _Trial:
 
 class ActivationInjector:
     """Transient bit flips in the outputs of ``sites`` (module-name patterns; none = every conv and
-    linear layer), in the datapath format ``fmt`` (a word format: float32, fixed, float16, bfloat16)."""
+    linear layer), in the datapath format ``fmt`` (a word format: float32, fixed, float16, bfloat16, fp8)."""
 
     per_pass = True
     fault_model = "activation"
@@ -124,7 +124,8 @@ class ActivationInjector:
                  frac_bits: int = 16):
         number_format = FORMATS[fmt]
         if number_format.family != "word":
-            raise ValueError(f"activation faults need a word format (float32, fixed, float16, bfloat16), not {fmt!r}")
+            words = ", ".join(n for n, f in FORMATS.items() if f.family == "word")
+            raise ValueError(f"activation faults need a word format ({words}), not {fmt!r}")
         self.codec = number_format.codec(word_bits, frac_bits)
         self.modules = select_sites(model, tuple(sites))
         if not self.modules:

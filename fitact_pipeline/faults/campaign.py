@@ -20,10 +20,11 @@ from .. import stats
 from ..data.sampling import StratifiedSampler
 from ..checks import (check_keys, expect_bool, expect_choice, expect_int, expect_list, expect_number, fail,
                       is_number)
-from ..evaluate import correct_mask, evaluate_accuracy
+from ..evaluate import evaluate_accuracy, predictions
 from .designs import DESIGNS, CampaignDesign, Pilot, pilot_estimates
 from .injector import FaultInjector
-from .multimap import evaluate_stacked, stacked_fault_space
+from .multimap import predict_stacked, stacked_fault_space
+from .outcomes import summarize_outcomes, trial_outcomes
 
 log = logging.getLogger(__name__)
 
@@ -87,28 +88,35 @@ class CampaignResult:
     per_rate: dict[float, dict[str, float]]
     trials: list[dict[str, Any]] = field(default_factory=list)
     design: str = "classic"
+    #: rate -> {sdc, critical, wrong_to_right: per-rate statistics of the per-trial rates} (outcomes.py)
+    outcomes: dict[float, dict[str, dict[str, float]]] = field(default_factory=dict)
 
 
-def trial_record(rate: float, trial: int, accuracy: float, fault_map, images: int | None = None) -> dict[str, Any]:
+def trial_record(rate: float, trial: int, accuracy: float, fault_map, images: int | None = None,
+                 outcomes: dict | None = None) -> dict[str, Any]:
     """What one trial leaves behind: enough to verify the fault model from the results alone.
     ``faults`` counts the faulty bits drawn, ``flips`` the bits they changed (fewer for stuck-at
-    bits that held their value already); ``images`` the images the trial evaluated."""
+    bits that held their value already); ``images`` the images the trial evaluated; ``outcomes``
+    its SDC, critical and wrong-to-right rates (outcomes.py)."""
     summary = fault_map.summary()
     return {"rate": rate, "trial": trial, "accuracy": accuracy, "images": images, "faults": summary["num_flips"],
             "flips": summary["effective_flips"], "realised_ber": summary["realised_ber"],
-            "flips_per_bit": summary["flips_per_bit"], "flips_per_tensor": summary["flips_per_tensor"]}
+            "flips_per_bit": summary["flips_per_bit"], "flips_per_tensor": summary["flips_per_tensor"],
+            **(outcomes or {})}
 
 
 @dataclass
 class _Pool:
-    """The evaluation pool and what the clean model gets right in it (a trial whose faults change
-    no bit is the clean model: its accuracy is read here instead of evaluated)."""
+    """The evaluation pool and the clean model's predictions on it: what a trial's faulty
+    predictions are compared with (SDC), and what a trial whose faults change no bit predicts."""
     images: torch.Tensor
     labels: torch.Tensor
-    clean_correct: torch.Tensor
+    clean_pred: torch.Tensor
 
     def __post_init__(self):
         self.sampler = StratifiedSampler(self.labels)
+        self.cpu_labels = self.labels.cpu()
+        self.clean_correct = self.clean_pred == self.cpu_labels
 
     def trial_ids(self, design: CampaignDesign, n: int | None, seed: int, trial: int) -> torch.Tensor:
         """Pool indices of one trial's images."""
@@ -138,9 +146,8 @@ def run_campaign(model: torch.nn.Module, injector: FaultInjector, images: torch.
     that persist over a pass)."""
     model.eval()
     plan = DESIGNS[design]
-    clean_correct = correct_mask(model, images, labels, batch_size)
-    pool = _Pool(images, labels, clean_correct)
-    result = CampaignResult(float(clean_correct.float().mean()), [float(r) for r in rates], {}, design=design)
+    pool = _Pool(images, labels, predictions(model, images, batch_size))
+    result = CampaignResult(float(pool.clean_correct.float().mean()), [float(r) for r in rates], {}, design=design)
     max_trials = int(adaptive["max_trials"]) if adaptive else int(trials)
     maps_per_pass = 1 if getattr(injector, "per_pass", False) else max(1, int(maps_per_pass))
     bar = tqdm(total=len(rates) * max_trials, desc="fault campaign", disable=not progress, leave=False)
@@ -151,6 +158,7 @@ def run_campaign(model: torch.nn.Module, injector: FaultInjector, images: torch.
         accs = _run_rate(model, injector, pool, plan, rate, n, seed, batch_size, max_trials, maps_per_pass,
                          adaptive, level, result.trials, bar)
         result.per_rate[rate] = {**stats.summarize(accs, level), "images_per_trial": _images(plan, n, pool)}
+        result.outcomes[rate] = summarize_outcomes(result.trials[-len(accs):], level)
         log.info("rate %g: mean accuracy %.4f over %d trials", rate, result.per_rate[rate]["mean"], len(accs))
     bar.close()
     return result
@@ -198,8 +206,11 @@ def _run_rate(model, injector, pool: _Pool, plan: CampaignDesign, rate: float, n
     while trial < max_trials:
         block = list(range(trial, min(trial + per_pass, max_trials)))
         evaluate = _evaluate_one if len(block) == 1 else _evaluate_block
-        for t, acc, fmap, count in evaluate(model, injector, pool, plan, rate, n, seed, batch_size, block):
-            records.append(trial_record(rate, t, acc, fmap, count))
+        for t, faulty, fmap, ids in evaluate(model, injector, pool, plan, rate, n, seed, batch_size, block):
+            labels = pool.cpu_labels[ids]
+            acc = int((faulty == labels).sum()) / len(ids)
+            outcomes = trial_outcomes(pool.clean_pred[ids], faulty, labels)
+            records.append(trial_record(rate, t, acc, fmap, len(ids), outcomes))
             accs.append(acc)
         trial += len(block)
         bar.update(len(block))
@@ -212,30 +223,28 @@ def _run_rate(model, injector, pool: _Pool, plan: CampaignDesign, rate: float, n
 
 def _evaluate_one(model, injector, pool: _Pool, plan, rate, n, seed, batch_size, block):
     trial = block[0]
-    x, y, ids = pool.trial_set(plan, n, seed, trial)
+    x, _, ids = pool.trial_set(plan, n, seed, trial)
     before_batch = injector.begin_batch if getattr(injector, "per_pass", False) else None
     with injector.inject(rate, seed, trial) as fault_map:
-        # No changed bit means the clean model: its accuracy is known exactly, skip the pass
+        # No changed bit means the clean model: its predictions are known, skip the pass
         # (faults drawn per pass are known only once the pass ran: None).
         if fault_map.effective_flips == 0:
-            acc = int(pool.clean_correct[ids].sum()) / len(ids)
+            faulty = pool.clean_pred[ids]
         else:
-            acc = evaluate_accuracy(model, x, y, batch_size, before_batch, ids)
-    return [(trial, acc, fault_map, len(ids))]
+            faulty = predictions(model, x, batch_size, before_batch, ids)
+    return [(trial, faulty, fault_map, ids)]
 
 
 def _evaluate_block(model, injector, pool: _Pool, plan, rate, n, seed, batch_size, block):
     rows, maps = stacked_fault_space(injector, rate, seed, block)
     ids = [pool.trial_ids(plan, n, seed, t) for t in block]
-    # maps that change no bit have no row: the clean model's accuracy on their images, as in _evaluate_one
+    # maps that change no bit have no row: the clean model's predictions on their images, as in _evaluate_one
     faulty = [k for k, fmap in enumerate(maps) if fmap.effective_flips != 0]
-    accs = [None if fmap.effective_flips != 0 else int(pool.clean_correct[i].sum()) / len(i)
-            for fmap, i in zip(maps, ids)]
+    preds = [pool.clean_pred[i] for i in ids]
     if faulty:
         shared = plan.shares_pool  # every map on the same images
         index = None if shared else torch.stack([ids[k] for k in faulty])  # one gather for the block
         images = pool.images if shared else pool.images[index]
-        labels = pool.labels if shared else pool.labels[index]
-        for k, acc in zip(faulty, evaluate_stacked(model, rows, images, labels, batch_size, not shared)):
-            accs[k] = acc
-    return [(t, acc, fmap, len(i)) for t, acc, fmap, i in zip(block, accs, maps, ids)]
+        for k, pred in zip(faulty, predict_stacked(model, rows, images, batch_size, not shared)):
+            preds[k] = pred
+    return list(zip(block, preds, maps, ids))

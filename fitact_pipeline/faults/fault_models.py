@@ -122,7 +122,10 @@ for _model in (
 ):
     FAULT_MODELS.register(_model.name, _model)
 
-FAULTS_KEYS = COMMON_KEYS + ("rate_unit",) + tuple(k for _, m in FAULT_MODELS.items() for k in m.config_keys)
+#: ``list``: a CSV fault list replayed instead of sampling (faultlist.py); not in COMMON_KEYS, so that
+#: a job without one keeps its identity (identity.py adds the list's content hash when there is one)
+FAULTS_KEYS = (COMMON_KEYS + ("rate_unit",) + tuple(k for _, m in FAULT_MODELS.items() for k in m.config_keys)
+               + ("list",))
 
 
 def check_faults_config(faults: Mapping) -> None:

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .formats import Codec, FixedCodec, Float32Codec, Int8Codec
+from .formats import Codec, FixedCodec
+from .lowbit import block_elements, block_of
 
 if TYPE_CHECKING:  # space.py imports this module
     from .space import FaultSpace, Slot
@@ -74,7 +75,7 @@ def apply_words(codec, values: np.ndarray, faults: Faults) -> tuple[np.ndarray, 
 
 
 class WordFamily:
-    """One word per value (fixed point, float32/16, bfloat16): one buffer, one encode/XOR/decode."""
+    """One word per value (fixed point, float32/16, bfloat16, fp8): one buffer, one encode/XOR/decode."""
 
     one_buffer = True
 
@@ -159,18 +160,18 @@ def _slot_faults(elements: torch.Tensor, bits: torch.Tensor, values) -> tuple[to
 
 
 class ScaledFamily:
-    """int8 words with a float32 scale per output channel: a word fault changes one element, a
-    scale fault its whole channel. Arithmetic on the CPU; index tensors and saved values follow
-    the model's device."""
+    """Words with a scale per block of consecutive elements (int8/int4: float32 per output channel;
+    MX: E8M0 per 32 values of a row): a word fault changes one element, a scale fault its whole
+    block. Arithmetic on the CPU; index tensors and saved values follow the model's device."""
 
     one_buffer = False
 
     @staticmethod
-    def quantise(codec: Int8Codec, slot: "Slot", shape: torch.Size) -> None:
+    def quantise(codec, slot: "Slot", shape: torch.Size) -> None:
         stored, scales = codec.quantize_tensor(slot.flat.view(shape))
         slot.flat.copy_(stored.reshape(-1))
         slot.scales = scales.cpu()
-        slot.group = Int8Codec.element_channels(shape)
+        slot.group, slot.block = codec.layout(shape)
 
     @staticmethod
     def flip(space: "FaultSpace", field_idx, elements, bits, values, saved: list) -> int:
@@ -189,21 +190,21 @@ class ScaledFamily:
         return changed
 
 
-def _flip_scaled_slot(codec: Int8Codec, slot: "Slot", words, scale_faults, saved: list) -> int:
+def _flip_scaled_slot(codec, slot: "Slot", words, scale_faults, saved: list) -> int:
     scales, parts, changed = slot.scales, [], 0
     if words is not None:
         parts.append(words[0])
     if scale_faults is not None:
         c_u, faults = scale_faults
-        new_scales, changed = apply_words(Float32Codec(), scales[c_u].numpy(), faults)
+        new_scales, changed = apply_words(codec.scale_codec, scales[c_u].numpy(), faults)
         scales = scales.clone()
         scales[c_u] = torch.from_numpy(new_scales)
-        parts.append((c_u[:, None] * slot.group + torch.arange(slot.group, dtype=torch.int64)).reshape(-1))
+        parts.append(block_elements(c_u, slot.group, slot.block))
     local = torch.cat(parts).unique() if len(parts) > 1 else parts[0]
     local_dev = local.to(slot.flat.device)
     orig_dev = slot.flat.index_select(0, local_dev)
     saved.append((slot.flat, local_dev, orig_dev))
-    chan = local // slot.group
+    chan = block_of(local, slot.group, slot.block)
     q = codec.encode_q(orig_dev.cpu(), slot.scales[chan])
     if words is not None:
         at = torch.searchsorted(local, words[0])

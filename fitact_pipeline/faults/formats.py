@@ -180,52 +180,75 @@ class BFloat16Codec(_Float16Like):
     dtype = torch.bfloat16
 
 
-class Int8Codec(Codec):
-    """Symmetric int8 with a float32 scale per output channel (dim 0).
+class SymmetricIntCodec(Codec):
+    """Symmetric ``word_bits``-bit integers with a float32 scale per output channel (dim 0).
 
     Tensors with two or more dims get one scale per slice along dim 0; tensors with at most one
     dim (biases, layer bounds) get one scale for the whole tensor (a per-element scale would make
-    every q equal to +-127 and the format meaningless). scale = max|v| / 127 in float32; an
-    all-zero channel borrows the largest scale of its tensor (1.0 if the tensor is all zero).
-    q = round(v / scale) clamped to [-127, 127]; the stored float32 value is scale * q (float32
-    multiply). A fault may produce q = -128. The words are the 8-bit two's-complement q.
-    ``encode``/``decode`` take the per-element scales explicitly; q is recovered from the stored
-    value exactly (|q| <= 128 and one float32 rounding are far from a rounding boundary).
+    every q equal to +-qmax and the format meaningless). qmax = 2**(word_bits-1) - 1;
+    scale = max|v| / qmax in float32; an all-zero channel borrows the largest scale of its tensor
+    (1.0 if the tensor is all zero). q = round(v / scale) clamped to [-qmax, qmax]; the stored
+    float32 value is scale * q (float32 multiply). A fault may produce q = -qmax - 1. The words are
+    the two's-complement q. ``encode_q``/``decode_q`` take the per-element scales explicitly; q is
+    recovered from the stored value exactly (|q| <= 128 and one float32 rounding are far from a
+    rounding boundary).
+
+    The ``scaled`` family's interface (flip.py): ``quantize_tensor``, ``layout`` (elements per
+    row, per scale block), ``encode_q``/``decode_q`` and ``scale_codec``/``scale_bits``, the
+    format of the stored scales when they are in the fault space.
     """
 
-    name = "int8"
-    word_bits = 8
+    scale_bits = 32
 
-    @staticmethod
-    def channel_scales(values: torch.Tensor) -> torch.Tensor:
+    def __init__(self):
+        self.qmax = (1 << (self.word_bits - 1)) - 1
+        self.scale_codec = Float32Codec()
+
+    def channel_scales(self, values: torch.Tensor) -> torch.Tensor:
         rows = values.reshape(values.shape[0], -1) if values.dim() >= 2 else values.reshape(1, -1)
         amax = rows.abs().amax(dim=1).to(torch.float32)
-        scale = amax / 127.0
+        scale = amax / float(self.qmax)
         fallback = scale.max() if bool((scale > 0).any()) else torch.tensor(1.0)
         return torch.where(scale > 0, scale, fallback).to(torch.float32)
 
     @staticmethod
     def element_channels(shape: torch.Size) -> int:
-        """Number of consecutive flat elements that share one scale."""
+        """Number of consecutive flat elements that share one scale (one row)."""
         if len(shape) >= 2:
             return int(torch.Size(shape[1:]).numel())
         return max(int(torch.Size(shape).numel()), 1)
 
+    def layout(self, shape: torch.Size) -> tuple[int, int]:
+        """(elements per row, elements per scale block): one scale per row."""
+        row = self.element_channels(shape)
+        return row, row
+
     def encode_q(self, values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-        q = round_half_even((values.to(torch.float64) / scales.to(torch.float64)).clamp_(-128, 127))
-        return q.to(torch.int64) & 0xFF
+        low = -self.qmax - 1
+        q = round_half_even((values.to(torch.float64) / scales.to(torch.float64)).clamp_(low, self.qmax))
+        return q.to(torch.int64) & ((1 << self.word_bits) - 1)
 
     def decode_q(self, words: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-        return scales.to(torch.float32) * _to_signed(words, 8).to(torch.float32)
+        return scales.to(torch.float32) * _to_signed(words, self.word_bits).to(torch.float32)
 
     def quantize_tensor(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (stored float32 values, per-channel scales) for a whole tensor."""
         scales = self.channel_scales(values)
         per_elem = scales.repeat_interleave(self.element_channels(values.shape))
         flat = values.reshape(-1).to(torch.float32)
-        q = torch.round(flat.to(torch.float64) / per_elem.to(torch.float64)).clamp_(-127, 127)
+        q = torch.round(flat.to(torch.float64) / per_elem.to(torch.float64)).clamp_(-self.qmax, self.qmax)
         stored = per_elem * q.to(torch.float32)
         return stored.reshape(values.shape), scales
+
+
+class Int8Codec(SymmetricIntCodec):
+    name = "int8"
+    word_bits = 8
+
+
+class Int4Codec(SymmetricIntCodec):
+    name = "int4"
+    word_bits = 4
 
 
 @dataclass(frozen=True)
@@ -233,9 +256,9 @@ class NumberFormat:
     """A stored number format: its codec and its family.
 
     ``family`` picks how the injector quantises and flips (flip.py): ``word`` formats store one
-    word per value and flip it through ``Codec.flip``; ``scaled`` (int8) stores words plus a
-    float32 scale per output channel. ``sized`` formats take ``word_bits``/``frac_bits`` from the
-    config; the others have fixed widths.
+    word per value and flip it through ``Codec.flip``; ``scaled`` (int8, int4, mxfp8, mxfp4) stores
+    words plus a scale per block of consecutive elements (an output channel, or 32 values).
+    ``sized`` formats take ``word_bits``/``frac_bits`` from the config; the others have fixed widths.
     """
 
     name: str
@@ -276,6 +299,8 @@ _DEFINITIONS = (
                  "channel (dim 0) for tensors with >= 2 dims, one scale per tensor for biases and 0/1-dim bounds; "
                  "q = round(v/scale) in [-127, 127]; stored value = scale·q (float32). A flip may give q = -128. "
                  "An all-zero channel borrows its tensor's largest scale", family="scaled"),
+    NumberFormat("int4", lambda w, f: Int4Codec(), "4 bits (+32 per scale): as int8 with qmax = 7: q in [-7, 7], "
+                 "scale = max|v|/7 per output channel; a flip may give q = -8", family="scaled"),
 )
 for _format in _DEFINITIONS:
     FORMATS.register(_format.name, _format)

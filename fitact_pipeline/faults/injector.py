@@ -51,7 +51,7 @@ class FaultInjector:
     Construction builds the fault space, which rounds its tensors in place to the format, so the
     clean model is the stored model: build the injector after the model's values are final.
     ``word_bits``/``frac_bits`` only apply to ``fixed``; the other formats have fixed widths
-    (float32 32, float16/bfloat16 16, int8 8, its scales 32).
+    (float32 32, float16/bfloat16 16, int8 and fp8 8, int4 4, their scales 32; mxfp8 8 and mxfp4 4, scales 8).
     """
 
     def __init__(self, model: nn.Module, fmt: str = "fixed", word_bits: int = 32, frac_bits: int = 16,

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from ..evaluate import correct_rows, eval_mode, float32_inference
+from ..evaluate import eval_mode, float32_inference, predict_rows
 from .flip import rows_under_maps
 
 
@@ -61,18 +61,17 @@ def _shapes(model: nn.Module) -> dict[str, torch.Size]:
 
 
 @torch.no_grad()
-def evaluate_stacked(model: nn.Module, rows: dict, images: torch.Tensor, labels: torch.Tensor,
-                     batch_size: int, per_map_images: bool = False) -> list[float]:
-    """Accuracy of each of the K stacked models. ``images`` (N, ...) are shared by every map, or
-    (K, n, ...) with ``per_map_images`` (each map its own images, the nested design)."""
-    count = next(iter(rows.values())).shape[0]
+def predict_stacked(model: nn.Module, rows: dict, images: torch.Tensor, batch_size: int,
+                    per_map_images: bool = False) -> torch.Tensor:
+    """(K, images) top-1 of each of the K stacked models (MISS where a logit is not finite), on the
+    CPU. ``images`` (N, ...) are shared by every map, or (K, n, ...) with ``per_map_images`` (each
+    map its own images, the nested design)."""
     forward = vmap(lambda params, x: functional_call(model, params, (x,)), in_dims=(0, 0 if per_map_images else None))
-    correct = torch.zeros(count, dtype=torch.int64)
     total = images.shape[1] if per_map_images else images.shape[0]
     device = next(iter(rows.values())).device
+    parts = []
     with eval_mode(model), float32_inference(device):
         for start in range(0, total, batch_size):
             x = (images[:, start:start + batch_size] if per_map_images else images[start:start + batch_size])
-            y = labels[:, start:start + batch_size] if per_map_images else labels[start:start + batch_size]
-            correct += correct_rows(forward(rows, x.to(device, torch.float32)).float(), y).sum(dim=-1).cpu()
-    return [c / total for c in correct.tolist()]
+            parts.append(predict_rows(forward(rows, x.to(device, torch.float32)).float()).cpu())
+    return torch.cat(parts, dim=-1)

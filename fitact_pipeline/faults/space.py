@@ -2,7 +2,7 @@
 chosen number format.
 
 Selection is by target kind (a registry: weight and bias of convolution/linear layers, bounds of the
-bounded activations, BatchNorm parameters and statistics, int8 scales) and by shell-glob patterns
+bounded activations, BatchNorm parameters and statistics, the scales of scaled formats) and by shell-glob patterns
 on the full dotted tensor name (``include`` / ``exclude``, fnmatch, case-sensitive). Building the
 space quantises the selected tensors in place, so the clean model is the stored model.
 """
@@ -31,12 +31,12 @@ _MHA_ATTRS = ("in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight"
 @dataclass(frozen=True)
 class TargetKind:
     """A kind of stored tensor: ``selects(module, attr, is_param)``; or, for a kind that is part of
-    a number format's storage (int8 scales), the ``format`` that provides it."""
+    a number format's storage (the scales of int8, int4 and MX), the format ``family`` that has it."""
 
     name: str
     summary: str
     selects: Callable[[nn.Module, str, bool], bool] | None = None
-    format: str | None = None
+    family: str | None = None
 
 
 TARGET_KINDS: Registry[TargetKind] = Registry("target kind")
@@ -45,7 +45,8 @@ for _kind in (TargetKind("weight", "parameter `weight` of `nn.Conv1d/2d/3d` and 
               TargetKind("bias", "parameter `bias` of `nn.Conv1d/2d/3d` and `nn.Linear`",
                          lambda m, a, p: p and a == "bias" and isinstance(m, CONV_LINEAR)),
               TargetKind("bound", "every parameter named `bound` or `lower` (the bounded activations' upper "
-                         "and lower bounds)", lambda m, a, p: p and a in ("bound", "lower")),
+                         "and lower bounds), and `weight_min` / `weight_max` (the clamp weight protection's)",
+                         lambda m, a, p: p and a in ("bound", "lower", "weight_min", "weight_max")),
               TargetKind("batchnorm", "BatchNorm `weight`, `bias`, `running_mean`, `running_var` (when not folded)",
                          lambda m, a, p: a in _BN_ATTRS and isinstance(m, nn.modules.batchnorm._BatchNorm)),
               TargetKind("attention", "`nn.MultiheadAttention`'s in-projection parameters (`in_proj_weight`, "
@@ -53,8 +54,8 @@ for _kind in (TargetKind("weight", "parameter `weight` of `nn.Conv1d/2d/3d` and 
                          lambda m, a, p: p and a in _MHA_ATTRS and isinstance(m, nn.MultiheadAttention)),
               TargetKind("layernorm", "LayerNorm / GroupNorm affine `weight` and `bias` (never folded)",
                          lambda m, a, p: p and a in ("weight", "bias") and isinstance(m, (nn.LayerNorm, nn.GroupNorm))),
-              TargetKind("scale", "the float32 per-channel scales of the selected tensors, named `<tensor>:scale`",
-                         format="int8")):
+              TargetKind("scale", "the stored scales of the selected tensors, named `<tensor>:scale` (int8/int4: "
+                         "float32 per output channel; mxfp8/mxfp4: 8-bit E8M0 per block of 32)", family="scaled")):
     TARGET_KINDS.register(_kind.name, _kind)
 
 
@@ -65,9 +66,10 @@ def check_targets(targets: Sequence[str], fmt: str) -> tuple[str, ...]:
                           f"{', '.join(TARGET_KINDS)}")
     for name in targets:
         kind = TARGET_KINDS[name]
-        if kind.format and kind.format != fmt:
-            raise ConfigError(f"target {name!r} needs fmt={kind.format!r} (got fmt={fmt!r}); "
-                              f"{name} exists only in {kind.format}")
+        if kind.family and FORMATS[fmt].family != kind.family:
+            having = [repr(n) for n, f in FORMATS.items() if f.family == kind.family]
+            raise ConfigError(f"target {name!r} needs fmt={', '.join(having[:-1])} or {having[-1]} (got "
+                              f"fmt={fmt!r}); {name} exists only in the {kind.family} formats")
     if not any(TARGET_KINDS[t].selects for t in targets):
         raise ConfigError(f"targets={list(targets)} selects no stored tensor; add one of: "
                           + ", ".join(n for n, k in TARGET_KINDS.items() if k.selects))
@@ -98,7 +100,8 @@ class Slot:
     flat: torch.Tensor
     elem_offset: int  # first element in the virtual concatenation of all slots
     scales: torch.Tensor | None = None  # scaled formats: clean per-channel scales (CPU)
-    group: int = 1  # scaled formats: consecutive elements sharing one scale
+    group: int = 1  # scaled formats: elements per row (an output channel)
+    block: int = 1  # scaled formats: consecutive elements of a row sharing one scale
 
 
 @dataclass
@@ -176,7 +179,7 @@ class FaultSpace:
             slot = cls._store(family, codec, name, kind, tensor, store, running)
             fields.append(Field(name, kind, len(slots), slot.flat.numel(), codec.word_bits))
             if "scale" in targets and slot.scales is not None:
-                fields.append(Field(f"{name}:scale", "scale", len(slots), slot.scales.numel(), 32, True))
+                fields.append(Field(f"{name}:scale", "scale", len(slots), slot.scales.numel(), codec.scale_bits, True))
             slots.append(slot)
             running += slot.flat.numel()
         return cls(codec, number_format.family, slots, fields, store,

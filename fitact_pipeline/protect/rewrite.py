@@ -24,7 +24,8 @@ from .sites import check_supported, split_activation_sites
 
 def protect_model(model: nn.Module, protection: str, granularity: str | None = None,
                   profile: dict[str, torch.Tensor] | None = None, *, bounds=None,
-                  lower: dict[str, torch.Tensor] | None = None, **options) -> nn.Module:
+                  lower: dict[str, torch.Tensor] | None = None, site_granularity: dict[str, str] | None = None,
+                  **options) -> nn.Module:
     """Replace every activation site with the bounded activation of ``protection``; returns the model.
 
     The bound of a site is ``profile[site]`` reduced to ``granularity`` (default: the protection's
@@ -32,6 +33,8 @@ def protect_model(model: nn.Module, protection: str, granularity: str | None = N
     gets the lower bound ``lower[site]`` (the profiled minima, ``profile_ranges``) reduced by a min.
     A protection with given bounds (GBReLU) takes ``bounds`` instead: a float for every site, or a
     dict site -> float that protects only the sites it names, at layer granularity.
+    ``site_granularity`` {site: granularity} overrides both for the sites it names (a protection
+    chosen from a vulnerability map: protect/map_choice.py).
     ``options`` go to the activation's constructor (FitAct: ``k``, ``hard``; all: ``fused``).
     """
     entry = PROTECTIONS[protection]
@@ -43,6 +46,10 @@ def protect_model(model: nn.Module, protection: str, granularity: str | None = N
     sites = [n for n, m in model.named_modules() if n and kind_of(m) is not None and not isinstance(m, BoundedReLU)]
     per_site = {s: granularity for s in sites}
     per_site.update({s: check_granularity(g) for s, g in entry.site_granularity(sites, granularity).items()})
+    unknown = sorted(set(site_granularity or {}) - set(sites))
+    if unknown:
+        raise ValueError(f"site_granularity names {unknown}, which are not activation sites; sites: {sites}")
+    per_site.update({s: check_granularity(g) for s, g in (site_granularity or {}).items()})
     site_bounds = _site_bounds(entry, sites, per_site, profile, bounds)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     for site, bound in site_bounds.items():

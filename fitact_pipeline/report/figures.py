@@ -239,6 +239,26 @@ def plot_resilience(ax, curve_by_variant: dict[str, dict[float, dict[str, float]
     return drawn
 
 
+def fig_sdc_grid(outcomes: dict[tuple, dict[str, dict[float, dict[str, dict[str, float]]]]]):
+    """Rows = panels (model, dataset, fault model); columns = SDC rate, critical rate: mean over
+    trials vs fault rate with its CI band, one line per variant. outcomes: {panel: {variant: {rate:
+    {outcome: stats}}}}. Returns (figure, {panel: {outcome: drawn}})."""
+    panels = sorted(outcomes)
+    columns = (("sdc", "SDC rate (%): faulty top-1 != fault-free top-1"),
+               ("critical", "critical rate (%): right -> wrong"))
+    fig, axes = plt.subplots(len(panels), 2, figsize=(9.2, 3.6 * len(panels)), squeeze=False)
+    drawn: dict = {}
+    for i, panel in enumerate(panels):
+        for j, (outcome, label) in enumerate(columns):
+            curves = {v: {r: per[outcome] for r, per in curve.items() if outcome in per}
+                      for v, curve in outcomes[panel].items()}
+            drawn.setdefault(panel, {})[outcome] = plot_resilience(axes[i][j], curves, panel_title(panel), panel[2])
+            axes[i][j].set_ylabel(label, fontsize=8)
+    fig.tight_layout()
+    _legend_below(fig, axes)
+    return fig, drawn
+
+
 def panel_title(panel: tuple) -> str:
     """"vgg16 on cifar10_copy", with the fault model when it is not the default memory faults."""
     model, dataset, fault_model = (tuple(panel) + ("memory",))[:3]
@@ -262,4 +282,32 @@ def fig6_grid(curves: dict[tuple, dict[str, dict[float, dict[str, float]]]]):
             drawn[key] = plot_resilience(ax, curves[key], panel_title(key), key[2])
     fig.tight_layout()
     _legend_below(fig, axes)
+    return fig, drawn
+
+
+# --- vulnerability map ----------------------------------------------------------------------------
+
+def vulnerability_heatmap(tensors: Sequence[str], bits: Sequence[int], sdc: np.ndarray, loss: np.ndarray,
+                          title: str):
+    """Two heat maps, tensors (rows, fault-space order) x bit positions (columns): P(SDC) of a single
+    fault, and the mean accuracy it loses. Returns (figure, {"sdc", "loss": the arrays drawn, %})."""
+    height = max(2.5, 0.32 * len(tensors) + 1.5)
+    fig, axes = plt.subplots(1, 2, figsize=(14, height), sharey=True)
+    drawn = {}
+    for ax, (key, data, label, cmap, low) in zip(axes, (
+            ("sdc", sdc, "P(SDC | one fault) (%)", "magma_r", 0.0),
+            ("loss", loss, "mean accuracy loss per fault (pp)", "RdBu_r", -100.0))):
+        values = 100 * np.asarray(data, dtype=np.float64)
+        image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap=cmap, vmin=low, vmax=100,
+                          interpolation="nearest")
+        ax.set_xticks(range(len(bits)))
+        ax.set_xticklabels([str(b) for b in bits], fontsize=6)
+        ax.set_xlabel("bit position (0 = least significant)")
+        fig.colorbar(image, ax=ax, label=label, fraction=0.04, pad=0.02)
+        drawn[key] = values
+    axes[0].set_yticks(range(len(tensors)))
+    axes[0].set_yticklabels(tensors, fontsize=7)
+    axes[0].set_ylabel("fault-space tensor")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return fig, drawn

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 from ..faults.designs import DESIGNS
 from . import figures, tables
 from .select import (PAIRED, PRECISION, SUMMARY, TABLE1, by_panel, fig1_groups, fig1_points, merge_curves,
-                     paired_rows, panels, pick_panel, precision_rows, summary_rows, table1_rows, trial_accuracies)
+                     merge_outcomes, paired_rows, panels, pick_panel, precision_rows, summary_rows, table1_rows,
+                     trial_accuracies)
 
 if TYPE_CHECKING:
     from .build import Report
@@ -83,6 +84,48 @@ def fig6(exp: "Experiment", cfg: Any, out: "Report") -> None:
     out.save_figure(fig, "fig6_resilience_grid")
 
 
+def sdc(exp: "Experiment", cfg: Any, out: "Report") -> None:
+    outcomes = merge_outcomes(exp.jobs)
+    if not outcomes:
+        return out.skip("SDC figure", "no job run logged sdc_mean/ber_<rate> (runs from before SDC was measured)")
+    fig, out.drawn["sdc"] = figures.fig_sdc_grid(panels(outcomes, []))
+    out.save_figure(fig, "fig_sdc_critical")
+
+
+def vulnerability(exp: "Experiment", cfg: Any, out: "Report") -> None:
+    """Each vulnerability map logged to the experiment (api.vulnerability with mlflow=...): its heat
+    map and its cells ranked by P(SDC). Optional: an experiment without one gets no note."""
+    from ..faults.vulnerability import VulnerabilityMap
+    from .runs import search_all
+
+    runs = search_all(exp.client, exp.experiment_id, "tags.run_kind = 'vulnerability' and attributes.status = 'FINISHED'")
+    out.drawn["vulnerability"] = {}
+    for run in runs:
+        data = exp.artifact(run.info.run_id, "vulnerability.json")
+        if not data:
+            continue
+        vmap_ = VulnerabilityMap.from_dict(data)
+        name = f"vulnerability_{run.info.run_name or run.info.run_id}"
+        tensors, bits, sdc = vmap_.matrix("sdc")
+        title = (f"{run.info.run_name}: single faults, P(SDC) and accuracy loss per tensor and bit "
+                 f"({vmap_.images} images; exact {100 * vmap_.confidence:g} % CI half-width <= "
+                 f"{100 * vmap_.half_width:g} pp per cell)")
+        fig, drawn = figures.vulnerability_heatmap(tensors, bits, sdc, vmap_.matrix("loss")[2], title)
+        out.drawn["vulnerability"][name] = drawn
+        out.save_figure(fig, name)
+        rows = [dict(vars(c), rank=i + 1) for i, c in enumerate(vmap_.ranked(top=int(cfg.get("vulnerability_top", 20))))]
+        pct = lambda v: f"{100 * v:.1f} %"  # noqa: E731
+        path = out.out_dir / f"{name}.md"
+        path.write_text(tables.markdown(
+            f"Most vulnerable cells ({run.info.run_name})", ["rank", "tensor", "kind", "bit", "faults", "P(SDC)",
+                                                              "CI low", "CI high", "accuracy loss"],
+            ("rank", "tensor", "kind", "bit", "faults", "sdc", "sdc_low", "sdc_high", "loss"), rows,
+            {"sdc": pct, "sdc_low": pct, "sdc_high": pct, "loss": lambda v: f"{100 * v:+.1f} pp"},
+            "P(SDC): one flip of that bit in a uniformly drawn word of the tensor changes the top-1 of a "
+            "uniformly drawn image; exact Clopper-Pearson interval. Loss: mean accuracy lost by that flip."))
+        out.files.append(path)
+
+
 def table1(exp: "Experiment", cfg: Any, out: "Report") -> None:
     rows = table1_rows(exp.jobs)
     if not rows:
@@ -109,7 +152,9 @@ def table1(exp: "Experiment", cfg: Any, out: "Report") -> None:
 _PP = lambda v: f"{100 * v:+.2f} pp"  # noqa: E731
 RESILIENCE_FORMATS = {"rate_min": tables.fmt_rate, "rate_max": tables.fmt_rate, "critical_rate": tables.fmt_rate,
                       "rate": tables.fmt_rate, "mean_diff": _PP, "ci_low": _PP, "ci_high": _PP,
-                      "clean_accuracy": lambda v: f"{100 * v:.2f} %", "critical_level": lambda v: f"{100 * v:.1f} %"}
+                      "clean_accuracy": lambda v: f"{100 * v:.2f} %", "critical_level": lambda v: f"{100 * v:.1f} %",
+                      "sdc_at_max": lambda v: "-" if v != v else f"{100 * v:.2f} %",
+                      "critical_sdc_at_max": lambda v: "-" if v != v else f"{100 * v:.2f} %"}
 
 
 def resilience(exp: "Experiment", cfg: Any, out: "Report") -> None:
@@ -125,12 +170,16 @@ def resilience(exp: "Experiment", cfg: Any, out: "Report") -> None:
     out.files.append(tables.write_csv(stem.with_suffix(".csv"), SUMMARY, rows))
     out.files.append(tables.write_csv(out.out_dir / "paired_differences.csv", PAIRED, paired))
     md = tables.markdown("Resilience summary", ["model", "dataset", "fault model", "protection", "clean accuracy", "rates",
-                         "lowest rate", "highest rate", "AUC", "critical level", "critical rate"], SUMMARY, rows,
+                         "lowest rate", "highest rate", "AUC", "critical level", "critical rate",
+                         "SDC at highest rate", "critical (right -> wrong) at highest rate"], SUMMARY, rows,
                          RESILIENCE_FORMATS,
                          "AUC: area under mean accuracy vs log10(fault rate) over the curve's own rates, "
                          "divided by the decades spanned (1 = no loss at 100 %). Critical rate: where mean "
                          f"accuracy first falls below {level_text} (log-interpolated; 'never' = not within "
-                         "the rates run; equal to the lowest rate = already below there).")
+                         "the rates run; equal to the lowest rate = already below there). SDC: mean fraction of "
+                         "images whose faulty top-1 differs from the fault-free top-1 of the same image (a "
+                         "non-finite logit counts); critical: right without faults, wrong with them "
+                         "(fig_sdc_critical has both at every rate, with CIs).")
     md += "\n" + tables.markdown("Paired differences on the same fault maps", ["model", "dataset", "fault model", "A", "B",
                                  "fault rate", "pairs", "mean A - B", "95 % CI low", "95 % CI high", "Wilcoxon p"],
                                  PAIRED, paired, RESILIENCE_FORMATS,
@@ -161,4 +210,4 @@ def precision(exp: "Experiment", cfg: Any, out: "Report") -> None:
     out.drawn["precision"] = rows
 
 
-OUTPUTS = (fig1, fig2, fig3, fig5, fig6, table1, resilience, precision)
+OUTPUTS = (fig1, fig2, fig3, fig5, fig6, sdc, vulnerability, table1, resilience, precision)

@@ -17,6 +17,9 @@ from ..faults import FAULT_MODELS
 from ..faults.units import suffix
 from ..protect import PROTECTIONS
 
+# sdc_mean/ber_1e-05, critical_ci_low/..., wrong_to_right_std/... (faults/outcomes.py, tracking.py)
+_OUTCOME_METRIC = re.compile(r"^(?P<outcome>sdc|critical|wrong_to_right)_(?P<stat>mean|std|ci_low|ci_high|ci_halfwidth)"
+                             r"/ber_(?P<rate>[0-9.e+-]+)$")
 _RATE_METRIC = re.compile(r"^acc_(?P<stat>[a-z0-9_]+)/ber_(?P<rate>[0-9.e+-]+)$")
 
 def rate_stats(metrics: dict[str, float]) -> dict[float, dict[str, float]]:
@@ -27,6 +30,16 @@ def rate_stats(metrics: dict[str, float]) -> dict[float, dict[str, float]]:
         if match:
             out[float(match["rate"])][match["stat"]] = value
     return dict(out)
+
+
+def outcome_stats(metrics: dict[str, float]) -> dict[float, dict[str, dict[str, float]]]:
+    """{rate: {outcome: {stat: value}}} of the SDC, critical and wrong-to-right rates a run logged."""
+    out: dict[float, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    for name, value in metrics.items():
+        match = _OUTCOME_METRIC.match(name)
+        if match:
+            out[float(match["rate"])][match["outcome"]][match["stat"]] = value
+    return {rate: dict(per) for rate, per in out.items()}
 
 
 def patterns(param: str) -> str:
@@ -54,6 +67,10 @@ def variant_of(tags: dict[str, str], params: dict[str, str]) -> str:
     user_label = params.get("tracking.label", "None")
     if user_label not in ("None", ""):
         label += f" {user_label}"
+    weights = params.get("weight_protection.name", "none")
+    if weights != "none":
+        label += f" + weights {weights}" + (f" {params['weight_protection.granularity']}"
+                                            if params.get("weight_protection.granularity", "tensor") != "tensor" else "")
     design = params.get("campaign.design", "classic")
     if design != "classic":
         label += f" ({design}, n={params.get('campaign.images_per_trial')})"
@@ -100,13 +117,15 @@ class JobRun:
     curve: dict[float, dict[str, float]] = field(default_factory=dict)
     start_time: int = 0  # ms since the epoch, as MLflow stores it
     slot: str = ""  # the curve it belongs to: identity.slot_key, logged as a tag
+    outcomes: dict[float, dict[str, dict[str, float]]] = field(default_factory=dict)  # SDC etc. per rate
 
     @classmethod
     def from_run(cls, run) -> "JobRun":
         tags, params = run.data.tags, run.data.params
         return cls(run.info.run_id, tags.get("model", "?"), tags.get("dataset", "?"), tags.get("protection", "?"),
-                   tags.get("fault_model", "memory"), variant_of(tags, params), context_of(tags), dict(params), dict(run.data.metrics),
-                   rate_stats(run.data.metrics), int(run.info.start_time or 0), tags.get("result_slot", ""))
+                   tags.get("fault_model", "memory"), variant_of(tags, params), context_of(tags), dict(params),
+                   dict(run.data.metrics), rate_stats(run.data.metrics), int(run.info.start_time or 0),
+                   tags.get("result_slot", ""), outcome_stats(run.data.metrics))
 
 
 def finished_jobs(runs) -> list[JobRun]:

@@ -162,7 +162,7 @@ def precision_rows(jobs: list[JobRun]) -> list[dict]:
 
 
 SUMMARY = ("model", "dataset", "fault_model", "protection", "clean_accuracy", "rates", "rate_min", "rate_max", "auc",
-           "critical_level", "critical_rate")
+           "critical_level", "critical_rate", "sdc_at_max", "critical_sdc_at_max")
 PAIRED = ("model", "dataset", "fault_model", "protection_a", "protection_b", "rate", "pairs", "mean_diff", "ci_low",
           "ci_high", "wilcoxon_p")
 
@@ -170,6 +170,7 @@ PAIRED = ("model", "dataset", "fault_model", "protection_a", "protection_b", "ra
 def summary_rows(curves: dict[tuple, Curve], jobs: list[JobRun], level: float, relative: bool) -> list[dict]:
     """Per curve: clean accuracy, area under the curve and the critical rate (stats.py)."""
     clean = {(j.context, j.variant): j.metrics.get("clean_accuracy", math.nan) for j in jobs}
+    outcomes = merge_outcomes(jobs)
     rows = []
     for (context, variant), curve in sorted(curves.items(), key=lambda kv: (kv[0][0][:3], variant_sort_key(kv[0][1]))):
         rates = sorted(r for r in curve if r > 0 and "mean" in curve[r])
@@ -179,8 +180,24 @@ def summary_rows(curves: dict[tuple, Curve], jobs: list[JobRun], level: float, r
                      "clean_accuracy": clean[(context, variant)], "rates": len(rates),
                      "rate_min": min(rates) if rates else math.nan, "rate_max": max(rates) if rates else math.nan,
                      "auc": stats.resilience_auc(rates, means) if rates else math.nan, "critical_level": threshold,
-                     "critical_rate": stats.critical_rate(rates, means, threshold) if rates else math.nan})
+                     "critical_rate": stats.critical_rate(rates, means, threshold) if rates else math.nan,
+                     **_outcomes_at(outcomes.get((context, variant), {}), max(rates) if rates else None)})
     return rows
+
+
+def merge_outcomes(jobs: list[JobRun]) -> dict[tuple, dict[float, dict[str, dict[str, float]]]]:
+    """{(context, variant): {rate: {outcome: stats}}}, merged as merge_curves merges accuracy."""
+    out: dict[tuple, dict] = defaultdict(dict)
+    for job in sorted(jobs, key=lambda j: j.start_time):
+        out[(job.context, job.variant)].update(job.outcomes)
+    return {k: v for k, v in out.items() if v}
+
+
+def _outcomes_at(outcomes: dict, rate: float | None) -> dict[str, float]:
+    """Mean SDC and critical rates at ``rate`` (the curve's highest), NaN where not logged."""
+    at = outcomes.get(rate, {})
+    return {"sdc_at_max": at.get("sdc", {}).get("mean", math.nan),
+            "critical_sdc_at_max": at.get("critical", {}).get("mean", math.nan)}
 
 
 def paired_rows(jobs: list[JobRun], trials_of: TrialsOf, level: float) -> list[dict]:

@@ -1,0 +1,148 @@
+"""Weight-side protections: what stops a memory fault where it enters, at the stored parameters.
+
+They combine with every activation protection (config group ``weight_protection``, applied after
+the activation protection and its bounds stage), one registry entry each:
+
+- ``none``: the weights are read as stored.
+- ``clamp``: every convolution/linear weight is clamped, when read, to its clean [min, max] (per
+  tensor, or per output channel). The two bounds are stored values like the activation bounds:
+  parameters ``weight_min`` / ``weight_max`` of the layer, selected by the ``bound`` target kind,
+  so they are in the fault space whenever the bounds are. A NaN weight reads as 0 (a clamp cannot
+  order NaN); a faulty bound clamps with its faulty value (min > max reads as max, torch.clamp).
+- ``parity_zero``: bit 0 of every stored word of the fault space holds the parity of the others; a
+  word failing it reads as 0 (faults/parity.py). Needs stored-parameter faults in a word format.
+
+Each entry has two steps: ``protect(model, cfg)`` before the fault space is built (the clamp's
+modules and bounds) and ``attach(injector, cfg)`` after (the parity codec, which re-stores the
+space with its parity bits).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checks import check_keys, expect_choice
+from ..registry import ConfigError, Registry
+
+CLAMP_GRANULARITIES = ("tensor", "channel")
+
+
+def _read_weight(module: nn.Module) -> torch.Tensor:
+    """The weight as the layer reads it: clamped to the stored bounds, NaN as 0."""
+    w = module.weight
+    return torch.where(torch.isnan(w), torch.zeros_like(w), torch.clamp(w, module.weight_min, module.weight_max))
+
+
+class ClampedLinear(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, _read_weight(self), self.bias)
+
+
+class ClampedConv1d(nn.Conv1d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, _read_weight(self), self.bias)
+
+
+class ClampedConv2d(nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, _read_weight(self), self.bias)
+
+
+class ClampedConv3d(nn.Conv3d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, _read_weight(self), self.bias)
+
+
+_CLAMPED = {nn.Linear: ClampedLinear, nn.Conv1d: ClampedConv1d, nn.Conv2d: ClampedConv2d, nn.Conv3d: ClampedConv3d}
+
+
+def clamp_weights(model: nn.Module, granularity: str = "tensor") -> int:
+    """Give every convolution/linear layer clamp-on-read bounds at its clean weight range (in
+    place); returns the number of bound values added. Layers of other (sub)classes are refused:
+    their forward is not known to read ``weight`` once."""
+    expect_choice(granularity, "weight_protection.granularity", CLAMP_GRANULARITIES)
+    added = 0
+    for name, module in model.named_modules():
+        if type(module) in _CLAMPED.values():
+            continue
+        if isinstance(module, tuple(_CLAMPED)):
+            if type(module) not in _CLAMPED:
+                raise ConfigError(f"weight_protection=clamp cannot clamp layer {name!r} of type "
+                                  f"{type(module).__name__}; it clamps {', '.join(t.__name__ for t in _CLAMPED)}")
+            added += _add_bounds(module, granularity)
+            module.__class__ = _CLAMPED[type(module)]  # same state, a forward that reads through the clamp
+    return added
+
+
+def _add_bounds(module: nn.Module, granularity: str) -> int:
+    w = module.weight.detach()
+    dims = tuple(range(1, w.dim())) if granularity == "channel" else tuple(range(w.dim()))
+    low, high = w.amin(dim=dims, keepdim=True), w.amax(dim=dims, keepdim=True)
+    if granularity == "tensor":
+        low, high = low.reshape(()), high.reshape(())
+    # parameters, not buffers: the fault space's `bound` kind selects parameters (stored like the activation bounds)
+    module.weight_min = nn.Parameter(low.clone(), requires_grad=False)
+    module.weight_max = nn.Parameter(high.clone(), requires_grad=False)
+    return 2 * low.numel()
+
+
+def _attach_parity(injector, cfg: Mapping) -> None:
+    from ..faults.parity import ParityCodec, parity_of
+
+    space = getattr(injector, "space", None)
+    if space is None or space.family != "word":
+        raise ConfigError("weight_protection=parity_zero needs stored-parameter faults (memory, stuck_at, burst) in "
+                          "a word format (fixed, float32, float16, bfloat16), not int8 or activation faults")
+    space.codec = ParityCodec(space.codec)
+    with torch.no_grad():
+        for slot in space.slots:  # re-store every word with its parity bit
+            slot.flat.copy_(space.codec.quantize(slot.flat))
+            # Q15.16 values of magnitude >= 256 keep bit 0 only as a float64; the float32 model would lose it
+            if parity_of(space.codec.inner.encode_np(slot.flat.cpu().numpy())).any():
+                raise ValueError(f"tensor {slot.name!r} holds values whose parity bit float32 cannot keep (fixed "
+                                 f"point, |value| >= 2^(24 - frac_bits)); use fewer fraction bits or a float format")
+
+
+def _nothing(*args) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class WeightProtection:
+    name: str
+    summary: str
+    config_keys: tuple[str, ...] = ()
+    #: (model, cfg) -> None, before the fault space is built
+    protect: Callable[[nn.Module, Mapping], Any] = field(default=_nothing)
+    #: (fault injector, cfg) -> None, after
+    attach: Callable[[Any, Mapping], None] = field(default=_nothing)
+
+
+WEIGHT_PROTECTIONS: Registry[WeightProtection] = Registry("weight protection")
+for _entry in (
+    WeightProtection("none", "weights read as stored"),
+    WeightProtection("clamp", "each conv/linear weight clamped on read to its clean [min, max] (per tensor or output "
+                     "channel); the bounds are stored parameters in the fault space (target kind `bound`)",
+                     ("granularity",), protect=lambda model, cfg: clamp_weights(model, cfg.get("granularity", "tensor"))),
+    WeightProtection("parity_zero", "bit 0 of every stored word = parity of the other bits; a word failing parity "
+                     "reads as 0", attach=_attach_parity),
+):
+    WEIGHT_PROTECTIONS.register(_entry.name, _entry)
+
+
+def check_weight_protection_config(cfg: Mapping | None, faults: Mapping | None = None) -> None:
+    """A one-line ConfigError for a bad ``weight_protection`` value, before any work."""
+    if cfg is None:
+        return
+    entry = WEIGHT_PROTECTIONS.check("weight_protection.name", cfg.get("name"))
+    check_keys(cfg, "weight_protection", ("name",) + entry.config_keys)
+    if "granularity" in entry.config_keys:
+        expect_choice(cfg.get("granularity", "tensor"), "weight_protection.granularity", CLAMP_GRANULARITIES)
+    if entry.name == "parity_zero" and faults is not None:
+        if faults.get("model") == "activation" or faults.get("fmt") == "int8":
+            raise ConfigError(f"weight_protection=parity_zero needs stored-parameter faults in a word format; got "
+                              f"faults.model={faults.get('model')!r}, faults.fmt={faults.get('fmt')!r}")
