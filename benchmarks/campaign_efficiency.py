@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from hydra.utils import instantiate  # noqa: E402
 
 from fitact_pipeline import pipeline, stages  # noqa: E402
+from fitact_pipeline.counts import eval_count  # noqa: E402
 from fitact_pipeline.keys import all_keys  # noqa: E402
 from fitact_pipeline.faults import FAULT_MODELS, as_rate_list, run_campaign  # noqa: E402
 from posttrain_settings import load_config  # noqa: E402
@@ -50,7 +51,7 @@ def protected_model(cfg, device):
     keys = all_keys(cfg, datamodule, device)
     prepared = stages.prepare_protected(cfg, datamodule, device, keys)
     stages.stage_bounds(cfg, prepared, datamodule, keys)
-    images, labels = datamodule.eval_tensors(cfg.campaign.eval_split, cfg.campaign.eval_images, cfg.campaign.seed)
+    images, labels = datamodule.eval_tensors(cfg.campaign.eval_split, eval_count(cfg.campaign.eval_images), cfg.campaign.seed)
     return prepared.protected.eval(), images.to(device), labels.to(device)
 
 

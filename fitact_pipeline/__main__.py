@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
+from .callbacks import close_open_sweep
 from .validate import CONF_DIR, ConfigError, preflight
 
 
@@ -21,6 +23,10 @@ def job(cfg: DictConfig) -> dict | None:
         raise SystemExit(2) from None
 
 
+def _terminated(signum, _frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # unwinds like Ctrl-C: the sweep's parent ends KILLED
+
+
 def main() -> None:
     # Check every override and every sweep job before Hydra starts anything: a typo must not cost
     # a training run, and Hydra's own messages span several lines.
@@ -29,7 +35,15 @@ def main() -> None:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    job()
+    signal.signal(signal.SIGTERM, _terminated)
+    status = "FAILED"  # a sweep still open when job() returns or raises did not end through on_multirun_end
+    try:
+        job()
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        close_open_sweep(status)
 
 
 if __name__ == "__main__":

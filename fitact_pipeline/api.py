@@ -28,7 +28,7 @@ from . import tracking
 from .configs import group_config
 from .data.loaders import LoaderData, as_tensors
 from .evaluate import accuracy, evaluate_accuracy
-from .faults import FAULT_MODELS, as_rate_list, check_faults_config, faultlist, run_campaign
+from .faults import FAULT_MODELS, apply_datapath, as_rate_list, check_faults_config, faultlist, run_campaign
 from .faults.vulnerability import vulnerability_map
 from .protect import PROTECTIONS, profile_ranges
 from .protect.bounds_stages import STORED_FAULT_KEYS, BoundsJob
@@ -156,20 +156,26 @@ def measure_resilience(model: nn.Module | Hardened, data, rates: Sequence[float]
                        weight_protection: str | Mapping | None = None, mlflow: Mapping | None = None) -> Resilience:
     """A fault campaign on a copy of ``model`` (or of a ``Hardened`` model): ``trials`` fault maps per
     rate, each kept for one pass over the evaluation images (``data``: a DataLoader or an
-    ``(images, labels)`` pair; ``images`` caps their number). ``faults``: a name of conf/faults/
-    (``q15_16``, ``float32``, ``int8``, ...) or keys over the default, Q15.16 bit flips in weights,
-    biases and bounds; with ``"list": path`` the campaign replays that CSV fault list (docs/faults.md,
-    "Fault lists"): its rates and trials replace ``rates`` and ``trials``. ``adaptive``:
-    ``{"target_halfwidth", "min_trials", "max_trials"}`` stops a rate early. ``weight_protection``:
-    ``clamp``, ``parity_zero`` or a dict (conf/weight_protection/), on top of the model's activation
-    protection (protect/weights.py). ``mlflow``: ``{"experiment": name, "tracking_uri": uri,
-    "run_name": name}`` logs the run as a job logs its campaign (docs/tracking.md)."""
+    ``(images, labels)`` pair; ``images``: the first that many of them, no more than it holds).
+    ``faults``: a name of conf/faults/ (``q15_16``, ``float32``, ``int8``, ...) or keys over the
+    default, Q15.16 bit flips in weights, biases and bounds; every key applies as in a job
+    (``datapath``: activations rounded and saturated to that format; ``model: activation``: weights
+    stored in ``fmt``, faults in the activation words); with ``"list": path`` the campaign replays
+    that CSV fault list (docs/faults.md, "Fault lists"): its rates and trials replace ``rates`` and
+    ``trials``. ``adaptive``: ``{"target_halfwidth", "min_trials", "max_trials"}`` stops a rate early.
+    ``weight_protection``: ``clamp``, ``parity_zero`` or a dict (conf/weight_protection/), on top of
+    the model's activation protection (protect/weights.py). ``mlflow``: ``{"experiment": name,
+    "tracking_uri": uri, "run_name": name}`` logs the run as a job logs its campaign (docs/tracking.md)."""
     hardened = model if isinstance(model, Hardened) else None
     net = copy.deepcopy(hardened.model if hardened else model).eval()
     x, y = as_tensors(data, images)
+    if images is not None and len(y) < images:  # a requested quantity is never silently reduced
+        raise ValueError(f"images={images} is more than the {len(y)} images of data; pass images <= {len(y)}, "
+                         "or None for all of them")
     device = next((p.device for p in net.parameters()), torch.device("cpu"))
     x, y = x.to(device), y.to(device)
     cfg = _faults_config(faults)
+    apply_datapath(net, cfg["datapath"])  # as a job does: before the clean evaluation and any fault hook
     faultlist.check_fault_list(cfg, {"adaptive": {"enabled": bool(adaptive)}})
     if cfg.get("list") is None and rates is None:
         raise ValueError("rates=None is not allowed without a fault list; give the fault rates to measure")

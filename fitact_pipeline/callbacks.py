@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +33,31 @@ def sweep_key(config: DictConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+#: the sweep this process opened and has not closed yet: (tracking config, cache_dir, parent run id,
+#: sweep key). ``__main__`` closes it FAILED or KILLED when the sweep ends any other way than
+#: on_multirun_end (a failed job, Ctrl-C, SIGTERM), so no parent is left RUNNING.
+OPEN_SWEEP: dict[str, Any] = {}
+
+
 class MLflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra turns a callback's exception into a warning and launches the jobs anyway: a sweep
+        # whose store cannot be opened must stop here instead, on one line.
+        try:
+            self._open(config)
+        except Exception as exc:  # noqa: BLE001 - any failure to open the store stops the sweep
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            print(f"error: the sweep's MLflow parent run could not be opened in the store "
+                  f"({config.tracking.get('uri') or config.tracking.root}): {reason}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    def _open(self, config: DictConfig) -> None:
         # Hydra sets HydraConfig for jobs only; `${hydra:runtime.cwd}` in tracking.root needs it here.
         HydraConfig.instance().set_config(config)
         key = sweep_key(config)
         name = "sweep " + " ".join(config.hydra.overrides.task) if config.hydra.overrides.task else "sweep"
         run_id = tracking.open_parent_run(config.tracking, config.cache_dir, key, config.hydra.sweep.dir, name[:250])
+        OPEN_SWEEP.update(tracking=config.tracking, run_id=run_id, key=key)
         log.info("MLflow parent run %s (experiment %s)", run_id, config.tracking.experiment)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -60,3 +79,18 @@ class MLflowSweepCallback(Callback):
                 log.info("resilience figure: %s", path)
         finally:
             client.set_terminated(parent, status="FINISHED")
+            close_open_sweep(None)
+
+
+def close_open_sweep(status: str | None) -> None:
+    """End the sweep this process opened: its parent run gets ``status`` (FAILED, KILLED) if it is
+    still RUNNING (None: it was closed already), and its live lock is released."""
+    if not OPEN_SWEEP:
+        return
+    sweep = dict(OPEN_SWEEP)
+    OPEN_SWEEP.clear()
+    try:
+        if status is not None:
+            tracking.close_parent_run(sweep["tracking"], sweep["run_id"], status)
+    finally:
+        tracking.release_sweep(sweep["key"])

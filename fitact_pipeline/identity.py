@@ -72,6 +72,8 @@ def result_identity(cfg: DictConfig, datamodule, device: torch.device) -> dict[s
     weights = WEIGHT_PROTECTIONS[cfg.weight_protection.name]
     # the unit the rate is counted in, resolved (auto = the fault model's own unit)
     faults = {**pick(cfg.faults, COMMON_KEYS + fault_model.config_keys), "rate_unit": fault_model.unit(cfg.faults)}
+    if fault_model.name == "activation":  # its weights are stored in faults.fmt since issue 26: earlier runs differ
+        faults["weights_stored"] = True
     if cfg.faults.get("list") is not None:  # a replayed fault list by content; without one, no entry
         faults["list"] = read_fault_list(cfg.faults.list).digest()
     return {

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import tracking
 from .evaluate import evaluate_accuracy
+from .counts import eval_count
 from .device import resolve_device
 from .faults import FAULT_MODELS, FORMATS, apply_datapath, as_rate_list, run_campaign
 from .faults.faultlist import read_fault_list, replay
@@ -92,6 +93,8 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     identity = result_identity(cfg, datamodule, device)
     key = stage_keys(identity)["job"]
     exp_id = tracking.ensure_store(cfg.tracking)
+    if _parent_run_id() is None:  # a launch of its own: runs that died before it are closed (a sweep's callback does it)
+        tracking.retire_dead_runs(MlflowClient(mlflow.get_tracking_uri()), exp_id, cfg.tracking, cfg.cache_dir)
     with tracking.claim(cfg.tracking, cfg.cache_dir, key):
         client = MlflowClient(mlflow.get_tracking_uri())
         if cfg.tracking.resume:
@@ -132,7 +135,8 @@ def _run_stages(cfg: DictConfig, datamodule, device: torch.device, rates: list[f
     bounds_info = stage_bounds(cfg, prepared, datamodule, keys)
     protected = prepared.protected.eval()
     apply_datapath(protected, cfg.faults.datapath)
-    images, labels = datamodule.eval_tensors(cfg.campaign.eval_split, cfg.campaign.eval_images, cfg.campaign.seed)
+    images, labels = datamodule.eval_tensors(cfg.campaign.eval_split, eval_count(cfg.campaign.eval_images),
+                                            cfg.campaign.seed)
     images, labels = images.to(device), labels.to(device)
     if cfg.overhead.enabled:
         _log_overhead(prepared.reference, protected, images, cfg.overhead)

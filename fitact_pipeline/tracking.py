@@ -156,9 +156,13 @@ def parent_run_file(sweep_dir: str | os.PathLike) -> Path:
 
 def open_parent_run(tracking_cfg: DictConfig, cache_dir: str, sweep_key: str, sweep_dir: str | os.PathLike,
                     name: str) -> str:
-    """Create (or reuse, when the same sweep is re-launched, also concurrently) the sweep's parent run."""
+    """Create (or reuse, when the same sweep is re-launched, also concurrently) the sweep's parent run.
+    The launcher holds the sweep's live lock until it ends (``release_sweep``); runs left RUNNING by
+    processes that died are marked KILLED first."""
     exp_id = ensure_store(tracking_cfg)
     client = MlflowClient(mlflow.get_tracking_uri())
+    hold_sweep(tracking_cfg, cache_dir, sweep_key)  # before the parent is RUNNING: never seen dead
+    retire_dead_runs(client, exp_id, tracking_cfg, cache_dir)
     with claim(tracking_cfg, cache_dir, f"sweep-{sweep_key}"):
         existing = find_runs(client, exp_id, sweep_key=sweep_key, run_kind="sweep")
         if existing:
@@ -169,6 +173,82 @@ def open_parent_run(tracking_cfg: DictConfig, cache_dir: str, sweep_key: str, sw
     Path(sweep_dir).mkdir(parents=True, exist_ok=True)
     parent_run_file(sweep_dir).write_text(run_id)
     return run_id
+
+
+_LIVE: dict[str, FileLock] = {}  # sweep key -> the live lock this process holds
+
+
+def _live_lock_path(tracking_cfg: DictConfig, cache_dir: str, sweep_key: str, pid: int | str) -> Path:
+    return claims_dir(tracking_cfg, cache_dir) / f"sweep-live-{sweep_key}-{pid}.lock"
+
+
+def hold_sweep(tracking_cfg: DictConfig, cache_dir: str, sweep_key: str) -> None:
+    """Mark this process as the live launcher of a sweep: an OS lock, released however it ends."""
+    if sweep_key not in _LIVE:
+        lock = FileLock(str(_live_lock_path(tracking_cfg, cache_dir, sweep_key, os.getpid())))
+        lock.acquire(timeout=0)
+        _LIVE[sweep_key] = lock
+
+
+def release_sweep(sweep_key: str) -> None:
+    lock = _LIVE.pop(sweep_key, None)
+    if lock is not None:
+        lock.release()
+        Path(lock.lock_file).unlink(missing_ok=True)
+
+
+def sweep_is_live(tracking_cfg: DictConfig, cache_dir: str, sweep_key: str) -> bool:
+    """Whether some process still holds a live lock of this sweep (its own locks count)."""
+    if sweep_key in _LIVE:
+        return True
+    for path in claims_dir(tracking_cfg, cache_dir).glob(f"sweep-live-{sweep_key}-*.lock"):
+        lock = FileLock(str(path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        lock.release()
+        path.unlink(missing_ok=True)  # its launcher is gone
+    return False
+
+
+def _claim_free(tracking_cfg: DictConfig, cache_dir: str, key: str) -> bool:
+    """Nobody holds the job's claim: a job that holds none is not running anywhere."""
+    lock = FileLock(str(claims_dir(tracking_cfg, cache_dir) / f"{key}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return False
+    lock.release()
+    return True
+
+
+def retire_dead_runs(client: MlflowClient, experiment_id: str, tracking_cfg: DictConfig, cache_dir: str) -> int:
+    """Mark runs left RUNNING by a process that was killed as KILLED: sweep parents whose launcher
+    holds no live lock, and job runs whose job holds no claim (a job claims its key before its run
+    exists). ``retire_unfinished`` does the same for one job key when that job runs again. Returns
+    how many were retired."""
+    retired = 0
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=10000):
+        tags = run.data.tags
+        if tags.get("run_kind") == "sweep":
+            dead = not sweep_is_live(tracking_cfg, cache_dir, tags.get("sweep_key", ""))
+        else:
+            dead = tags.get("run_kind") == "job" and _claim_free(tracking_cfg, cache_dir, tags.get("job_key", ""))
+        if dead:
+            client.set_terminated(run.info.run_id, status="KILLED")
+            retired += 1
+    if retired:
+        log.warning("%d run(s) left RUNNING by a process that ended were marked KILLED", retired)
+    return retired
+
+
+def close_parent_run(tracking_cfg: DictConfig, run_id: str, status: str) -> None:
+    """End a sweep's parent run (FINISHED, FAILED or KILLED) if it is still RUNNING."""
+    ensure_store(tracking_cfg)
+    client = MlflowClient(mlflow.get_tracking_uri())
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_terminated(run_id, status=status)
 
 
 @contextlib.contextmanager

@@ -121,7 +121,7 @@ def test_imagefolder_root_on_the_command_line_is_accepted(tmp_path):
         for cls in ("a", "b"):
             (tmp_path / split / cls).mkdir(parents=True)
             Image.new("RGB", (8, 8)).save(tmp_path / split / cls / "0.png")
-    preflight(["dataset=imagefolder", f"dataset.root={tmp_path}", "model=small_cnn"])
+    preflight(["dataset=imagefolder", f"dataset.root={tmp_path}", "model=small_cnn", "dataset.val_size=1"])
 
 
 @pytest.mark.slow

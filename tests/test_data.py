@@ -245,7 +245,7 @@ def test_imagefolder_decodes_once_then_loads_from_cache(small_tree, tmp_path, mo
     def no_decode(*a, **k):
         raise AssertionError("decoded again despite the cache")
 
-    monkeypatch.setattr(data_mod, "decode_images", no_decode)
+    monkeypatch.setattr(data_mod, "try_decode_images", no_decode)
     again = ImageFolderDataModule(str(small_tree), name="tiny", cache_dir=str(cache), val_size=20)
     again.setup()
     assert torch.equal(again.splits["test"].images, dm.splits["test"].images)

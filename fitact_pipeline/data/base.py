@@ -1,6 +1,7 @@
 """The base data module: splits, loaders, profiling and evaluation subsets over uint8 tensors."""
 from __future__ import annotations
 
+import inspect
 from typing import Mapping
 
 import lightning as L
@@ -64,6 +65,22 @@ class TensorDataModule(L.LightningDataModule):
         if (cfg.get("mean") is None) != (cfg.get("std") is None):
             fail("dataset.mean", cfg.get("mean"), "set dataset.mean and dataset.std together (or both null: "
                  "the training images' statistics)")
+
+    @classmethod
+    def split_sizes(cls, cfg: Mapping) -> dict[str, int] | None:
+        """Images of the raw ``train`` and ``test`` splits, known without decoding (counts.py checks
+        every requested image count against them before any work); None when unknown."""
+        return None
+
+    @classmethod
+    def default(cls, name: str):
+        """A constructor argument's default (a subclass's own wins)."""
+        for klass in cls.__mro__:
+            if "__init__" in vars(klass):
+                param = inspect.signature(klass.__init__).parameters.get(name)
+                if param is not None and param.default is not inspect.Parameter.empty:
+                    return param.default
+        raise KeyError(name)
 
     def identity(self) -> dict:
         """What the data is, independent of where it lies (part of every stage key)."""

@@ -30,6 +30,10 @@ class _TorchvisionCIFAR(TensorDataModule):
                 f"{cls.pretty} not found: dataset.download=false and dataset.root='{folder.parent}' has no "
                 f"'{cls.folder}/'; set dataset.root to a folder that contains it, or dataset.download=true")
 
+    @classmethod
+    def split_sizes(cls, cfg: Mapping) -> dict[str, int]:
+        return {"train": 50000, "test": 10000}  # CIFAR-10 and CIFAR-100 alike
+
     def identity(self) -> dict:
         return {"data": type(self).__name__}  # torchvision's CIFAR is the same data wherever it lies
 

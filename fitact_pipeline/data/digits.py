@@ -37,6 +37,11 @@ class DigitsDataModule(TensorDataModule):
             fail("dataset.val_size", cfg.get("val_size", 300), f"val_size + test_size must leave training images "
                  f"(digits has {DIGITS_IMAGES}; test_size={cfg.get('test_size', 360)})")
 
+    @classmethod
+    def split_sizes(cls, cfg: Mapping) -> dict[str, int]:
+        test = cfg.get("test_size", 360)
+        return {"train": DIGITS_IMAGES - test, "test": test}
+
     def __init__(self, val_size: int = 300, test_size: int = 360, pad: int = 1, flip: bool = False,
                  batch_size: int = 64, **kwargs):
         super().__init__(val_size=val_size, pad=pad, flip=flip, batch_size=batch_size, **kwargs)

@@ -1,6 +1,7 @@
 """Any ``root/{train,test}/<class>/<image>`` tree, decoded once into a cache file."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from multiprocessing import Pool
@@ -13,6 +14,7 @@ import torch
 from filelock import FileLock
 
 from ..checks import expect_bool, expect_int, expect_str
+from ..registry import ConfigError
 from .base import DatasetNotFoundError, TensorDataModule
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
@@ -48,42 +50,74 @@ def fit_image(img, resize: int | None, crop: int | None):
     if crop is not None:
         w, h = img.size
         if min(w, h) < crop:
-            raise ValueError(f"an image of {w}x{h} is smaller than dataset.crop={crop}; set dataset.resize >= crop")
+            raise ConfigError(f"dataset.crop={crop} is not allowed; an image of {w}x{h} is smaller: set dataset.resize "
+                              ">= crop")
         left, top = (w - crop) // 2, (h - crop) // 2
         img = img.crop((left, top, left + crop, top + crop))
     return img
 
 
-def _decode_chunk(args) -> np.ndarray:
+def _decode_chunk(args) -> tuple[np.ndarray | None, list[tuple[str, str]]]:
+    """The decoded images of a chunk, and (path, reason) of every file that cannot be decoded."""
     paths, mode, resize, crop = args
     from PIL import Image
 
-    out = []
+    out, bad = [], []
     for path in paths:
-        with Image.open(path) as img:
-            out.append(np.asarray(fit_image(img.convert(mode), resize, crop)))
+        try:
+            with Image.open(path) as img:
+                out.append(np.asarray(fit_image(img.convert(mode), resize, crop)))
+        except (OSError, SyntaxError, Image.DecompressionBombError) as err:  # PIL's errors for broken files
+            reason = str(err).splitlines()[0].replace(f" '{path}'", "") if str(err) else type(err).__name__
+            bad.append((path, reason))
+    if bad or not out:
+        return None, bad
     _check_sizes({a.shape for a in out})
     array = np.stack(out)
-    return array[..., None] if array.ndim == 3 else array
+    return (array[..., None] if array.ndim == 3 else array), bad
 
 
 def _check_sizes(shapes: set) -> None:
     if len(shapes) != 1:
-        raise ValueError(f"images in the ImageFolder tree differ in size {sorted(shapes)}; set dataset.resize and "
+        raise ConfigError(f"images in the ImageFolder tree differ in size {sorted(shapes)}; set dataset.resize and "
                          "dataset.crop")
 
 
 def decode_images(paths: list[str], mode: str, processes: int, resize: int | None = None,
                   crop: int | None = None) -> torch.Tensor:
-    """Decode image files into one uint8 (N, C, H, W) tensor, with a small process pool."""
+    """Decode image files into one uint8 (N, C, H, W) tensor, with a small process pool; a file
+    that is not an image is a ConfigError naming it."""
+    images, bad = try_decode_images(paths, mode, processes, resize, crop)
+    refuse_undecodable(bad)
+    return images
+
+
+def try_decode_images(paths: list[str], mode: str, processes: int, resize: int | None = None,
+                      crop: int | None = None) -> tuple[torch.Tensor | None, list[tuple[str, str]]]:
+    """The decoded images, or None and (path, reason) of every file that cannot be decoded."""
     chunks = [(paths[i:i + 1000], mode, resize, crop) for i in range(0, len(paths), 1000)]
     if processes > 1 and len(chunks) > 1:
         with Pool(processes) as pool:
-            arrays = pool.map(_decode_chunk, chunks)
+            results = pool.map(_decode_chunk, chunks)
     else:
-        arrays = [_decode_chunk(c) for c in chunks]
+        results = [_decode_chunk(c) for c in chunks]
+    bad = [b for _, chunk_bad in results for b in chunk_bad]
+    if bad:
+        return None, bad
+    arrays = [a for a, _ in results]
     _check_sizes({a.shape[1:] for a in arrays})
-    return torch.from_numpy(np.concatenate(arrays).transpose(0, 3, 1, 2).copy())
+    return torch.from_numpy(np.concatenate(arrays).transpose(0, 3, 1, 2).copy()), []
+
+
+def refuse_undecodable(bad: list[tuple[str, str]]) -> None:
+    """Every image is verified as it is decoded: a tree with files that are not images (empty,
+    truncated, another format under an image extension) is refused with the files named, rather than
+    trained on without them; the user removes or replaces them (docs/training.md)."""
+    if bad:
+        listed = "; ".join(f"{path} ({reason})" for path, reason in bad[:3])
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ConfigError(f"dataset.root: {len(bad)} file(s) of the ImageFolder tree cannot be decoded as "
+                          f"images: {listed}{more}; remove or replace them")
 
 
 class ImageFolderDataModule(TensorDataModule):
@@ -110,6 +144,12 @@ class ImageFolderDataModule(TensorDataModule):
         expect_int(cfg.get("crop"), "dataset.crop", 1, allow_none=True)
         check_tree(Path(cfg["root"]).expanduser())
 
+    @classmethod
+    def split_sizes(cls, cfg: Mapping) -> dict[str, int]:
+        root = Path(cfg["root"]).expanduser()
+        train = _class_dirs(root / "train")
+        return {split: _count_images(str(root / split), tuple(train)) for split in ("train", "test")}
+
     def __init__(self, root: str, name: str = "imagefolder", cache_dir: str = ".cache/data",
                  grayscale: bool = False, decode_processes: int = 2, resize: int | None = None,
                  crop: int | None = None, **kwargs):
@@ -129,12 +169,17 @@ class ImageFolderDataModule(TensorDataModule):
     def _first_image_size(self) -> int:
         from PIL import Image
 
-        first_dir = self.root / "train" / self.classes[0]
-        with Image.open(first_dir / _image_names(first_dir)[0]) as img:
-            if self.crop is not None:
-                return int(self.crop)
-            w, h = img.size
-            return h if self.resize is None else max(1, round(h * self.resize / min(w, h)))
+        if self.crop is not None:
+            return int(self.crop)
+        for cls in self.classes:  # the first image that opens: a broken one is named when the tree is decoded
+            for name in _image_names(self.root / "train" / cls):
+                try:
+                    with Image.open(self.root / "train" / cls / name) as img:
+                        w, h = img.size
+                except (OSError, SyntaxError):
+                    continue
+                return h if self.resize is None else max(1, round(h * self.resize / min(w, h)))
+        refuse_undecodable([(str(self.root / "train"), "no image under train/ can be opened")])
 
     def fingerprint(self) -> str:
         """Hash of the relative file list with sizes, and the colour mode."""
@@ -164,11 +209,13 @@ class ImageFolderDataModule(TensorDataModule):
         with FileLock(str(path) + ".lock"):
             if path.exists():
                 return torch.load(path, weights_only=True)
-            data = {}
-            for split in ("train", "test"):
+            data, bad = {}, []
+            for split in ("train", "test"):  # both splits, so every broken file is named at once
                 paths, labels = list_image_folder(self.root / split, self.classes)
-                data[f"{split}_x"] = decode_images(paths, self.mode, self.decode_processes, self.resize, self.crop)
-                data[f"{split}_y"] = torch.tensor(labels, dtype=torch.long)
+                images, split_bad = try_decode_images(paths, self.mode, self.decode_processes, self.resize, self.crop)
+                data[f"{split}_x"], data[f"{split}_y"] = images, torch.tensor(labels, dtype=torch.long)
+                bad += split_bad
+            refuse_undecodable(bad)
             tmp = path.with_suffix(".tmp")
             torch.save(data, tmp)
             os.replace(tmp, path)  # atomic: a reader never sees a half-written cache
@@ -177,6 +224,19 @@ class ImageFolderDataModule(TensorDataModule):
     def load_raw(self):
         d = self._load_or_decode()
         return d["train_x"], d["train_y"], d["test_x"], d["test_y"]
+
+
+@functools.lru_cache(maxsize=16)
+def _empty_files(root: str, train: tuple, test: tuple) -> list[str]:
+    """0-byte image files (once per process: preflight checks every job of a sweep on one tree)."""
+    base = Path(root)
+    return [f"{split}/{c}/{n}" for split, classes in (("train", train), ("test", test)) for c in classes
+            for n in _image_names(base / split / c) if (base / split / c / n).stat().st_size == 0]
+
+
+@functools.lru_cache(maxsize=16)
+def _count_images(split_dir: str, classes: tuple) -> int:
+    return len(list_image_folder(Path(split_dir), list(classes))[0])
 
 
 def check_tree(root: Path) -> None:
@@ -191,6 +251,14 @@ def check_tree(root: Path) -> None:
                                    f"(extensions {', '.join(IMAGE_EXTENSIONS)}); {fix}")
     if not any(_image_names(root / "test" / c) for c in test):
         raise DatasetNotFoundError(f"ImageFolder root '{root}' has no images under test/<class>/; {fix}")
+    with_images = [c for c in train if _image_names(root / "train" / c)]
+    if len(with_images) < 2:
+        raise DatasetNotFoundError(f"ImageFolder root '{root}' has one class with images under train/ "
+                                   f"('{with_images[0]}'): a classifier needs at least two class folders; {fix}")
+    empty = _empty_files(str(root), tuple(train), tuple(test))
+    if empty:
+        raise DatasetNotFoundError(f"ImageFolder root '{root}' has {len(empty)} empty (0-byte) image file(s): "
+                                   f"{', '.join(empty[:3])}{' ...' if len(empty) > 3 else ''}; remove or replace them")
     extra = sorted(set(test) - set(train))
     if extra:
         raise DatasetNotFoundError(f"ImageFolder root '{root}': test/ has classes that train/ lacks: "

@@ -1,13 +1,16 @@
 """The ``activation`` fault model: transient bit flips in activation values (DESIGN.md §2.6).
 
 At each chosen site (by default the output of every convolution and linear layer, where a datapath
-fault appears, before the activation function) every forward pass flips each bit of the site's
-output words, in the datapath format, independently with probability ``rate``, and draws afresh for
-the next pass. Each (site, evaluation image) is a field of its own with its own counter-based
-stream, keyed by (seed, trial, site name, image index): the faults of an image do not depend on the
-batch it is evaluated in, and trial i of every protection hits the same (image, site, element, bit)
-(site names are shared across protections). Per field the count is exactly Binomial(bits, rate) and
-the positions distinct and uniform (the gap sampler of sampler.py).
+fault appears, before the activation function) each bit of the site's output words, in the datapath
+format, flips independently with probability ``rate``. Each (site, evaluation image) is a field of its
+own with its own counter-based stream, keyed by (seed, trial, site name, image index): the faults of
+an image do not depend on the batch it is evaluated in, every image and every trial gets faults of
+its own, and trial i of every protection hits the same (image, site, element, bit) (site names are
+shared across protections). Faults are therefore redrawn per (trial, site, image), not per forward
+call: a second pass over the same images inside one trial repeats them (a campaign makes one pass
+per trial). Per field the count is exactly Binomial(bits, rate) and the positions distinct and
+uniform (the gap sampler of sampler.py). The weights are stored in ``faults.fmt`` by the fault
+model's builder (fault_models.py), as under every fault model.
 
 The evaluation tells the injector which images each batch holds (``begin_batch``: indices in the
 evaluation pool; a pass it is not told about counts its images from 0); the map of a trial
@@ -131,6 +134,7 @@ class ActivationInjector:
         self.site_hash = [hash64(n) for n in self.names]
         self.model, self.sites, self.batch_ids = model, tuple(sites), None
         self.current: _Trial | None = None
+        self.stored_format: dict | None = None  # the weights' format, when the fault model stored them
 
     def begin_batch(self, image_ids) -> None:
         """The evaluation is about to run these images (their indices in the evaluation pool):
@@ -140,13 +144,15 @@ class ActivationInjector:
     @property
     def fault_space(self) -> dict:
         return {"fault_model": "activation", **self.codec.describe(), "rate_unit": "bit",
+                **({"weights_format": self.stored_format} if self.stored_format else {}),
                 "sites": list(self.sites), "num_tensors": len(self.names),
                 "tensors": [{"name": n, "kind": "activation"} for n in self.names],
                 "total_elements": None, "total_bits": None}
 
     def inject(self, rate: float, seed: int, trial: int = 0):
-        """Faults drawn afresh for every pass inside the ``with`` block; the yielded trial's
-        ``fault_map()`` holds every fault of its passes."""
+        """Faults of trial ``trial`` for every image evaluated inside the ``with`` block (keyed by
+        image index: the same image twice gets the same faults); the yielded trial's ``fault_map()``
+        holds every fault of its passes."""
         return self._hooked(_Trial(self, check_rate(rate), check_int(seed, "seed"), check_int(trial, "trial"), None))
 
     def apply(self, fault_map: FaultMap):

@@ -51,7 +51,7 @@ def check_campaign_config(cfg: Mapping) -> None:
     expect_int(cfg.get("trials", 1), "campaign.trials", 1)
     expect_int(cfg.get("seed", 0), "campaign.seed")
     expect_choice(cfg.get("eval_split", "test"), "campaign.eval_split", EVAL_SPLITS)
-    expect_int(cfg.get("eval_images"), "campaign.eval_images", 1, allow_none=True)
+    expect_int(cfg.get("eval_images"), "campaign.eval_images", 1, allow_none=True, words=("all",))
     expect_int(cfg.get("batch_size", 1), "campaign.batch_size", 1)
     expect_number(cfg.get("confidence", 0.95), "campaign.confidence", 0, 1, low_open=True, high_open=True)
     _check_design(cfg)
@@ -74,7 +74,7 @@ def _check_design(cfg: Mapping) -> None:
     expect_int(n, "campaign.images_per_trial", 1, allow_none=True, words=("auto",))
     if cfg.get("design") == "conditioned" and n == "auto":
         fail("campaign.images_per_trial", n, "the conditioned design needs an integer (or null: the whole pool)")
-    if n not in (None, "auto") and cfg.get("eval_images") is not None and n > cfg["eval_images"]:
+    if n not in (None, "auto") and cfg.get("eval_images") not in (None, "all") and n > cfg["eval_images"]:
         fail("campaign.images_per_trial", n, f"must be <= campaign.eval_images={cfg['eval_images']} (the pool)")
     expect_int(cfg.get("maps_per_pass", 1), "campaign.maps_per_pass", 1, words=("auto",))
 

@@ -19,7 +19,7 @@ from .activation import ActivationInjector
 from .formats import FORMATS
 from .injector import FaultInjector
 from .sampler import BitFlips, Bursts, StuckBits
-from .space import check_targets
+from .space import FaultSpace, check_targets
 from .units import AUTO, RATE_UNITS, resolve
 
 #: keys every fault model shares: the stored format and fault space of the parameters, BatchNorm
@@ -82,8 +82,14 @@ def _check_burst(faults: Mapping) -> None:
 
 
 def _activation(model: nn.Module, faults: Mapping) -> ActivationInjector:
+    # The weights are the clean stored model, as under every fault model: rounded in place to
+    # faults.fmt over the fault space's tensors (docs/faults.md), though no fault hits them.
+    stored = FaultSpace.build(model, **injector_kwargs(faults))
     path = faults["datapath"]
-    return ActivationInjector(model, tuple(faults.get("sites") or ()), path["fmt"], path["word_bits"], path["frac_bits"])
+    injector = ActivationInjector(model, tuple(faults.get("sites") or ()), path["fmt"], path["word_bits"],
+                                  path["frac_bits"])
+    injector.stored_format = stored.codec.describe()
+    return injector
 
 
 def _check_activation(faults: Mapping) -> None:
@@ -109,7 +115,8 @@ for _model in (
                check=_check_burst, rate_units=("word",)),
     FaultModel("activation", _activation,
                "transient bit flips in activation words (datapath format) at chosen sites (default: every conv and "
-               "linear output), drawn afresh for every forward pass, each bit with probability = the rate",
+               "linear output), drawn per (trial, site, image), each bit with probability = the rate; the weights "
+               "are stored in faults.fmt",
                ("sites",), persistent=False, rate_axis="fault rate (flips per activation bit, per forward pass)",
                check=_check_activation),
 ):

@@ -12,6 +12,8 @@ under a seeded RNG), so the baseline stage fine-tunes them instead of re-initial
 from __future__ import annotations
 
 import difflib
+import functools
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -78,20 +80,52 @@ def weights_file(value: Any, path: str) -> Path | None:
     if not file.is_file():
         fail(path, value, "no such weights file; give an existing state-dict file, a weights name, or null "
              "(random initialisation)")
+    _probe(str(file.resolve()), file.stat().st_mtime_ns, path)
     return file
 
 
-def load_state_file(file: Path, path: str = "model.weights") -> dict[str, torch.Tensor]:
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
+@functools.lru_cache(maxsize=8)
+def _probe(file: str, _mtime: int, path: str) -> None:
+    """Read the file as the job will (memory-mapped where torch can, so preflight stays cheap):
+    a file that is not a state dict is refused before any work."""
+    load_state_file(Path(file), path, mmap=True)
 
-        return load_file(str(file))
-    state = torch.load(file, map_location="cpu", weights_only=True)
+
+def load_state_file(file: Path, path: str = "model.weights", mmap: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict in ``file``; anything else (a text file, a pickled model, a list) is a one-line
+    ConfigError naming the file."""
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(file))
+        state = _torch_load(file, mmap)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch.load's errors for a non-weights file vary (KeyError, ...)
+        reason = "" if isinstance(exc, (KeyError, EOFError, pickle.UnpicklingError)) or not str(exc) else \
+            f" ({str(exc).splitlines()[0][:120]})"
+        raise ConfigError(f"{path}='{file}' is not allowed; it is not a state-dict file torch can read{reason}: "
+                          "give a file saved with torch.save(model.state_dict(), path) or a .safetensors file") from None
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]  # a Lightning or training checkpoint
     if not isinstance(state, Mapping):
         raise ConfigError(f"{path}='{file}' is not allowed; it holds a {type(state).__name__}, not a state dict")
+    odd = [k for k, v in state.items() if not torch.is_tensor(v)]
+    if odd:
+        raise ConfigError(f"{path}='{file}' is not allowed; it is not a state dict: '{odd[0]}' holds a "
+                          f"{type(state[odd[0]]).__name__}, not a tensor")
     return dict(state)
+
+
+def _torch_load(file: Path, mmap: bool):
+    if mmap:
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:  # an old (non-zip) torch file cannot be memory-mapped
+            if "mmap" not in str(exc):
+                raise
+    return torch.load(file, map_location="cpu", weights_only=True)
 
 
 def find_head(model: nn.Module, num_outputs: int | None = None) -> str:

@@ -135,6 +135,14 @@ PRECISION = ("model", "dataset", "fault_model", "protection", "design", "rate", 
              "image_evaluations", "mean", "ci_halfwidth")
 
 
+def _param_count(text: str | None) -> float:
+    """A logged image count; nan for null, ``all`` (the count is in the run's per-rate stats) or none."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def precision_rows(jobs: list[JobRun]) -> list[dict]:
     """Per curve and rate: the design, M trials, n images per trial, M x n image evaluations and the
     CI half-width reached (runs before the designs existed: classic, n = campaign.eval_images)."""
@@ -144,7 +152,7 @@ def precision_rows(jobs: list[JobRun]) -> list[dict]:
         for rate, st in sorted(job.curve.items()):
             if "mean" not in st:
                 continue
-            n = st.get("images_per_trial", float(job.params.get("campaign.eval_images", "nan").replace("None", "nan")))
+            n = st.get("images_per_trial", _param_count(job.params.get("campaign.eval_images")))
             half = st.get("ci_halfwidth", (st.get("ci_high", math.nan) - st.get("ci_low", math.nan)) / 2)
             rows.append({"model": job.model, "dataset": job.dataset, "fault_model": job.fault_model,
                          "protection": job.variant, "design": design, "rate": rate, "trials": st.get("trials"),

@@ -23,8 +23,9 @@ def _check_search(search) -> None:
     check_keys(search, "protection.search", ("enabled", "candidates", "iterations", "trials", "images", "rates"))
     expect_bool(search.get("enabled", False), "protection.search.enabled")
     expect_int(search.get("candidates", 2), "protection.search.candidates", 2)
-    for key in ("iterations", "trials", "images"):
+    for key in ("iterations", "trials"):
         expect_int(search.get(key, 1), f"protection.search.{key}", 1)
+    expect_int(search.get("images", 1), "protection.search.images", 1, allow_none=True)  # null: the whole val split
     if search.get("rates") is not None:
         for rate in expect_list(search["rates"], "protection.search.rates", allow_scalar=True):
             expect_number(rate, "protection.search.rates", 0, 1, low_open=True)
