@@ -15,6 +15,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from . import tracking
@@ -66,7 +67,7 @@ class MLflowSweepCallback(Callback):
             return
         parent = marker.read_text().strip()
         HydraConfig.instance().set_config(config)
-        from mlflow.tracking import MlflowClient
+        # the report's figures import matplotlib, slow to import: only when a sweep ends
         from .report.sweep import sweep_resilience_figure
 
         tracking.ensure_store(config.tracking)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .checks import fail, is_int
 
@@ -72,8 +72,6 @@ def _at_most(value, available: int, path: str, what: str, others: str = ", or nu
 
 
 def _protection_notes(cfg: DictConfig, val: int, explicit: set[str]) -> list[str]:
-    from omegaconf import OmegaConf
-
     notes = []
     for path in PROTECTION_VAL_COUNTS:
         value = OmegaConf.select(cfg, path, default=None)

@@ -15,15 +15,32 @@ import re
 import sys
 from typing import Iterable
 
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from .checks import check_keys, expect_bool, expect_int, expect_str, fail, is_int
 from .cli_errors import closest, hydra_message, parse_error
-from .checks import expect_bool, expect_int, expect_str, fail, is_int
 from .configs import CONF_DIR
 from .counts import check_counts
+from .data import TensorDataModule
+from .device import resolve_device
+from .faults import check_campaign_config, check_faults_config
+from .faults.conditioned_campaign import check_conditioned_config
+from .faults.faultlist import check_fault_list
 from .launchers import check_launcher
+from .models import check_model_config
+from .overhead import check_overhead_config
+from .protect import GRANULARITIES, PROTECTIONS
+from .protect.posttrain import check_posttrain_config
+from .protect.weights import check_weight_protection_config
 from .registry import ConfigError
 from .store_check import check_store
+from .structure import check_structure, structure_key
+from .tracking import check_tracking_config
+from .training import check_train_config
 
 TOP_KEYS = ("seed", "device", "threads", "progress_bar", "profile_images", "profile_site", "overhead",
             "cache_dir", "figures_dir")
@@ -36,15 +53,6 @@ def check_config(cfg: DictConfig, structure: bool = True, explicit: Iterable[str
     """Every value of one job's config, each by the component that owns it, and every image count
     against the data (counts.py; ``explicit``: the keys given on the command line); then, unless
     ``structure=False``, what depends on the model's structure. Returns notes for the user."""
-    from .faults import check_campaign_config, check_faults_config
-    from .faults.conditioned_campaign import check_conditioned_config
-    from .faults.faultlist import check_fault_list
-    from .models import check_model_config
-    from .overhead import check_overhead_config
-    from .protect.posttrain import check_posttrain_config
-    from .protect.weights import check_weight_protection_config
-    from .tracking import check_tracking_config
-    from .training import check_train_config
 
     _check_top(cfg)
     check_model_config(cfg.model)
@@ -62,14 +70,11 @@ def check_config(cfg: DictConfig, structure: bool = True, explicit: Iterable[str
     check_tracking_config(cfg.tracking)
     notes = check_counts(cfg, dataset_class, explicit) + _schedule_notes(cfg.train)
     if structure:
-        from .structure import check_structure
         check_structure(cfg)
     return notes
 
 
 def _check_top(cfg: DictConfig) -> None:
-    from .device import resolve_device
-
     expect_int(cfg.get("seed"), "seed", 0, 2**32 - 1)  # Lightning seeds numpy with it: numpy's range
     resolve_device(cfg.get("device", "auto"))
     expect_int(cfg.get("threads"), "threads", 1, allow_none=True)
@@ -93,9 +98,7 @@ def _schedule_notes(train: DictConfig) -> list[str]:
 
 
 def _dataset_class(dataset: DictConfig):
-    from hydra.utils import get_class
 
-    from .data import TensorDataModule
 
     target = dataset.get("_target_")
     try:
@@ -109,9 +112,6 @@ def _dataset_class(dataset: DictConfig):
 
 def _check_protection(protection: DictConfig) -> None:
     """The protection's own registry entry checks its values (protect/protections/<name>.py)."""
-    from .checks import check_keys
-    from .protect import GRANULARITIES, PROTECTIONS
-
     entry = PROTECTIONS.check("protection.name", protection.get("name"))
     # an experiment may set one protection's keys for a sweep over several (repro_cpu's search)
     check_keys(protection, "protection", {"name"}.union(*(p.config_keys for _, p in PROTECTIONS.items())))
@@ -150,7 +150,6 @@ def _override_args(argv: Iterable[str]) -> list[str]:
 def _parse(texts: list[str]) -> list[tuple[str, list[str]]]:
     """(key, values) of each override; a sweep has several values. An append (``+model.kwargs.x=1``,
     how a new builder argument is given) keeps its ``+``, so the jobs are checked with it."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
     try:
@@ -164,8 +163,6 @@ def _parse(texts: list[str]) -> list[tuple[str, list[str]]]:
 
 def preflight(argv: list[str]) -> None:
     """Validate every override on the command line and every job a sweep would launch."""
-    from hydra import compose, initialize_config_dir
-
     groups = config_groups()
     given = _parse(_override_args(argv))
     multirun = "-m" in argv or "--multirun" in argv
@@ -231,8 +228,6 @@ def _launcher_owning(compose, key: str) -> str:
 
 
 def _check_structure_once(cfg: DictConfig, checked: set) -> None:
-    from .structure import check_structure, structure_key
-
     key = structure_key(cfg)
     if key not in checked:
         check_structure(cfg)
@@ -240,8 +235,6 @@ def _check_structure_once(cfg: DictConfig, checked: set) -> None:
 
 
 def _compose(compose, overrides: list[str], groups: dict[str, list[str]]) -> DictConfig:
-    from hydra.core.hydra_config import HydraConfig
-
     group_overrides = [o for o in overrides if o.split("=", 1)[0] in groups]
     cfg = compose("config", overrides=group_overrides)
     for o in overrides:

@@ -46,7 +46,7 @@ class _TorchvisionCIFAR(TensorDataModule):
 
     def _torchvision(self, train: bool):
         """Open (and if allowed download) the torchvision dataset; clean up after a failed download."""
-        import torchvision.datasets as tvd
+        import torchvision.datasets as tvd  # slow to import, and only this data module needs it
 
         cls = getattr(tvd, self.tv_class_name)
         root = Path(self.root).expanduser()

@@ -48,7 +48,7 @@ class DigitsDataModule(TensorDataModule):
         self.test_size = int(test_size)
 
     def load_raw(self):
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import load_digits  # scikit-learn: slow to import, only for this data
 
         digits = load_digits()
         # Values are 0..16: rescale to 0..255 uint8 so all modules share one code path.

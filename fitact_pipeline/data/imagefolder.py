@@ -12,6 +12,7 @@ from typing import Mapping
 import numpy as np
 import torch
 from filelock import FileLock
+from PIL import Image
 
 from ..checks import expect_bool, expect_int, expect_str
 from ..registry import ConfigError
@@ -41,8 +42,6 @@ def fit_image(img, resize: int | None, crop: int | None):
     """Resize so the shorter side is ``resize`` (bilinear, antialiased when shrinking), then take the
     centre ``crop`` x ``crop`` square: the evaluation transform of ImageNet models, done once at
     decode time so the tree is held in memory at the size the model sees."""
-    from PIL import Image
-
     if resize is not None:
         w, h = img.size
         scale = resize / min(w, h)
@@ -60,8 +59,6 @@ def fit_image(img, resize: int | None, crop: int | None):
 def _decode_chunk(args) -> tuple[np.ndarray | None, list[tuple[str, str]]]:
     """The decoded images of a chunk, and (path, reason) of every file that cannot be decoded."""
     paths, mode, resize, crop = args
-    from PIL import Image
-
     out, bad = [], []
     for path in paths:
         try:
@@ -167,8 +164,6 @@ class ImageFolderDataModule(TensorDataModule):
         self._fingerprint: str | None = None
 
     def _first_image_size(self) -> int:
-        from PIL import Image
-
         if self.crop is not None:
             return int(self.crop)
         for cls in self.classes:  # the first image that opens: a broken one is named when the tree is decoded

@@ -18,7 +18,7 @@ from .. import stats
 from ..data.sampling import StratifiedSampler
 from ..checks import (check_keys, expect_bool, expect_choice, expect_int, expect_list, expect_number, fail,
                       is_number)
-from ..evaluate import evaluate_accuracy, predictions
+from ..evaluate import predictions
 from .conditioned_campaign import run_conditioned
 from .designs import DESIGNS, CampaignDesign, resolve_images
 from .injector import FaultInjector

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..evaluate import correct_rows, eval_mode, float32_inference
+from ..layer_types import hooked_forward
 
 #: at most this many bytes of cached activations; a larger cache is refused (None returned)
 MAX_CACHE_BYTES = 2 * 1024 ** 3
@@ -107,12 +108,6 @@ def _macs(module: nn.Module, x: torch.Tensor) -> int:
         elif isinstance(mod, nn.Linear):
             count += output[0].numel() * mod.in_features
 
-    handles = [m.register_forward_hook(hook) for m in module.modules()
-               if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
-    try:
-        with torch.inference_mode():
-            module(x)
-    finally:
-        for h in handles:
-            h.remove()
+    hooked_forward(module, x, [m for m in module.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))],
+                   hook)
     return count

@@ -20,7 +20,7 @@ from .sources import ModelSource, load_matching, load_state_file, register_sourc
 
 
 def _models():
-    import torchvision.models as tvm
+    import torchvision.models as tvm  # slow to import (every architecture): only for model=torchvision
 
     return tvm
 

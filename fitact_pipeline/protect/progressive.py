@@ -19,6 +19,7 @@ decay. Bounds stay in their range (bound_training.keep_in_range) after every ste
 """
 from __future__ import annotations
 
+import functools
 import time
 from typing import Mapping
 
@@ -27,15 +28,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_keys, expect_choice, fail, expect_int, expect_list, expect_number
+from ..configs import group_config
 from ..evaluate import evaluate_accuracy
+from ..layer_types import hooked_forward
 from .bound_training import bound_diagnostics, bound_tensors, fitrelus, keep_in_range
 from .protections.fitact import FitReLU, set_fitrelu_hard
 
-#: the toolbox's schedule (conf/protection/proact.yaml says what is scaled down for CPU: the epochs)
-TOOLBOX_DECAYS = [4e-5, 4e-6, 4e-7, 4e-8, 4e-9, 4e-10, 4e-11, 4e-12, 4e-13, 4e-14, 4e-15]
-DEFAULTS = {"order": "reverse", "epochs": 1, "max_batches_per_epoch": 10, "lr": 0.01, "lr_neuron": 0.01,
-            "decays": TOOLBOX_DECAYS, "ce_weight": 1.0, "kd_weight": 1.0, "temperature": 1.0,
-            "keep": "band", "band": 0.002, "max_accuracy_drop": 0.01, "val_images": 1000}
+#: the progressive training's settings and their defaults, as declared in conf/protection/proact.yaml
+#: (the toolbox's schedule; the file says what is scaled down for CPU: the epochs)
+DEFAULTS = group_config("protection", "proact")["progressive"]
 ORDERS = ("forward", "reverse")
 KEEP_RULES = ("band", "floor")
 # accuracies are counts / images: a difference of exactly `band` must not fail on float rounding
@@ -66,15 +67,9 @@ def check_progressive_config(cfg: Mapping) -> None:
 
 def forward_order(model: nn.Module, x: torch.Tensor) -> list[str]:
     """The FitReLU sites of ``model`` in the order one forward pass calls them."""
+    names = {m: n for n, m in model.named_modules() if isinstance(m, FitReLU)}
     called: list[str] = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: called.append(n))
-             for n, m in model.named_modules() if isinstance(m, FitReLU)]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    hooked_forward(model, x, names, lambda mod, inp, out: called.append(names[mod]))
     return list(dict.fromkeys(called))
 
 
@@ -127,32 +122,13 @@ def progressive_bounds(model: nn.Module, reference: nn.Module, datamodule, cfg: 
                 "kept": 1, **bound_diagnostics(bounds, initial)}]
     train_loader = datamodule.train_dataloader()
     started, step = time.perf_counter(), 0
+
+    def record(index: int, **fields) -> None:
+        history.append({"epoch": fields.pop("epoch"), "site": index, **fields, **bound_diagnostics(bounds, initial)})
+
     for index, name in enumerate(order):
-        site = sites[name]
-        params = list(site.bound_tensors().values())
-        kept = [p.detach().clone() for p in params]
-        lr = c["lr_neuron"] if site.bound.numel() > 1 else c["lr"]
-        for p in params:
-            p.requires_grad_(True)
-        for decay in c["decays"]:
-            optimiser = torch.optim.Adam(params, lr=lr, weight_decay=float(decay))
-            for _ in range(int(c["epochs"])):
-                loss = _train_epoch(model, reference, site, optimiser, train_loader, c, device)
-                acc = validate()
-                ok = keeps(acc)
-                with torch.no_grad():
-                    if ok:
-                        kept = [p.detach().clone() for p in params]
-                    else:  # revert to the last kept bounds; the next (weaker) decay starts there
-                        for p, k in zip(params, kept):
-                            p.copy_(k)
-                step += 1
-                history.append({"epoch": step, "site": index, "decay": float(decay), "loss": loss, "val_acc": acc,
-                                "kept": int(ok), **bound_diagnostics(bounds, initial)})
-                if not ok:
-                    break
-        for p in params:
-            p.requires_grad_(False)
+        step = _train_site(model, reference, sites[name], c, train_loader, device, validate, keeps,
+                           functools.partial(record, index), step)
     elapsed = time.perf_counter() - started
     for n, p in model.named_parameters():
         p.requires_grad_(requires.get(n, p.requires_grad))
@@ -162,6 +138,36 @@ def progressive_bounds(model: nn.Module, reference: nn.Module, datamodule, cfg: 
     return {"stage": "progressive", "history": history, "time_s": elapsed, "order": order,
             "mean_bound_ratio": diagnostics["mean_bound_ratio"], "diagnostics": diagnostics,
             "clean_val_acc": float(clean_val_acc), "start_val_acc": start_acc, "val_acc": validate()}
+
+
+def _train_site(model: nn.Module, reference: nn.Module, site: FitReLU, c: Mapping, train_loader, device, validate,
+                keeps, record, step: int) -> int:
+    """One site's bounds, decay by decay (largest first): an epoch that breaks the keep rule is
+    reverted and ends that decay. ``record(**fields)`` logs each epoch; returns the running epoch count."""
+    params = list(site.bound_tensors().values())
+    kept = [p.detach().clone() for p in params]
+    lr = c["lr_neuron"] if site.bound.numel() > 1 else c["lr"]
+    for p in params:
+        p.requires_grad_(True)
+    for decay in c["decays"]:
+        optimiser = torch.optim.Adam(params, lr=lr, weight_decay=float(decay))
+        for _ in range(int(c["epochs"])):
+            loss = _train_epoch(model, reference, site, optimiser, train_loader, c, device)
+            acc = validate()
+            ok = keeps(acc)
+            with torch.no_grad():
+                if ok:
+                    kept = [p.detach().clone() for p in params]
+                else:  # revert to the last kept bounds; the next (weaker) decay starts there
+                    for p, k in zip(params, kept):
+                        p.copy_(k)
+            step += 1
+            record(epoch=step, decay=float(decay), loss=loss, val_acc=acc, kept=int(ok))
+            if not ok:
+                break
+    for p in params:
+        p.requires_grad_(False)
+    return step
 
 
 def keep_rule(c: Mapping, start_acc: float, clean_val_acc: float):

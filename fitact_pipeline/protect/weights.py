@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_keys, expect_choice
+from ..faults.parity import ParityCodec, parity_of
 from ..registry import ConfigError, Registry
 
 CLAMP_GRANULARITIES = ("tensor", "channel")
@@ -42,19 +43,23 @@ class ClampedLinear(nn.Linear):
         return F.linear(x, _read_weight(self), self.bias)
 
 
-class ClampedConv1d(nn.Conv1d):
+class _ClampedConv:
+    """A convolution that reads its weight through the clamp (the mixin before the nn.Conv class)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, _read_weight(self), self.bias)
 
 
-class ClampedConv2d(nn.Conv2d):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, _read_weight(self), self.bias)
+class ClampedConv1d(_ClampedConv, nn.Conv1d):
+    pass
 
 
-class ClampedConv3d(nn.Conv3d):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, _read_weight(self), self.bias)
+class ClampedConv2d(_ClampedConv, nn.Conv2d):
+    pass
+
+
+class ClampedConv3d(_ClampedConv, nn.Conv3d):
+    pass
 
 
 _CLAMPED = {nn.Linear: ClampedLinear, nn.Conv1d: ClampedConv1d, nn.Conv2d: ClampedConv2d, nn.Conv3d: ClampedConv3d}
@@ -91,8 +96,6 @@ def _add_bounds(module: nn.Module, granularity: str) -> int:
 
 
 def _attach_parity(injector, cfg: Mapping) -> None:
-    from ..faults.parity import ParityCodec, parity_of
-
     space = getattr(injector, "space", None)
     if space is None or space.family != "word":
         raise ConfigError("weight_protection=parity_zero needs stored-parameter faults (memory, stuck_at, burst) in "

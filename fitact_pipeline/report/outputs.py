@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..faults.designs import DESIGNS
+from ..faults.vulnerability import VulnerabilityMap
 from . import figures, tables
+from .runs import search_all
 from .select import (PAIRED, PRECISION, SUMMARY, TABLE1, by_panel, fig1_groups, fig1_points, merge_curves,
                      merge_outcomes, paired_rows, panels, pick_panel, precision_rows, summary_rows, table1_rows,
                      trial_accuracies)
@@ -76,28 +78,27 @@ def trial_meaning(jobs) -> str:
     return "; ".join(meanings) or "one fault map"
 
 
-def fig6(exp: "Experiment", cfg: Any, out: "Report") -> None:
-    curves = merge_curves(exp.jobs)
+def _grid(out: "Report", curves: dict, name: str, missing: str, draw, key: str, file: str) -> None:
+    """A grid of panels (model x dataset x fault model) of merged curves, or a note why not."""
     if not curves:
-        return out.skip("Fig. 6", "no job run logged acc_mean/ber_<rate>")
-    fig, out.drawn["fig6"] = figures.fig6_grid(panels(curves, []))
-    out.save_figure(fig, "fig6_resilience_grid")
+        return out.skip(name, missing)
+    fig, out.drawn[key] = draw(panels(curves, []))
+    out.save_figure(fig, file)
+
+
+def fig6(exp: "Experiment", cfg: Any, out: "Report") -> None:
+    _grid(out, merge_curves(exp.jobs), "Fig. 6", "no job run logged acc_mean/ber_<rate>", figures.fig6_grid,
+          "fig6", "fig6_resilience_grid")
 
 
 def sdc(exp: "Experiment", cfg: Any, out: "Report") -> None:
-    outcomes = merge_outcomes(exp.jobs)
-    if not outcomes:
-        return out.skip("SDC figure", "no job run logged sdc_mean/ber_<rate> (runs from before SDC was measured)")
-    fig, out.drawn["sdc"] = figures.fig_sdc_grid(panels(outcomes, []))
-    out.save_figure(fig, "fig_sdc_critical")
+    _grid(out, merge_outcomes(exp.jobs), "SDC figure", "no job run logged sdc_mean/ber_<rate> (runs from before SDC "
+          "was measured)", figures.fig_sdc_grid, "sdc", "fig_sdc_critical")
 
 
 def vulnerability(exp: "Experiment", cfg: Any, out: "Report") -> None:
     """Each vulnerability map logged to the experiment (api.vulnerability with mlflow=...): its heat
     map and its cells ranked by P(SDC). Optional: an experiment without one gets no note."""
-    from ..faults.vulnerability import VulnerabilityMap
-    from .runs import search_all
-
     runs = search_all(exp.client, exp.experiment_id, "tags.run_kind = 'vulnerability' and attributes.status = 'FINISHED'")
     out.drawn["vulnerability"] = {}
     for run in runs:

@@ -7,6 +7,7 @@ that trains or faults FitAct's bounds serves ProAct too."""
 from __future__ import annotations
 
 from ...registry import ConfigError
+from ..progressive import check_progressive_config
 from ..registry import Protection, register_protection
 from .fitact import FitReLU, check_fitrelu
 
@@ -25,8 +26,6 @@ def _site_granularity(sites: list[str], granularity: str) -> dict[str, str]:
 
 
 def _check(cfg) -> None:
-    from ..progressive import check_progressive_config
-
     check_fitrelu(cfg)
     if cfg.get("granularity", "layer") == "neuron":
         raise ConfigError("protection.granularity='neuron' is not allowed; ProAct bounds every site but the last "
