@@ -110,7 +110,7 @@ def test_model_errors_stop_before_any_work(argv, fragment, tree):
     from fitact_pipeline.validate import preflight
 
     with pytest.raises(ConfigError) as err:
-        preflight(["dataset=imagefolder", f"dataset.root={tree}", *argv])
+        preflight(["dataset=imagefolder", f"dataset.root={tree}", "dataset.val_size=30", *argv])
     assert fragment in str(err.value) and "\n" not in str(err.value)
 
 
@@ -121,7 +121,8 @@ def test_cli_refuses_an_activation_without_bounded_form_and_a_mismatching_file(t
     wrong = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), wrong)
     cmd = [sys.executable, "-m", "fitact_pipeline", f"tracking.root={tmp_path}/mlruns", f"cache_dir={tmp_path}/cache",
-           "dataset=imagefolder", f"dataset.root={tree}", "model=torchvision", "model.arch=mobilenet_v2"]
+           "dataset=imagefolder", f"dataset.root={tree}", "dataset.val_size=30", "model=torchvision",
+           "model.arch=mobilenet_v2"]
     proc = subprocess.run([*cmd, f"model.weights={wrong}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stderr.strip().startswith(f"error: model.weights='{wrong}' is not allowed; "
                                                                    "it does not match torchvision mobilenet_v2")
@@ -136,5 +137,6 @@ def test_an_activation_without_bounded_form_is_refused_naming_where_it_sits(tree
 
     with pytest.raises(ConfigError, match=r"^model has activations the protections cannot bound: conv1.2 \(SELU\), "
                                           r"conv1.5 \(SELU\), act1 \(SELU\) and 9 more; bounded forms exist for"):
-        preflight(["dataset=imagefolder", f"dataset.root={tree}", "model=timm", "model.arch=test_resnet",
+        preflight(["dataset=imagefolder", f"dataset.root={tree}", "dataset.val_size=30", "model=timm",
+                   "model.arch=test_resnet",
                    "+model.kwargs.act_layer=selu"])

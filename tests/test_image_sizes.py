@@ -38,7 +38,7 @@ def test_any_size_is_resized_and_cropped_at_decode_time(tmp_path):
     assert (red[:, 0] > 190).all() and (red[:, 2] < 20).all()
     with pytest.raises(ValueError, match=r"differ in size .*; set dataset.resize and dataset.crop"):
         ImageFolderDataModule(str(root), cache_dir=str(tmp_path / "cache2"), val_size=2).setup()
-    with pytest.raises(ValueError, match="smaller than dataset.crop=40; set dataset.resize >= crop"):
+    with pytest.raises(ValueError, match=r"dataset.crop=40 is not allowed; an image of 32x24 is smaller: set dataset.resize >= crop"):
         ImageFolderDataModule(str(root), cache_dir=str(tmp_path / "cache3"), val_size=2, resize=24, crop=40).setup()
 
 
