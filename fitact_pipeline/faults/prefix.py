@@ -109,5 +109,5 @@ def _macs(module: nn.Module, x: torch.Tensor) -> int:
             count += output[0].numel() * mod.in_features
 
     hooked_forward(module, x, [m for m in module.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))],
-                   hook)
+                   hook, mode=torch.inference_mode)
     return count
