@@ -145,6 +145,7 @@ def cli_job(tmp, *overrides) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_cli_replays_a_list_as_the_campaign_it_was_drawn_from(tmp_path):
     """A sampled job, then a job replaying a list of the same maps (written through the job's own
     skeleton, whose tensor names and shapes are the trained model's): the same trials."""
