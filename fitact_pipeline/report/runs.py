@@ -51,7 +51,7 @@ def variant_of(tags: dict[str, str], params: dict[str, str]) -> str:
     """The curve label of a run: its protection, plus what makes two runs of one protection
     different curves (a granularity other than the protection's default, FitAct's smooth form, the
     GBReLU bound, a restricted fault space). Runs that differ only in other settings share a label
-    (and a rerun supersedes the older run, see select.latest_per_slot)."""
+    (and a rerun of the same slot supersedes the older run, see latest_per_slot)."""
     protection = tags.get("protection", "?")
     label = protection
     granularity = tags.get("granularity")
