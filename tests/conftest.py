@@ -17,6 +17,40 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def _folded_small_cnn():
+    from fitact_pipeline.models import build_model
+    from fitact_pipeline.protect import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 10, 1, 0.5).eval()
+    fold_batchnorm(model)
+    return model
+
+
+@pytest.fixture(scope="session")
+def folded_small_cnn():
+    """A factory of small_cnn at width 0.5 (random weights from seed 0, BatchNorm folded)."""
+    return _folded_small_cnn
+
+
+@pytest.fixture(scope="session")
+def small_protected():
+    """A factory: ({protection: a copy of the folded small_cnn protected at its profile on the images},
+    images, labels) for ``n_images`` random 8x8 images whose labels are the clean predictions with
+    every ``every``-th one shifted, so the clean model is right on most images but not all."""
+    from fitact_pipeline.protect import profile_activations, protect_model
+
+    def make(n_images: int = 90, every: int = 5, names=("none", "ranger", "fitact")):
+        base = _folded_small_cnn()
+        images = torch.randn(n_images, 1, 8, 8)
+        labels = base(images).argmax(1).detach()
+        labels[::every] = (labels[::every] + 1) % 10
+        profile = profile_activations(base, images)
+        return {name: protect_model(copy.deepcopy(base), name, profile=None if name == "none" else profile)
+                for name in names}, images, labels
+    return make
+
+
 @pytest.fixture(scope="session")
 def trained_digits():
     """A factory of (set-up digits data module, small_cnn at width 0.5 trained 6 epochs on it, BatchNorm

@@ -13,25 +13,13 @@ from fitact_pipeline.faults import FaultInjector, run_campaign
 from fitact_pipeline.faults.designs import DESIGNS, Pilot, pilot_estimates
 from fitact_pipeline.faults.multimap import stacked_fault_space
 from fitact_pipeline.faults.sampler import Bursts, StuckBits
-from fitact_pipeline.models import build_model
-from fitact_pipeline.protect import fold_batchnorm, profile_activations, protect_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def models():
-    torch.manual_seed(0)
-    base = build_model("small_cnn", 10, 1, 0.5).eval()
-    fold_batchnorm(base)
-    images = torch.randn(120, 1, 8, 8)
-    labels = base(images).argmax(1).detach()  # the clean model is right on most images
-    labels[::7] = (labels[::7] + 1) % 10
-    profile = profile_activations(base, images)
-    out = {"none": protect_model(copy.deepcopy(base), "none")}
-    for name in ("ranger", "clipact", "fitact"):
-        out[name] = protect_model(copy.deepcopy(base), name, profile=profile)
-    return out, images, labels
+def models(small_protected):
+    return small_protected(120, 7, ("none", "ranger", "clipact", "fitact"))
 
 
 def test_classic_is_every_map_on_every_image(models):

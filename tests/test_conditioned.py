@@ -14,8 +14,6 @@ from fitact_pipeline.faults.conditioned_campaign import allocate, cell_trial_id,
 from fitact_pipeline.faults.designs import DESIGNS
 from fitact_pipeline.faults.exact_count import exact_map, part_fields, part_sizes
 from fitact_pipeline.faults.sampler import BitFlips, Bursts, StuckBits
-from fitact_pipeline.models import build_model
-from fitact_pipeline.protect import fold_batchnorm, profile_activations, protect_model
 from fitact_pipeline.registry import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -103,18 +101,8 @@ def test_acc_at_rate_reads_a_logged_table():
 
 
 @pytest.fixture(scope="module")
-def models():
-    torch.manual_seed(0)
-    base = build_model("small_cnn", 10, 1, 0.5).eval()
-    fold_batchnorm(base)
-    images = torch.randn(90, 1, 8, 8)
-    labels = base(images).argmax(1).detach()
-    labels[::5] = (labels[::5] + 1) % 10
-    profile = profile_activations(base, images)
-    out = {"none": protect_model(copy.deepcopy(base), "none")}
-    for name in ("ranger", "fitact"):
-        out[name] = protect_model(copy.deepcopy(base), name, profile=profile)
-    return out, images, labels
+def models(small_protected):
+    return small_protected(90, 5, ("none", "ranger", "fitact"))
 
 
 def _bit_ids(injector, fmap):

@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from fitact_pipeline.faults.vulnerability import Cell, VulnerabilityMap
-from fitact_pipeline.models import build_model
-from fitact_pipeline.protect import fold_batchnorm, profile_activations, protect_model
+from fitact_pipeline.protect import profile_activations, protect_model
 from fitact_pipeline.protect.bounded import BoundedReLU
 from fitact_pipeline.protect.map_choice import bound_memory, choose_sites, site_layers, site_scores
 
@@ -14,11 +13,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def cnn():
-    torch.manual_seed(0)
-    model = build_model("small_cnn", 10, 1, 0.5).eval()
-    fold_batchnorm(model)
-    return protect_model(model, "none")
+def cnn(folded_small_cnn):
+    return protect_model(folded_small_cnn(), "none")
 
 
 def _map(model, sdc_of_layer: dict[str, float]) -> VulnerabilityMap:

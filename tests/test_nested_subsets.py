@@ -15,8 +15,6 @@ from fitact_pipeline import stats
 from fitact_pipeline.data.sampling import StratifiedSampler, randomised_quotas
 from fitact_pipeline.faults import FaultInjector, run_campaign
 from fitact_pipeline.faults.designs import AUTO_IMAGES, DESIGNS, resolve_images
-from fitact_pipeline.models import build_model
-from fitact_pipeline.protect import fold_batchnorm, profile_activations, protect_model
 from fitact_pipeline.validate import ConfigError, preflight
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -77,16 +75,8 @@ def test_a_trial_subset_is_a_pure_function_of_seed_and_trial():
 
 
 @pytest.fixture(scope="module")
-def protected():
-    torch.manual_seed(0)
-    base = build_model("small_cnn", 10, 1, 0.5).eval()
-    fold_batchnorm(base)
-    images = torch.randn(90, 1, 8, 8)
-    labels = base(images).argmax(1).detach()
-    labels[::5] = (labels[::5] + 1) % 10
-    profile = profile_activations(base, images)
-    return {name: protect_model(copy.deepcopy(base), name, profile=profile) for name in ("none", "ranger", "fitact")}, \
-        images, labels
+def protected(small_protected):
+    return small_protected(90, 5, ("none", "ranger", "fitact"))
 
 
 def test_auto_gives_every_protection_and_rate_the_same_n_and_images(protected):

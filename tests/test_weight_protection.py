@@ -10,8 +10,7 @@ from torch import nn
 from fitact_pipeline.faults import FaultInjector
 from fitact_pipeline.faults.multimap import stacked_fault_space
 from fitact_pipeline.faults.parity import parity_of
-from fitact_pipeline.models import build_model
-from fitact_pipeline.protect import fold_batchnorm, protect_model
+from fitact_pipeline.protect import protect_model
 from fitact_pipeline.protect.weights import WEIGHT_PROTECTIONS, check_weight_protection_config, clamp_weights
 from fitact_pipeline.registry import ConfigError
 
@@ -19,11 +18,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def net():
-    torch.manual_seed(0)
-    base = build_model("small_cnn", 10, 1, 0.5).eval()
-    fold_batchnorm(base)
-    return protect_model(base, "none")
+def net(folded_small_cnn):
+    return protect_model(folded_small_cnn(), "none")
 
 
 def _words_per_element(space, fmap) -> dict[int, int]:
