@@ -20,7 +20,9 @@ def gather_into_one_buffer(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     if not tensors or any(t.dtype != torch.float32 or t.device != tensors[0].device for t in tensors):
         return None
     sizes = [-(-t.numel() // ALIGN) * ALIGN for t in tensors]
-    store = torch.empty(sum(sizes) + ALIGN, dtype=torch.float32, device=tensors[0].device)
+    # zeros, not empty: the alignment padding between views is never a weight, but whole-buffer
+    # operations (parity encoding, before/after comparisons) must not read uninitialised memory
+    store = torch.zeros(sum(sizes) + ALIGN, dtype=torch.float32, device=tensors[0].device)
     start = (-(store.data_ptr() // 4)) % ALIGN  # first aligned float inside the buffer
     with torch.no_grad():
         for t, size in zip(tensors, sizes):
