@@ -110,16 +110,22 @@ def summarize(values: Sequence[float], level: float = 0.95, pool: int | None = N
     return out
 
 
+def paired_ci(diffs: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of per-trial paired differences of fractions and its interval of record:
+    ``bounded_mean_ci`` on the differences' own bounds [-1, 1] (docs/campaigns.md, "Intervals")."""
+    return bounded_mean_ci(diffs, level, lower=-1.0, upper=1.0)
+
+
 def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict[str, float]:
     """Mean of a - b over trials that share a fault map, its interval and a Wilcoxon p-value. The
-    interval (``ci_low/ci_high``) is ``bounded_mean_ci`` with the differences' own bounds [-1, 1]:
+    interval (``ci_low/ci_high``) is ``paired_ci``, bounded on the differences' own range [-1, 1]:
     valid for any distribution of the differences (a t-interval over 20 classic maps misses a rare
     map that is catastrophic for one arm only); the p-value is Wilcoxon signed-rank, two-sided."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"paired samples differ in length: {a.size} vs {b.size}")
     diff = a - b
-    mean, low, high = bounded_mean_ci(diff, level, lower=-1.0, upper=1.0)
+    mean, low, high = paired_ci(diff, level)
     if diff.size < 2 or np.all(diff == 0):
         p = 1.0
     else:
