@@ -95,7 +95,8 @@ def summarize(values: Sequence[float], level: float = 0.95, pool: int | None = N
       (``population_ci`` on the bounded interval); only when the pool size is given."""
     x = np.asarray(values, dtype=np.float64)
     if x.size and not (x.min() >= 0.0 and x.max() <= 1.0):  # the bounded interval assumes [0, 1]
-        raise ValueError(f"summarize needs per-trial values in [0, 1], got min {float(x.min())!r}, max {float(x.max())!r}")
+        raise ValueError(f"summarize needs per-trial values in [0, 1], got min {float(x.min())!r}, "
+                         f"max {float(x.max())!r}")
     mean, low, high = bounded_mean_ci(x, level)
     q1, median, q3 = np.quantile(x, [0.25, 0.5, 0.75])
     out = {

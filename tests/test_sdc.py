@@ -137,7 +137,8 @@ def test_measure_resilience_returns_and_logs_sdc_per_rate(tmp_path):
     assert run.data.metrics["sdc_mean/ber_1e-02"] == result.sdc(1e-2)
     assert "critical_ci_high/ber_1e-03" in run.data.metrics
     for stat in ("low", "high"):  # logged under both names (older readers read ci_bounded_*)
-        assert run.data.metrics[f"critical_ci_bounded_{stat}/ber_1e-03"] == run.data.metrics[f"critical_ci_{stat}/ber_1e-03"]
+        metrics = run.data.metrics
+        assert metrics[f"critical_ci_bounded_{stat}/ber_1e-03"] == metrics[f"critical_ci_{stat}/ber_1e-03"]
     folder = Path(MlflowClient(uri).download_artifacts(result.run_id, "", str(tmp_path / "a")))
     per_rate = json.loads((folder / "per_rate.json").read_text())
     trials = json.loads((folder / "trials.json").read_text())
