@@ -76,7 +76,7 @@ def comparisons(trials: dict, min_rate: float, margin: float, alpha: float) -> t
             if a not in trials[model] or b not in trials[model]:
                 continue
             for rate, d in sorted(claims.paired_by_rate(trials[model][a], trials[model][b], min_rate).items()):
-                cells.append((model, a, b, rate, stats.mean_ci(d), len(found)))
+                cells.append((model, a, b, rate, stats.paired_ci(d), len(found)))
                 found += claims.comparison(a, b, d, margin, where=f"({model}, {rate:.0e})")
     decisions = claims.decide(found, alpha)
     lines = ["| model | A - B | rate | paired mean difference (points) [95 % CI] | established |",

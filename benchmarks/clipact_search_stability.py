@@ -138,7 +138,7 @@ def main() -> None:
     for name in (n for n in accs if n != finest):
         for rate in args.campaign_rates:
             d = np.subtract(accs[name][rate], accs[finest][rate])
-            cells.append((name, rate, stats.mean_ci(d), len(found)))
+            cells.append((name, rate, stats.paired_ci(d), len(found)))
             found += claims.comparison(name, finest, d, args.margin, where=f"at {rate:.0e}")
     decisions = claims.decide(found)
     print(f"## Test accuracy ({len(y)} test images, {args.trials} maps per rate, the same maps for every model): "

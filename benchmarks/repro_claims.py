@@ -141,7 +141,7 @@ def versus_fitact(trials: dict, margin: float, alpha: float, test: str) -> tuple
         for variant in sorted(v for v in by_variant if v not in ORDER):
             for rate, d in sorted(paired(by_variant, variant, "fitact").items()):
                 name = f"{context[0]}: {variant}"
-                cells[name][rate] = (len(found), stats.mean_ci(d))
+                cells[name][rate] = (len(found), stats.paired_ci(d))
                 found += claims.comparison(variant, "fitact", d, margin, where=f"({context[0]}, {rate:.0e})")
     if not found:
         return [], {}
@@ -297,7 +297,8 @@ def report(args, exp: Experiment, fig1: Experiment | None, trials: dict, report_
     found.append(("Post-training shrinks the bounds (mean bound / profiled max)", "< 1", *bound_shrink(exp)[:2]))
     variants, versus = versus_fitact(trials, args.margin, args.alpha, args.test)
     if variants:
-        print("## Variants vs FitAct (accuracy points, variant - FitAct on the same trials, paired 95 % CI)\n")
+        print("## Variants vs FitAct (accuracy points, variant - FitAct on the same trials, paired 95 % CI: "
+              "bounded, stats.paired_ci)\n")
         print("\n".join(variants) + "\n")
         print("`>`: variant > FitAct supported; `<`: FitAct > variant supported; `=`: a tie within "
               f"+-{100 * args.margin:g} points supported; `?`: none of these. {note}\n")

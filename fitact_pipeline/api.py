@@ -121,7 +121,10 @@ def _faults_config(faults: str | Mapping | None) -> dict:
 @dataclass
 class Resilience:
     """What a campaign measured: the same statistics a pipeline job logs (``per_rate``: mean, std,
-    median, q1, q3, min, max, ci_low, ci_high, trials of the accuracy at each fault rate; ``outcomes``:
+    median, q1, q3, min, max, trials of the accuracy at each fault rate, and its 95 % intervals:
+    ci_low, ci_high (= ci_bounded_low/high) of the mean over fault maps on these images, valid for
+    any distribution of accuracies in [0, 1], and ci_pop_low/high over maps and images, the images
+    as a sample of the population; stats.summarize, docs/campaigns.md "Intervals"; ``outcomes``:
     rate -> {sdc, critical, wrong_to_right} -> the same statistics of those per-trial rates,
     faults/outcomes.py; ``trials``: one record per fault map), the fault space, and the MLflow run
     when it was logged."""
@@ -141,7 +144,8 @@ class Resilience:
         return self.outcomes[float(rate)]["sdc"]["mean"]
 
     def table(self) -> str:
-        """A Markdown table per fault rate: mean accuracy, SDC and critical rates, with their CIs."""
+        """A Markdown table per fault rate: mean accuracy, SDC and critical rates, each with its 95 %
+        CI of the mean over fault maps on these images (ci_low/ci_high, the bounded interval)."""
         rows = [f"| clean | {100 * self.clean_accuracy:.2f} | 0 | 0 | |"]
         rows += [f"| {rate:g} | {_pct_ci(s)} | {_pct_ci(self.outcomes.get(rate, {}).get('sdc'))} | "
                  f"{_pct_ci(self.outcomes.get(rate, {}).get('critical'))} | {int(s['trials'])} |"

@@ -9,9 +9,10 @@ report's grouping (report/runs.py).
     profile   BatchNorm folding, profiling images
     bounds    the protection and its own keys (its registry entry's config_keys, less the kernel
               choice), and what its bounds stage declares (protect/bounds_stages.py)
-    job       the campaign's result keys, the fault model's keys (faults/fault_models.py: the keys
-              every fault model shares and the chosen model's own) and its rate unit, the sampler,
-              the weight protection and its own keys (protect/weights.py)
+    job       the campaign's result keys and the interval it logs (stats.INTERVAL), the fault
+              model's keys (faults/fault_models.py: the keys every fault model shares and the
+              chosen model's own) and its rate unit, the sampler, the weight protection and its
+              own keys (protect/weights.py)
 
 A run's *slot* in the report (which curve it belongs to) is the identity without the fault rates;
 its *context* (which runs saw the same fault maps, so that comparisons pair) is the identity
@@ -30,7 +31,7 @@ from .cache import config_hash
 from .faults import FAULT_MODELS, SAMPLER
 from .faults.designs import SUBSETS
 from .faults.fault_models import COMMON_KEYS
-from .stats import STOPPING
+from .stats import INTERVAL, STOPPING
 from .faults.faultlist import read_fault_list
 from .protect import PROTECTIONS
 from .protect.bounds_stages import BOUNDS_STAGES
@@ -63,6 +64,9 @@ def result_identity(cfg: DictConfig, datamodule, device: torch.device) -> dict[s
     stage = BOUNDS_STAGES[protection.bounds_stage_for(cfg.protection)]
     own = [k for k in protection.config_keys if k not in NON_RESULT_PROTECTION_KEYS]
     campaign = pick(cfg.campaign, CAMPAIGN_RESULT_KEYS)
+    # what ci_low/ci_high hold: a finished run is reused by its key (tracking.resume), and runs from
+    # before the bounded interval logged a t-interval under the same names
+    campaign["interval"] = INTERVAL
     if cfg.campaign.adaptive.enabled:
         campaign["adaptive"] = plain(cfg.campaign.adaptive)
         campaign["stopping"] = STOPPING  # the stopping rule decides the trials a result holds

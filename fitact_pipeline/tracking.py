@@ -310,8 +310,10 @@ def log_job_results(result, fault_space: dict, train_info: dict, bounds_info: di
 TRIAL_COLUMNS = ("rate", "trial", "accuracy", "images", "faults", "flips", "realised_ber")
 #: per trial, beside its accuracy: the SDC, critical and wrong-to-right rates (faults/outcomes.py)
 OUTCOME_TRIAL_COLUMNS = ("sdc", "critical", "wrong_to_right", "wrong_to_right_count")
-#: what is logged of each outcome's per-rate statistics (metrics ``sdc_mean/ber_1e-05``, ...)
-OUTCOME_STATS = ("mean", "std", "ci_low", "ci_high", "ci_halfwidth")
+#: what is logged of each outcome's per-rate statistics (metrics ``sdc_mean/ber_1e-05``, ...): the
+#: interval is the bounded one (stats.summarize), also under its ``ci_bounded_*`` names, which tell a
+#: reader it is not the t-interval that runs before it logged as ci_low/ci_high
+OUTCOME_STATS = ("mean", "std", "ci_low", "ci_high", "ci_halfwidth", "ci_bounded_low", "ci_bounded_high")
 
 
 def outcome_metrics(outcomes: dict) -> dict[str, float]:

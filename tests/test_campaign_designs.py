@@ -111,8 +111,10 @@ def test_stopping_at_the_target_half_width_works_for_both_designs(models):
                               progress=False, design=design, images_per_trial=n, maps_per_pass=k,
                               adaptive={"target_halfwidth": 0.05, "min_trials": 8, "max_trials": 300})
         st = result.per_rate[3e-3]
-        assert 8 <= st["trials"] < 300 and st["ci_halfwidth"] <= 0.05
         accs = [t["accuracy"] for t in result.trials]
+        # the rule reads the t half-width; the logged interval of record is the bounded one of those trials
+        assert 8 <= st["trials"] < 300 and stats.t_halfwidth(accs) <= 0.05
+        assert (st["ci_low"], st["ci_high"]) == stats.bounded_mean_ci(accs)[1:]
         # it stopped at the first block boundary where the interval, and what maps not yet seen could
         # change (stats.unseen_tail), were narrow enough
         assert stats.unseen_tail(accs) <= 0.05

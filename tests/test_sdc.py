@@ -10,7 +10,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from fitact_pipeline import measure_resilience
+from fitact_pipeline import measure_resilience, stats
 from fitact_pipeline.evaluate import MISS, predictions
 from fitact_pipeline.faults import FaultInjector, run_campaign
 from fitact_pipeline.faults.designs import DESIGNS
@@ -80,6 +80,8 @@ def test_hand_built_faults_give_the_known_sdc_critical_and_rescues():
     sdc = result.outcomes[0.1]["sdc"]
     assert sdc["mean"] == pytest.approx((1.0 + 1.0 + 0.25 + 0.0) / 4) and sdc["trials"] == 4
     assert sdc["ci_low"] < sdc["mean"] < sdc["ci_high"]
+    # the outcome's interval of record is the bounded one of its per-trial fractions, as for accuracy
+    assert (sdc["ci_low"], sdc["ci_high"]) == stats.bounded_mean_ci([1.0, 1.0, 0.25, 0.0])[1:]
     assert set(result.outcomes[0.1]) == {"sdc", "critical", "wrong_to_right"}
 
 
@@ -134,6 +136,9 @@ def test_measure_resilience_returns_and_logs_sdc_per_rate(tmp_path):
     run = MlflowClient(uri).get_run(result.run_id)
     assert run.data.metrics["sdc_mean/ber_1e-02"] == result.sdc(1e-2)
     assert "critical_ci_high/ber_1e-03" in run.data.metrics
+    for stat in ("low", "high"):  # logged under both names (older readers read ci_bounded_*)
+        metrics = run.data.metrics
+        assert metrics[f"critical_ci_bounded_{stat}/ber_1e-03"] == metrics[f"critical_ci_{stat}/ber_1e-03"]
     folder = Path(MlflowClient(uri).download_artifacts(result.run_id, "", str(tmp_path / "a")))
     per_rate = json.loads((folder / "per_rate.json").read_text())
     trials = json.loads((folder / "trials.json").read_text())

@@ -36,6 +36,34 @@ def test_summarize_fields():
     assert s["ci_low"] < 0.3 < s["ci_high"]
 
 
+def test_the_logged_interval_is_the_bounded_one():
+    x = [0.91, 0.88, 0.9, 0.12, 0.93, 0.9, 0.87]
+    s = stats.summarize(x, pool=360)
+    mean, low, high = stats.bounded_mean_ci(x)
+    assert (s["mean"], s["ci_low"], s["ci_high"]) == (mean, low, high)
+    assert (s["ci_bounded_low"], s["ci_bounded_high"]) == (low, high) and s["ci_halfwidth"] == (high - low) / 2
+    assert (s["ci_pop_low"], s["ci_pop_high"]) == stats.population_ci(mean, low, high, 360)
+    assert (s["ci_low"], s["ci_high"]) != stats.mean_ci(x)[1:]  # not the t-interval it used to be
+    assert "ci_pop_low" not in stats.summarize(x)  # no pool size, no population interval
+    with pytest.raises(ValueError, match=r"summarize needs per-trial values in \[0, 1\], got min -0.5"):
+        stats.summarize([0.2, -0.5])
+
+
+def test_the_interval_of_record_holds_where_a_t_interval_of_harmless_maps_does_not():
+    """Maps of a model: 95 % harmless (accuracy 0.9), 5 % catastrophic (0.0); true mean 0.855. 20
+    classic maps often hold no catastrophic one (0.95^20 = 36 %): then the t-interval is about
+    [0.899, 0.901] and misses; the interval of record allows for the maps not drawn."""
+    truth = 0.95 * 0.9 + 0.05 * 0.0
+    harmless = 0.9 + np.linspace(-0.002, 0.002, 20)  # 20 maps that all agree closely
+    _, t_low, t_high = stats.mean_ci(harmless)
+    assert not t_low <= truth <= t_high
+    s = stats.summarize(harmless)
+    assert s["ci_low"] <= truth <= s["ci_high"]
+    one_bad = [0.9] * 19 + [0.0]  # the sample with its share of catastrophic maps
+    s = stats.summarize(one_bad)
+    assert s["mean"] == pytest.approx(truth) and s["ci_low"] <= truth <= s["ci_high"]
+
+
 def test_bootstrap_median_interval_contains_median_and_is_seeded():
     x = np.random.default_rng(2).uniform(size=50)
     med, low, high = stats.bootstrap_median_ci(x, seed=3)
@@ -51,8 +79,10 @@ def test_paired_difference_recovers_known_shift():
     assert d["ci_low"] < 0.1 < d["ci_high"]
     assert d["mean_diff"] == pytest.approx(0.1, abs=0.01)
     assert d["wilcoxon_p"] < 1e-6
+    assert (d["ci_low"], d["ci_high"]) == stats.bounded_mean_ci(a - b, lower=-1.0, upper=1.0)[1:]
     same = stats.paired_difference(b, b)
     assert same["mean_diff"] == 0 and same["wilcoxon_p"] == 1.0
+    assert same["ci_low"] < 0 < same["ci_high"]  # equal on 40 maps does not exclude a rare map unequal
     with pytest.raises(ValueError):
         stats.paired_difference([1, 2], [1])
 
@@ -85,3 +115,15 @@ def test_adaptive_stopping_stops_earlier_on_low_variance_and_never_before_min():
     assert not stats.should_stop([0.5] * 4, 0.01, min_trials=5, max_trials=10)
     assert not stats.should_stop([1.0] * 30, 0.01, min_trials=5, max_trials=1000)  # all equal: not yet
     assert stats.should_stop([0.1, 0.9] * 5, 0.0001, min_trials=2, max_trials=10)
+
+
+def test_the_paired_interval_holds_where_a_t_interval_of_harmless_pairs_does_not():
+    """A - B: 0 on 95 % of maps, -0.9 on the 5 % catastrophic for A only (true mean -0.045); 20
+    pairs without such a map give a t-interval near 0 that misses it, the paired interval of record not."""
+    truth = 0.05 * -0.9
+    b = 0.9 + np.linspace(-0.01, 0.01, 20)
+    a = b + np.linspace(-0.002, 0.002, 20)[::-1]
+    _, t_low, t_high = stats.mean_ci(a - b)
+    assert not t_low <= truth <= t_high
+    d = stats.paired_difference(a, b)
+    assert d["ci_low"] <= truth <= d["ci_high"]

@@ -36,8 +36,11 @@ def trial_outcomes(clean: torch.Tensor, faulty: torch.Tensor, labels: torch.Tens
 
 
 def summarize_outcomes(records: Sequence[dict], level: float = 0.95) -> dict[str, dict[str, float]]:
-    """Per outcome, the per-rate statistics of its per-trial values (as for accuracy); records
-    without outcomes (a result from before they were measured) give {}."""
+    """Per outcome, the per-rate statistics of its per-trial values (as for accuracy: each is a
+    fraction of the trial's images, in [0, 1], so the bounded interval of ``stats.summarize`` holds);
+    records without outcomes (a result from before they were measured) give {}. The per-trial
+    ``wrong_to_right_count`` is a count, not a fraction: it stays a per-trial column and is not
+    summarised (its rate, ``wrong_to_right``, is)."""
     if not records or "sdc" not in records[0]:
         return {}
     return {name: stats.summarize([r[name] for r in records], level) for name in OUTCOMES}

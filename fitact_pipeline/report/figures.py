@@ -20,7 +20,7 @@ from ..faults import FAULT_MODELS  # noqa: E402
 from ..protect import PROTECTIONS  # noqa: E402
 from ..protect.protections.fitact import FitReLU  # noqa: E402
 from ..protect.protections.gbrelu import GBReLU  # noqa: E402
-from .select import variant_sort_key  # noqa: E402
+from .select import band, variant_sort_key  # noqa: E402
 
 RATE_AXIS = "fault rate (bit error rate, flips per stored bit)"
 ACC_AXIS = "accuracy (%)"
@@ -208,14 +208,6 @@ def rate_axis(fault_model: str) -> str:
     return FAULT_MODELS[fault_model].rate_axis if fault_model in FAULT_MODELS else RATE_AXIS
 
 
-def band(st: dict[str, float]) -> tuple[float, float]:
-    """The interval a figure draws: the bounded one (holds for any distribution of accuracies over
-    maps, docs/campaigns.md "Intervals") where the run logged it, else the t-interval (older runs)."""
-    if "ci_bounded_low" in st and "ci_bounded_high" in st:
-        return st["ci_bounded_low"], st["ci_bounded_high"]
-    return st["ci_low"], st["ci_high"]
-
-
 def plot_resilience(ax, curve_by_variant: dict[str, dict[float, dict[str, float]]], title: str,
                     fault_model: str = "memory") -> dict:
     """Mean accuracy vs fault rate (log axis), one line per variant, 95 % CI band.
@@ -233,7 +225,7 @@ def plot_resilience(ax, curve_by_variant: dict[str, dict[float, dict[str, float]
         ax.plot(rates, means, marker=marker, color=color, label=variant)
         entry = {"rates": rates, "mean": means}
         if all("ci_low" in s and "ci_high" in s for s in stats):
-            # The t-interval can pass 0 or 100 %; accuracy cannot, so the band is drawn clipped.
+            # An older run's t-interval can pass 0 or 100 %; accuracy cannot, so the band is clipped.
             entry["ci_low"] = [max(0.0, 100 * band(s)[0]) for s in stats]
             entry["ci_high"] = [min(100.0, 100 * band(s)[1]) for s in stats]
             ax.fill_between(rates, entry["ci_low"], entry["ci_high"], color=color, alpha=0.2, linewidth=0)
@@ -291,8 +283,9 @@ def fig6_grid(curves: dict[tuple, dict[str, dict[float, dict[str, float]]]]):
     fig.tight_layout()
     _legend_below(fig, axes)
     if fig.legends:  # which interval the bands are (docs/campaigns.md, "Intervals")
-        fig.legends[-1].set_title("bands: 95 % CI of the mean over fault maps on the evaluation pool, bounded "
-                                  "(ci_bounded_*; t-interval ci_low/ci_high for runs without it)", prop={"size": 8})
+        fig.legends[-1].set_title("bands: 95 % CI of the mean over fault maps on the evaluation pool, valid for "
+                                  "any distribution in [0, 1] (bounded; over maps and images: ci_pop_* in MLflow)",
+                                  prop={"size": 8})
     return fig, drawn
 
 

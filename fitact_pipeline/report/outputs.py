@@ -186,7 +186,9 @@ def resilience(exp: "Experiment", cfg: Any, out: "Report") -> None:
                                  PAIRED, paired, RESILIENCE_FORMATS,
                                  "Accuracy of A minus accuracy of B over trials with the same (rate, trial) index "
                                  "(the same fault map in the shared tensors), same model, data, seeds and fault "
-                                 "space. CI: Student t of the mean difference; p: Wilcoxon signed-rank (two-sided).")
+                                 "space. CI: of the mean difference over those fault maps on the evaluation pool, "
+                                 "bounded (valid for any distribution of differences in [-1, 1]; "
+                                 "stats.paired_difference); p: Wilcoxon signed-rank (two-sided).")
     stem.with_suffix(".md").write_text(md)
     out.files.append(stem.with_suffix(".md"))
     out.drawn["resilience"] = {"summary": rows, "paired": paired}
@@ -208,9 +210,11 @@ def precision(exp: "Experiment", cfg: Any, out: "Report") -> None:
                                          "95 % CI half-width"], rows, fmt,
                                         "classic: every fault map on the same n images; nested: trial i = map i "
                                         "plus its own random stratified subset of n images (docs/campaigns.md). "
-                                        "95 % CI: Student t over trials, of the mean over fault maps on the "
-                                        "evaluation pool (ci_low/ci_high; MLflow also holds ci_bounded_*, any "
-                                        "distribution, and ci_pop_*, over maps and images).")]
+                                        "95 % CI: of the mean over fault maps on the evaluation pool, bounded "
+                                        "(ci_low/ci_high = ci_bounded_*: valid for any distribution of accuracies "
+                                        "in [0, 1]); MLflow also holds ci_pop_*, over maps and images. Adaptive "
+                                        "stopping stops on the t half-width and the unseen tail, so a half-width "
+                                        "here can be somewhat wider than the target.")]
     out.drawn["precision"] = rows
 
 

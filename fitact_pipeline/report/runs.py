@@ -14,11 +14,13 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from ..faults import FAULT_MODELS
+from ..faults.outcomes import OUTCOMES
 from ..faults.units import suffix
 from ..protect import PROTECTIONS
+from ..tracking import OUTCOME_STATS
 
 # sdc_mean/ber_1e-05, critical_ci_low/..., wrong_to_right_std/... (faults/outcomes.py, tracking.py)
-_OUTCOME_METRIC = re.compile(r"^(?P<outcome>sdc|critical|wrong_to_right)_(?P<stat>mean|std|ci_low|ci_high|ci_halfwidth)"
+_OUTCOME_METRIC = re.compile(rf"^(?P<outcome>{'|'.join(OUTCOMES)})_(?P<stat>{'|'.join(OUTCOME_STATS)})"
                              r"/ber_(?P<rate>[0-9.e+-]+)$")
 _RATE_METRIC = re.compile(r"^acc_(?P<stat>[a-z0-9_]+)/ber_(?P<rate>[0-9.e+-]+)$")
 

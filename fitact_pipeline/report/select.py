@@ -131,6 +131,17 @@ def table1_rows(jobs: list[JobRun]) -> list[dict]:
             for model, dataset, variant, form in order]
 
 
+def band(st: dict[str, float]) -> tuple[float, float]:
+    """The interval a figure draws: the bounded one (the mean over fault maps on the evaluation pool;
+    holds for any distribution of the per-trial values in [0, 1], docs/campaigns.md "Intervals"),
+    logged as ci_low/ci_high and ci_bounded_*. Reading ci_bounded_* first also draws the bounded
+    interval of runs that logged a t-interval as ci_low/ci_high beside it (before stats.INTERVAL);
+    runs older still have only their t-interval, drawn for them."""
+    if "ci_bounded_low" in st and "ci_bounded_high" in st:
+        return st["ci_bounded_low"], st["ci_bounded_high"]
+    return st["ci_low"], st["ci_high"]
+
+
 PRECISION = ("model", "dataset", "fault_model", "protection", "design", "rate", "trials", "images_per_trial",
              "image_evaluations", "mean", "ci_halfwidth")
 
@@ -153,7 +164,8 @@ def precision_rows(jobs: list[JobRun]) -> list[dict]:
             if "mean" not in st:
                 continue
             n = st.get("images_per_trial", _param_count(job.params.get("campaign.eval_images")))
-            half = st.get("ci_halfwidth", (st.get("ci_high", math.nan) - st.get("ci_low", math.nan)) / 2)
+            low, high = band(st) if "ci_low" in st or "ci_bounded_low" in st else (math.nan, math.nan)
+            half = (high - low) / 2  # the interval the figures draw (older runs: their t ci_halfwidth)
             rows.append({"model": job.model, "dataset": job.dataset, "fault_model": job.fault_model,
                          "protection": job.variant, "design": design, "rate": rate, "trials": st.get("trials"),
                          "images_per_trial": n, "image_evaluations": st.get("trials", math.nan) * n,
