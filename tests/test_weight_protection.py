@@ -221,3 +221,19 @@ def test_measure_resilience_takes_a_weight_protection(net):
     assert [t["accuracy"] for t in results["none"].trials] != [t["accuracy"] for t in results["parity_zero"].trials]
     with pytest.raises(ConfigError, match="weight_protection.name='x' is not allowed"):
         measure_resilience(net, (images, labels), rates=[1e-3], weight_protection="x")
+
+
+@pytest.mark.parametrize("fmt", ["fp8_e4m3", "mxfp8"])
+def test_parity_never_stores_a_special_code(fmt):
+    """E4M3's -448 is 0xFE: bits 1-7 all ones, so its parity bit would make it 0xFF, the NaN code.
+    It is stored as -384 (0xFC, even) instead; +448 (0x7E, even) stays. In MX, where every block's
+    largest element sits in [256, 448], this decided between a model and a NaN model."""
+    model = nn.Sequential(nn.Linear(4, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[448.0, -448.0, -416.0, 1.0]]))
+    injector = FaultInjector(model, fmt=fmt, targets=["weight"])
+    before = model[0].weight.detach().clone()
+    WEIGHT_PROTECTIONS["parity_zero"].attach(injector, {})
+    after = model[0].weight.detach()
+    assert bool(torch.isfinite(after).all())
+    assert torch.equal(after[0, :3], before[0, :3] * torch.tensor([1.0, 384 / 448, 384 / 416]))

@@ -37,6 +37,19 @@ def with_parity(words: np.ndarray) -> np.ndarray:
     return high | parity_of(high)
 
 
+def finite_parity(words: np.ndarray, decode) -> np.ndarray:
+    """``with_parity(words)``, except where that would turn a finite value into NaN: E4M3's -448
+    (0xFE, bits 1-7 all ones, odd) would become its NaN code 0xFF; such a word takes the code one
+    step nearer zero first (0xFC, -384), whose parity bit is 0. No other format has a special code
+    one bit-0 flip from a finite one (IEEE-like formats: bit 0 is a mantissa bit, the specials sit
+    at the all-ones exponent)."""
+    out = with_parity(words)
+    bad = np.isnan(decode(out)) & ~np.isnan(decode(words))
+    if bad.any():
+        out[bad] = with_parity(words[bad] - 2)  # sign-magnitude: one step of bit 1 toward zero
+    return out
+
+
 class ParityCodec(Codec):
     """A word codec whose stored words carry parity in bit 0; ``decode`` reads a failing word as 0."""
 
@@ -44,7 +57,7 @@ class ParityCodec(Codec):
         self.inner, self.name, self.word_bits = inner, inner.name, inner.word_bits
 
     def encode_np(self, values: np.ndarray) -> np.ndarray:
-        return with_parity(self.inner.encode_np(values))
+        return finite_parity(self.inner.encode_np(values), self.inner.decode_np)
 
     def decode_np(self, words: np.ndarray) -> np.ndarray:
         values = self.inner.decode_np(words)
@@ -70,7 +83,8 @@ class ParityScaledCodec:
         self.scale_codec, self.scale_bits, self.layout = inner.scale_codec, inner.scale_bits, inner.layout
 
     def encode_q(self, values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(with_parity(self.inner.encode_q(values, scales).numpy()))
+        words = self.inner.encode_q(values, scales).numpy()
+        return torch.from_numpy(finite_parity(words, lambda w: self.inner.decode_q(torch.from_numpy(w), scales).numpy()))
 
     def decode_q(self, words: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
         values = self.inner.decode_q(words, scales)
