@@ -5,6 +5,7 @@ in every registered format in turn, evaluated without faults on the campaign's e
     python benchmarks/format_cost.py [--experiment quickstart] [--cache-dir .cache] [overrides ...]
     python benchmarks/format_cost.py --experiment repro_cpu --cache-dir /work/cache model=vgg16_w025
     python benchmarks/format_cost.py --experiment repro_cpu --state <cache>/baseline/<key>/model.pt model=vgg16_w025
+    python benchmarks/format_cost.py --weight-protections parity_zero clamp     # and what they cost, per format
 
 ``--state`` loads a trained baseline's state dict directly (e.g. one cached under an earlier key
 scheme) instead of running the baseline stage.
@@ -12,7 +13,10 @@ scheme) instead of running the baseline stage.
 The fault space is the default (weights, biases; no bounds in an unprotected model), so only those
 tensors change format; everything else stays float32. Prints one row per format: accuracy, the
 change against float32 in percentage points, and the stored bits per value of the fault space
-(scales included). The last line is JSON {format: accuracy}.
+(scales included). The last line is JSON {format: accuracy}. With ``--weight-protections``, each
+protection's clean accuracy in every format (its ``protect`` and ``attach`` steps as in a job: parity's
+lost bit, the clamp's stored bounds) and its cost (stored - protected, points), and a second JSON line
+{format: {protection: accuracy}}.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from fitact_pipeline.faults import FORMATS, FaultInjector  # noqa: E402
 from fitact_pipeline.keys import all_keys  # noqa: E402
 from fitact_pipeline.models import model_from_config  # noqa: E402
 from fitact_pipeline.protect import fold_batchnorm  # noqa: E402
+from fitact_pipeline.protect.weights import WEIGHT_PROTECTIONS  # noqa: E402
 
 
 def job_config(experiment: str, overrides: list[str]):
@@ -43,11 +48,17 @@ def job_config(experiment: str, overrides: list[str]):
                        return_hydra_config=True)
 
 
-def stored_accuracy(reference: torch.nn.Module, fmt: str, images, labels, batch_size: int) -> tuple[float, float]:
-    """(clean accuracy, stored bits per value) of ``reference`` stored in ``fmt``."""
+def stored_accuracy(reference: torch.nn.Module, fmt: str, images, labels, batch_size: int,
+                    weights: str = "none") -> tuple[float, float]:
+    """(clean accuracy, stored bits per value) of ``reference`` stored in ``fmt`` under the weight
+    protection ``weights`` (the clamp's bounds are in the fault space, as in a job's default)."""
     model = copy.deepcopy(reference)
-    targets = ("weight", "bias", "scale") if FORMATS[fmt].family == "scaled" else ("weight", "bias")
-    space = FaultInjector(model, fmt=fmt, word_bits=32, frac_bits=16, targets=targets).fault_space
+    protection = WEIGHT_PROTECTIONS[weights]
+    protection.protect(model, {"name": weights})
+    targets = ("weight", "bias", "bound") + (("scale",) if FORMATS[fmt].family == "scaled" else ())
+    injector = FaultInjector(model, fmt=fmt, word_bits=32, frac_bits=16, targets=targets)
+    protection.attach(injector, {"name": weights})
+    space = injector.fault_space
     values = sum(t["elements"] for t in space["tensors"] if t["kind"] != "scale")
     return evaluate_accuracy(model, images, labels, batch_size), space["total_bits"] / values
 
@@ -69,6 +80,7 @@ def main() -> None:
     ap.add_argument("--experiment", default="quickstart")
     ap.add_argument("--cache-dir", default=str(ROOT / ".cache"))
     ap.add_argument("--state", help="a baseline's model.pt to load instead of the baseline stage")
+    ap.add_argument("--weight-protections", nargs="*", default=[], choices=[w for w in WEIGHT_PROTECTIONS if w != "none"])
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the job config")
     args = ap.parse_args()
     cfg = job_config(args.experiment, [f"cache_dir={args.cache_dir}", *args.overrides])
@@ -82,13 +94,21 @@ def main() -> None:
     float_acc = evaluate_accuracy(reference, images, labels, cfg.campaign.batch_size)
     print(f"{args.experiment} {cfg.model.name} w{cfg.model.get('width', 1.0)}: {len(labels)} "
           f"{cfg.campaign.eval_split} images; unstored float32 {100 * float_acc:.2f} %")
-    print(f"{'format':10} {'accuracy %':>10} {'vs float32 pp':>13} {'bits/value':>10}")
-    out = {}
+    protected = "".join(f" {w + ' %':>13} {'cost pp':>8}" for w in args.weight_protections)
+    print(f"{'format':10} {'accuracy %':>10} {'vs float32 pp':>13} {'bits/value':>10}{protected}")
+    out, per_protection = {}, {}
     for fmt in FORMATS:
         acc, bits = stored_accuracy(reference, fmt, images, labels, cfg.campaign.batch_size)
-        out[fmt] = acc
-        print(f"{fmt:10} {100 * acc:10.2f} {100 * (acc - float_acc):+13.2f} {bits:10.2f}")
+        out[fmt], per_protection[fmt] = acc, {"none": acc}
+        line = f"{fmt:10} {100 * acc:10.2f} {100 * (acc - float_acc):+13.2f} {bits:10.2f}"
+        for weights in args.weight_protections:
+            per_protection[fmt][weights] = stored_accuracy(reference, fmt, images, labels, cfg.campaign.batch_size,
+                                                           weights)[0]
+            line += f" {100 * per_protection[fmt][weights]:13.2f} {100 * (acc - per_protection[fmt][weights]):8.2f}"
+        print(line)
     print(json.dumps(out))
+    if args.weight_protections:
+        print(json.dumps(per_protection))
 
 
 if __name__ == "__main__":

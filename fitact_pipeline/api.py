@@ -212,7 +212,7 @@ def vulnerability(model: nn.Module | Hardened, data, *, faults: str | Mapping | 
     """Where single faults hurt a copy of ``model``: for every fault-space tensor x bit position,
     P(SDC) and the mean accuracy loss of one flip, with exact intervals of at most ``half_width``
     (faults/vulnerability.py). ``faults`` and ``weight_protection`` as in ``measure_resilience``
-    (a word format); ``tensors``/``bits`` restrict the cells. ``mlflow`` (as in
+    (any stored format; ``memory`` faults); ``tensors``/``bits`` restrict the cells. ``mlflow`` (as in
     ``measure_resilience``) logs ``vulnerability.json`` to a run tagged ``run_kind=vulnerability``,
     which the report draws (heat map and ranked table)."""
     net = copy.deepcopy(model.model if isinstance(model, Hardened) else model).eval()

@@ -7,14 +7,17 @@ the activation protection and its bounds stage), one registry entry each:
 - ``clamp``: every convolution/linear weight is clamped, when read, to its clean [min, max] (per
   tensor, or per output channel). The two bounds are stored values like the activation bounds:
   parameters ``weight_min`` / ``weight_max`` of the layer, selected by the ``bound`` target kind,
-  so they are in the fault space whenever the bounds are. A NaN weight reads as 0 (a clamp cannot
-  order NaN); a faulty bound clamps with its faulty value (min > max reads as max, torch.clamp).
+  so they are in the fault space whenever the bounds are, stored in the fault space's format like
+  every other word. A NaN weight reads as 0 (a clamp cannot order NaN); a faulty bound clamps with
+  its faulty value (min > max reads as max, torch.clamp).
 - ``parity_zero``: bit 0 of every stored word of the fault space holds the parity of the others; a
-  word failing it reads as 0 (faults/parity.py). Needs stored-parameter faults in a word format.
+  word failing it reads as 0 (faults/parity.py). Every stored format: the word formats' words, the
+  element codes of int8, int4, mxfp8 and mxfp4 (their scales carry no parity). Needs
+  stored-parameter faults (memory, stuck_at, burst).
 
 Each entry has two steps: ``protect(model, cfg)`` before the fault space is built (the clamp's
-modules and bounds) and ``attach(injector, cfg)`` after (the parity codec, which re-stores the
-space with its parity bits).
+modules and bounds) and ``attach(injector, cfg)`` after (the clamp's bounds at the stored weights'
+range; the parity codec, which re-stores the space with its parity bits).
 """
 from __future__ import annotations
 
@@ -26,7 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_keys, expect_choice
-from ..faults.parity import ParityCodec, parity_of
+from ..faults.flip import FAMILIES
+from ..faults.lowbit import block_of
+from ..faults.parity import ParityCodec, ParityScaledCodec, parity_of
 from ..registry import ConfigError, Registry
 
 CLAMP_GRANULARITIES = ("tensor", "channel")
@@ -83,23 +88,80 @@ def clamp_weights(model: nn.Module, granularity: str = "tensor") -> int:
     return added
 
 
-def _add_bounds(module: nn.Module, granularity: str) -> int:
-    w = module.weight.detach()
+def _weight_range(w: torch.Tensor, granularity: str) -> tuple[torch.Tensor, torch.Tensor]:
     dims = tuple(range(1, w.dim())) if granularity == "channel" else tuple(range(w.dim()))
     low, high = w.amin(dim=dims, keepdim=True), w.amax(dim=dims, keepdim=True)
     if granularity == "tensor":
         low, high = low.reshape(()), high.reshape(())
+    return low, high
+
+
+def _add_bounds(module: nn.Module, granularity: str) -> int:
+    low, high = _weight_range(module.weight.detach(), granularity)
     # parameters, not buffers: the fault space's `bound` kind selects parameters (stored like the activation bounds)
     module.weight_min = nn.Parameter(low.clone(), requires_grad=False)
     module.weight_max = nn.Parameter(high.clone(), requires_grad=False)
     return 2 * low.numel()
 
 
+def _attach_clamp(injector, cfg: Mapping) -> None:
+    """Bounds at the range of the weights as stored. ``protect`` took them from the float weights;
+    a format that rounds a weight past its float range (int8/int4 with a channel scale set by the
+    other sign, an MX block) would otherwise clip clean weights. Each bound is then stored in the
+    format itself when it is in the fault space, and moved outward until its stored value encloses
+    the weights (a bound stored alone may round inward: int8's scale * 127, E4M3's saturation at
+    448 in a block of one). Word formats round monotonically: their bounds do not change here."""
+    space = getattr(injector, "space", None)
+    slots = {s.name: s for s in space.slots} if space is not None else {}
+    family = FAMILIES[space.family] if space is not None else None
+    with torch.no_grad():
+        for name, module in injector.model.named_modules():
+            if type(module) not in _CLAMPED.values():
+                continue
+            granularity = "tensor" if module.weight_min.dim() == 0 else "channel"
+            low, high = _weight_range(module.weight.detach(), granularity)
+            for attr, target, sign in (("weight_min", low, -1.0), ("weight_max", high, 1.0)):
+                slot = slots.get(f"{name}.{attr}" if name else attr)
+                if slot is None:  # not in the fault space: stored as the float32 it is
+                    getattr(module, attr).copy_(target)
+                else:
+                    _store_enclosing(family, space.codec, slot, target.reshape(-1).cpu(), sign,
+                                     getattr(module, attr).shape)
+            if bool((_read_weight(module) != module.weight).any()):
+                raise ValueError(f"layer {name!r}: the stored clamp bounds cut clean weights; this format cannot "
+                                 "hold them outside the weight range")
+
+
+def _store_enclosing(family, codec, slot, target: torch.Tensor, sign: float, shape: torch.Size) -> None:
+    """Store ``target`` in ``slot`` so that every stored value is on the outer side of it
+    (``sign`` +1: >= target, -1: <= target), moving a value that rounds inward outward by a
+    doubling step (each bound is its own scale block in the scaled formats, so values move alone)."""
+    value, step = target.clone(), torch.zeros_like(target)
+    for _ in range(64):
+        slot.flat.copy_(value.to(slot.flat.device))
+        family.quantise(codec, slot, shape)
+        stored = slot.flat.cpu()
+        short = sign * (target - stored) > 0
+        if not bool(short.any()):
+            return
+        gap = (target - stored).abs()
+        step = torch.where(short, torch.maximum(2 * step, torch.maximum(gap, target.abs() * 2.0 ** -23)), step)
+        value = torch.where(short, value + sign * step, value)
+    raise ValueError(f"clamp bound {slot.name!r} cannot be stored enclosing the weights in format {codec.name}")
+
+
 def _attach_parity(injector, cfg: Mapping) -> None:
     space = getattr(injector, "space", None)
-    if space is None or space.family != "word":
-        raise ConfigError("weight_protection=parity_zero needs stored-parameter faults (memory, stuck_at, burst) in "
-                          "a word format (fixed, float32, float16, bfloat16), not int8 or activation faults")
+    if space is None:
+        raise ConfigError("weight_protection=parity_zero needs stored-parameter faults (faults.model memory, stuck_at "
+                          "or burst), not activation faults: parity protects stored words")
+    if space.family == "scaled":  # element codes get parity; the scales stay as they are (ParityScaledCodec)
+        space.codec = ParityScaledCodec(space.codec)
+        with torch.no_grad():
+            for slot in space.slots:
+                per_elem = slot.scales[block_of(torch.arange(slot.flat.numel()), slot.group, slot.block)]
+                slot.flat.copy_(space.codec.decode_q(space.codec.encode_q(slot.flat.cpu(), per_elem), per_elem))
+        return
     space.codec = ParityCodec(space.codec)
     with torch.no_grad():
         for slot in space.slots:  # re-store every word with its parity bit
@@ -130,7 +192,8 @@ for _entry in (
     WeightProtection("none", "weights read as stored"),
     WeightProtection("clamp", "each conv/linear weight clamped on read to its clean [min, max] (per tensor or output "
                      "channel); the bounds are stored parameters in the fault space (target kind `bound`)",
-                     ("granularity",), protect=lambda model, cfg: clamp_weights(model, cfg.get("granularity", "tensor"))),
+                     ("granularity",), attach=_attach_clamp,
+                     protect=lambda model, cfg: clamp_weights(model, cfg.get("granularity", "tensor"))),
     WeightProtection("parity_zero", "bit 0 of every stored word = parity of the other bits; a word failing parity "
                      "reads as 0", attach=_attach_parity),
 ):
@@ -145,7 +208,7 @@ def check_weight_protection_config(cfg: Mapping | None, faults: Mapping | None =
     check_keys(cfg, "weight_protection", ("name",) + entry.config_keys)
     if "granularity" in entry.config_keys:
         expect_choice(cfg.get("granularity", "tensor"), "weight_protection.granularity", CLAMP_GRANULARITIES)
-    if entry.name == "parity_zero" and faults is not None:
-        if faults.get("model") == "activation" or faults.get("fmt") == "int8":
-            raise ConfigError(f"weight_protection=parity_zero needs stored-parameter faults in a word format; got "
-                              f"faults.model={faults.get('model')!r}, faults.fmt={faults.get('fmt')!r}")
+    if entry.name == "parity_zero" and faults is not None and faults.get("model") == "activation":
+        # every stored format has parity (word or element codes); activation faults never read a stored word
+        raise ConfigError("weight_protection=parity_zero needs stored-parameter faults; got faults.model='activation' "
+                          "(allowed: memory, stuck_at, burst)")
