@@ -7,17 +7,27 @@ Reproducibility: ``train_baseline`` re-initialises the model's parameters from `
 ``init_from_seed: false``), seeds every RNG Lightning touches, and the data module seeds its own
 shuffle and augmentation. On CPU the same seed therefore gives bit-identical weights, whatever the
 global RNG state was when the model was built.
+
+Resumption: with ``checkpoint_dir``, the whole training state is written there after every epoch
+(``ResumeCheckpoint``) and a later call with the same directory continues from it. Lightning's
+checkpoint restores the weights, optimizer, LR scheduler and loop counters; it does not restore the
+global RNGs (dropout) or the generators of the data loader (shuffle order, crops, flips), which run on
+from epoch to epoch. ``ResumeCheckpoint`` stores those too and puts them back, so an interrupted and
+resumed training ends with the same weights, bit for bit on CPU, as one that ran through.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -132,8 +142,75 @@ def quiet_lightning(progress_bar: bool) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+#: the file ``ResumeCheckpoint`` writes into its directory (the last finished epoch)
+CHECKPOINT_NAME = "last.ckpt"
+log = logging.getLogger(__name__)
+
+
+def loader_generators(loader) -> list[torch.Generator]:
+    """The generators a training loader draws from: the shuffle's (``DataLoader.generator``, also
+    the source of each epoch's base seed) and the augmentation's (``BatchTransform.gen``)."""
+    found = [loader.generator, getattr(loader.collate_fn, "gen", None)]
+    return [g for g in found if isinstance(g, torch.Generator)]
+
+
+def rng_states(generators: Sequence[torch.Generator]) -> dict:
+    """Every RNG state a training step can draw from, in types a weights-only load accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return {"torch": torch.get_rng_state(), "cuda": cuda, "python": random.getstate(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "loader": [g.get_state() for g in generators]}
+
+
+def set_global_rng_states(states: Mapping) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    random.setstate(states["python"])
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+
+
+class ResumeCheckpoint(L.Callback):
+    """After every training epoch (validation included), the whole training state to
+    ``directory/last.ckpt``, written to a temporary file and renamed, so a kill during the write
+    leaves the previous epoch's checkpoint. Adds what Lightning's checkpoint lacks: the RNG states
+    (``rng_states``) and the training time so far. ``resume``: the RNG states of the checkpoint this
+    fit resumes from; the global ones are set when training starts (the loader's generators must be
+    set by the caller before ``fit``, as Lightning draws from them while it sets up the loader)."""
+
+    def __init__(self, directory: str | Path, generators: Sequence[torch.Generator], resume: Mapping | None = None,
+                 time_before_s: float = 0.0):
+        self.directory = Path(directory)
+        self.generators = list(generators)
+        self.resume = resume
+        self.time_before_s = float(time_before_s)
+        self.started = time.perf_counter()
+
+    def train_time_s(self) -> float:
+        return self.time_before_s + time.perf_counter() - self.started
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.resume is not None:
+            set_global_rng_states(self.resume)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / f".{CHECKPOINT_NAME}.tmp-{os.getpid()}"
+        trainer.save_checkpoint(tmp)
+        os.replace(tmp, self.directory / CHECKPOINT_NAME)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["fitact_rng"] = rng_states(self.generators)
+        checkpoint["fitact_train_time_s"] = self.train_time_s()
+
+
 def train_baseline(model: nn.Module, datamodule, train_cfg=None, seed: int = 0,
-                   output_dir: str | Path | None = None, device: torch.device | str | None = None) -> dict:
+                   output_dir: str | Path | None = None, device: torch.device | str | None = None,
+                   checkpoint_dir: str | Path | None = None, label: str | None = None,
+                   callbacks: Sequence[L.Callback] = ()) -> dict:
     """Train ``model`` in place; return ``{"train_time_s", "val_acc", "epochs"}``.
 
     ``train_cfg`` keys (all optional, see DEFAULTS): epochs, lr, momentum, nesterov, weight_decay,
@@ -142,6 +219,12 @@ def train_baseline(model: nn.Module, datamodule, train_cfg=None, seed: int = 0,
     ``output_dir/metrics.csv`` (Lightning CSVLogger) and the weights to ``output_dir/model.pt`` as a
     plain state_dict; nothing is logged to MLflow here (the caller owns the MLflow run). ``device``
     is where training runs (None: a GPU when there is one); the model ends on the CPU.
+
+    ``checkpoint_dir``: the training state is saved there after every epoch, and a checkpoint found
+    there is resumed (logged as "resuming <label> from epoch N"); the caller must give each training
+    config its own directory (the stage cache names it by the baseline's key) and removes it when the
+    result is kept. ``train_time_s`` then counts the earlier runs too. ``callbacks``: more Lightning
+    callbacks (run before the checkpoint is written).
     """
     cfg = _plain_cfg(train_cfg)
     if cfg["init_from_seed"]:
@@ -158,13 +241,34 @@ def train_baseline(model: nn.Module, datamodule, train_cfg=None, seed: int = 0,
         logger = L.pytorch.loggers.CSVLogger(str(output_dir), name="", version="")
     max_time = {"seconds": float(cfg["max_time_s"])} if cfg["max_time_s"] else None
     accelerator, devices = lightning_accelerator(torch.device(device)) if device is not None else ("auto", 1)
+    # The loaders are made here, not by Lightning, so that a resumed run can set their generators
+    # before Lightning's first draw from them (it starts the first epoch's iterator while it sets up).
+    datamodule.setup("fit")
+    train_loader, val_loader = datamodule.train_dataloader(), datamodule.val_dataloader()
+    generators = loader_generators(train_loader)
+    all_callbacks = list(callbacks)
+    ckpt_path, resumed = None, None
+    if checkpoint_dir is not None:
+        ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME
+        if ckpt.exists():
+            resumed = torch.load(ckpt, map_location="cpu", weights_only=True)
+            done = int(resumed["epoch"]) + 1  # saved at the end of its (0-based) epoch
+            log.info("resuming %s from epoch %d (%d of %d epochs done, checkpoint %s)",
+                     label or checkpoint_dir, done, done, int(cfg["epochs"]), ckpt)
+            for gen, state in zip(generators, resumed["fitact_rng"]["loader"], strict=True):
+                gen.set_state(state)
+            ckpt_path = str(ckpt)
+        all_callbacks.append(ResumeCheckpoint(
+            checkpoint_dir, generators, resume=None if resumed is None else resumed["fitact_rng"],
+            time_before_s=0.0 if resumed is None else resumed["fitact_train_time_s"]))
     trainer = L.Trainer(max_epochs=int(cfg["epochs"]), max_time=max_time, accelerator=accelerator, devices=devices,
                         logger=logger, enable_checkpointing=False, enable_progress_bar=cfg["progress_bar"],
                         enable_model_summary=False, num_sanity_val_steps=0, precision="32-true",
-                        log_every_n_steps=10)
+                        log_every_n_steps=10, callbacks=all_callbacks)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
-    train_time = time.perf_counter() - start
+    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path,
+                weights_only=True)
+    train_time = time.perf_counter() - start + (0.0 if resumed is None else resumed["fitact_train_time_s"])
 
     model.cpu().eval()
     val_acc = accuracy(model, datamodule.val_dataloader())

@@ -1,0 +1,151 @@
+"""Resumable baseline training: a training interrupted after an epoch and resumed from its checkpoint
+ends with the weights of one that ran through, bit for bit on CPU, and sees the same batches; the
+stage cache resumes a baseline only under its own key and removes the partial folder when done."""
+
+import hashlib
+import logging
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from fitact_pipeline.cache import is_cached, partial_path
+from fitact_pipeline.configs import CONF_DIR
+from fitact_pipeline.data import DigitsDataModule
+from fitact_pipeline.identity import result_identity, stage_keys
+from fitact_pipeline.models import build_model
+from fitact_pipeline import stages
+from fitact_pipeline.stages import stage_baseline
+from fitact_pipeline.training import CHECKPOINT_NAME, ClassifierModule, train_baseline
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# Dropout is not in small_cnn; the global RNG is still drawn from (the test's own callback draws from
+# it every step), so a resume that did not restore it would change the recorded draws.
+CFG = {"epochs": 4, "lr": 0.1, "warmup_epochs": 1, "batch_size": 64, "progress_bar": False}
+
+
+class Interrupt(Exception):
+    pass
+
+
+class Record(L.Callback):
+    """Per epoch: a digest of every batch (images and labels) and one draw of the global RNG; raises
+    ``Interrupt`` at the start of epoch ``stop_at`` (0-based), after the previous checkpoint."""
+
+    def __init__(self, stop_at: int | None = None):
+        self.stop_at = stop_at
+        self.batches: dict[int, list[str]] = {}
+        self.draws: dict[int, list[float]] = {}
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.stop_at:
+            raise Interrupt(f"stopped at epoch {self.stop_at}")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        x, y = batch
+        digest = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()[:16]
+        self.batches.setdefault(trainer.current_epoch, []).append(digest)
+        self.draws.setdefault(trainer.current_epoch, []).append(torch.rand(()).item())
+
+
+def fresh():
+    return (DigitsDataModule(seed=0), build_model("small_cnn", num_classes=10, in_channels=1, width=0.5))
+
+
+def weights_equal(a, b) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a) and a.keys() == b.keys()
+
+
+@pytest.fixture(scope="module")
+def straight():
+    dm, model = fresh()
+    record = Record()
+    info = train_baseline(model, dm, CFG, seed=3, callbacks=[record])
+    return model.state_dict(), info, record
+
+
+def test_interrupted_and_resumed_training_ends_bit_identical(straight, tmp_path, caplog):
+    weights, info, record = straight
+    dm, model = fresh()
+    first = Record(stop_at=2)
+    with pytest.raises(Interrupt):
+        train_baseline(model, dm, CFG, seed=3, checkpoint_dir=tmp_path, label="k1", callbacks=[first])
+    assert (tmp_path / CHECKPOINT_NAME).exists()
+    assert first.batches == {e: record.batches[e] for e in (0, 1)}  # the checkpoint changes nothing
+
+    dm, model = fresh()  # a new process: new data module, new model, global RNG elsewhere
+    torch.manual_seed(999)
+    second = Record()
+    with caplog.at_level(logging.INFO, logger="fitact_pipeline.training"):
+        info2 = train_baseline(model, dm, CFG, seed=3, checkpoint_dir=tmp_path, label="k1", callbacks=[second])
+    assert "resuming k1 from epoch 2" in caplog.text
+    assert sorted(second.batches) == [2, 3]  # epochs 0 and 1 are not trained again
+    for epoch in (2, 3):  # same batches, in the same order, with the same crops and flips; same RNG
+        assert second.batches[epoch] == record.batches[epoch], epoch
+        assert second.draws[epoch] == record.draws[epoch], epoch
+    assert weights_equal(model.state_dict(), weights)
+    assert info2["epochs"] == info["epochs"] == 4 and info2["val_acc"] == info["val_acc"]
+
+
+def test_checkpointing_alone_changes_no_weight(straight, tmp_path):
+    dm, model = fresh()
+    train_baseline(model, dm, CFG, seed=3, checkpoint_dir=tmp_path)
+    assert weights_equal(model.state_dict(), straight[0])
+
+
+def test_a_resume_without_the_rng_states_would_differ(straight, tmp_path):
+    """The control: Lightning's own restore (weights, optimizer, schedule, epoch) with the loader's
+    generators left as a fresh loader has them gives other batches and other weights."""
+    dm, model = fresh()
+    with pytest.raises(Interrupt):
+        train_baseline(model, dm, CFG, seed=3, checkpoint_dir=tmp_path, callbacks=[Record(stop_at=2)])
+    ckpt = tmp_path / CHECKPOINT_NAME
+    state = torch.load(ckpt, weights_only=True)
+    del state["fitact_rng"], state["fitact_train_time_s"]
+    other = tmp_path / "plain"
+    other.mkdir()
+    torch.save(state, other / "plain.ckpt")
+    dm, model = fresh()
+    dm.batch_size = CFG["batch_size"]
+    module = ClassifierModule(model, lr=CFG["lr"], warmup_epochs=CFG["warmup_epochs"])
+    record = Record()
+    L.Trainer(max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, num_sanity_val_steps=0, callbacks=[record]).fit(
+        module, datamodule=dm, ckpt_path=str(other / "plain.ckpt"), weights_only=True)
+    assert record.batches[2] != straight[2].batches[2]
+    assert not weights_equal(model.state_dict(), straight[0])
+
+
+def quickstart_cfg(cache_dir):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=["experiment=quickstart", "threads=1", "progress_bar=false",
+                                            f"cache_dir={cache_dir}", "train.epochs=3"])
+
+
+def test_stage_cache_resumes_under_the_key_and_removes_the_partial_folder(tmp_path, caplog, monkeypatch):
+    cpu = torch.device("cpu")
+    cfg = quickstart_cfg(tmp_path / "cache")
+    keys = stage_keys(result_identity(cfg, instantiate(cfg.dataset), cpu))
+    partial = partial_path(cfg.cache_dir, "baseline", keys["baseline"])
+    assert partial.parent == tmp_path / "cache" / "baseline" and partial.name.startswith(keys["baseline"])
+
+    straight_cfg = quickstart_cfg(tmp_path / "straight")  # another cache: trains from scratch
+    straight_model, _ = stage_baseline(straight_cfg, instantiate(cfg.dataset), cpu, keys)
+
+    original = stages.train_baseline
+    monkeypatch.setattr(stages, "train_baseline",
+                        lambda *a, **kw: original(*a, **kw, callbacks=[Record(stop_at=2)]))
+    with pytest.raises(Interrupt):
+        stage_baseline(cfg, instantiate(cfg.dataset), cpu, keys)
+    monkeypatch.undo()
+    assert (partial / CHECKPOINT_NAME).exists() and not is_cached(cfg.cache_dir, "baseline", keys["baseline"])
+
+    with caplog.at_level(logging.INFO, logger="fitact_pipeline.training"):
+        model, info = stage_baseline(cfg, instantiate(cfg.dataset), cpu, keys)
+    assert f"resuming {keys['baseline']} from epoch 2" in caplog.text
+    assert info["epochs"] == 3
+    assert weights_equal(model.state_dict(), straight_model.state_dict())
+    assert is_cached(cfg.cache_dir, "baseline", keys["baseline"]) and not partial.exists()
