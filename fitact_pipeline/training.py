@@ -32,7 +32,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .checks import check_keys, expect_bool, expect_int, expect_number
+from .checks import check_keys, expect_bool, expect_choice, expect_int, expect_number
 from .configs import group_config
 from .device import lightning_accelerator
 from .evaluate import accuracy
@@ -45,6 +45,26 @@ DEFAULTS = {**group_config("train", "default"), "progress_bar": True}
 #: training settings that change the trained weights (the baseline's cache key reads these)
 RESULT_KEYS = tuple(k for k in DEFAULTS if k != "progress_bar")
 
+#: the numeric precisions training runs in (Lightning's names)
+PRECISIONS = ("32-true", "bf16-mixed")
+
+#: settings added after baselines were cached, with the value that trains as before: at that value a
+#: setting stays out of the baseline's key, so every baseline cached before it keeps its key
+ADDED_SETTINGS = {"precision": "32-true", "channels_last": False}
+
+
+def key_settings(train_cfg: Mapping) -> dict:
+    """The training settings a baseline's key holds: every result key given, less an added setting
+    at its earlier behaviour (``ADDED_SETTINGS``)."""
+    out = {}
+    for k in RESULT_KEYS:
+        if k in train_cfg:
+            value = train_cfg[k]
+            value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+            if k not in ADDED_SETTINGS or value != ADDED_SETTINGS[k]:
+                out[k] = value
+    return out
+
 
 def check_train_config(cfg: Mapping) -> None:
     """A one-line ConfigError for a bad ``train`` value, before any work."""
@@ -56,7 +76,8 @@ def check_train_config(cfg: Mapping) -> None:
     expect_number(cfg.get("warmup_epochs", 0), "train.warmup_epochs", 0)
     expect_int(cfg.get("batch_size", 1), "train.batch_size", 1)
     expect_number(cfg.get("max_time_s"), "train.max_time_s", 0, low_open=True, allow_none=True)
-    for key in ("nesterov", "progress_bar", "init_from_seed"):
+    expect_choice(cfg.get("precision", "32-true"), "train.precision", PRECISIONS)
+    for key in ("nesterov", "progress_bar", "init_from_seed", "channels_last"):
         if key in cfg:
             expect_bool(cfg[key], f"train.{key}")
 
@@ -73,7 +94,7 @@ class ClassifierModule(L.LightningModule):
     """Cross-entropy classifier around ``model`` (trained in place: ``self.model`` is ``model``)."""
 
     def __init__(self, model: nn.Module, lr: float = 0.01, momentum: float = 0.9, nesterov: bool = True,
-                 weight_decay: float = 5e-4, warmup_epochs: float = 1.0):
+                 weight_decay: float = 5e-4, warmup_epochs: float = 1.0, channels_last: bool = False):
         super().__init__()
         self.model = model
         # Only primitives go into hparams: torch >= 2.6 loads checkpoints weights-only.
@@ -81,6 +102,8 @@ class ClassifierModule(L.LightningModule):
         self.loss = nn.CrossEntropyLoss()
 
     def forward(self, x):
+        if self.hparams.channels_last:  # the weights are converted in train_baseline
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
     def _step(self, batch, split: str):
@@ -215,10 +238,11 @@ def train_baseline(model: nn.Module, datamodule, train_cfg=None, seed: int = 0,
 
     ``train_cfg`` keys (all optional, see DEFAULTS): epochs, lr, momentum, nesterov, weight_decay,
     warmup_epochs, batch_size (overrides the data module's), max_time_s (stop after this much
-    wall time), progress_bar, init_from_seed. With ``output_dir``, per-epoch metrics go to
-    ``output_dir/metrics.csv`` (Lightning CSVLogger) and the weights to ``output_dir/model.pt`` as a
-    plain state_dict; nothing is logged to MLflow here (the caller owns the MLflow run). ``device``
-    is where training runs (None: a GPU when there is one); the model ends on the CPU.
+    wall time), precision (32-true or bf16-mixed), channels_last, progress_bar, init_from_seed.
+    With ``output_dir``, per-epoch metrics go to ``output_dir/metrics.csv`` (Lightning CSVLogger)
+    and the weights to ``output_dir/model.pt`` as a plain state_dict; nothing is logged to MLflow
+    here (the caller owns the MLflow run). ``device`` is where training runs (None: a GPU when there
+    is one); the model ends on the CPU, float32, in the default memory format.
 
     ``checkpoint_dir``: the training state is saved there after every epoch, and a checkpoint found
     there is resumed (logged as "resuming <label> from epoch N"); the caller must give each training
@@ -235,7 +259,10 @@ def train_baseline(model: nn.Module, datamodule, train_cfg=None, seed: int = 0,
         datamodule.batch_size = int(cfg["batch_size"])
 
     module = ClassifierModule(model, lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["nesterov"],
-                              weight_decay=cfg["weight_decay"], warmup_epochs=cfg["warmup_epochs"])
+                              weight_decay=cfg["weight_decay"], warmup_epochs=cfg["warmup_epochs"],
+                              channels_last=cfg["channels_last"])
+    if cfg["channels_last"]:
+        model.to(memory_format=torch.channels_last)
     logger = False
     if output_dir is not None:
         logger = L.pytorch.loggers.CSVLogger(str(output_dir), name="", version="")
@@ -263,7 +290,7 @@ def train_baseline(model: nn.Module, datamodule, train_cfg=None, seed: int = 0,
             time_before_s=0.0 if resumed is None else resumed["fitact_train_time_s"]))
     trainer = L.Trainer(max_epochs=int(cfg["epochs"]), max_time=max_time, accelerator=accelerator, devices=devices,
                         logger=logger, enable_checkpointing=False, enable_progress_bar=cfg["progress_bar"],
-                        enable_model_summary=False, num_sanity_val_steps=0, precision="32-true",
+                        enable_model_summary=False, num_sanity_val_steps=0, precision=cfg["precision"],
                         log_every_n_steps=10, callbacks=all_callbacks)
     start = time.perf_counter()
     trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path,
@@ -271,6 +298,8 @@ def train_baseline(model: nn.Module, datamodule, train_cfg=None, seed: int = 0,
     train_time = time.perf_counter() - start + (0.0 if resumed is None else resumed["fitact_train_time_s"])
 
     model.cpu().eval()
+    if cfg["channels_last"]:  # later stages (folding, fault injection) expect the default layout
+        model.to(memory_format=torch.contiguous_format)
     val_acc = accuracy(model, datamodule.val_dataloader())
     if output_dir is not None:
         save_weights(model, Path(output_dir) / "model.pt")

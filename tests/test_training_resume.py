@@ -18,7 +18,9 @@ from fitact_pipeline.identity import result_identity, stage_keys
 from fitact_pipeline.models import build_model
 from fitact_pipeline import stages
 from fitact_pipeline.stages import stage_baseline
-from fitact_pipeline.training import CHECKPOINT_NAME, ClassifierModule, train_baseline
+from fitact_pipeline.registry import ConfigError
+from fitact_pipeline.training import (CHECKPOINT_NAME, DEFAULTS, ClassifierModule, check_train_config,
+                                      key_settings, train_baseline)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -149,3 +151,24 @@ def test_stage_cache_resumes_under_the_key_and_removes_the_partial_folder(tmp_pa
     assert info["epochs"] == 3
     assert weights_equal(model.state_dict(), straight_model.state_dict())
     assert is_cached(cfg.cache_dir, "baseline", keys["baseline"]) and not partial.exists()
+
+
+def test_added_settings_at_their_default_leave_the_baseline_key_as_it_was():
+    base = {k: v for k, v in DEFAULTS.items() if k != "progress_bar"}
+    assert "precision" not in key_settings(base) and "channels_last" not in key_settings(base)
+    assert key_settings({**base, "precision": "bf16-mixed"})["precision"] == "bf16-mixed"
+    assert key_settings({**base, "channels_last": True})["channels_last"] is True
+    with pytest.raises(ConfigError, match=r"train.precision='bf16' is not allowed; choose one of: 32-true, bf16-mixed"):
+        check_train_config({"precision": "bf16"})
+
+
+def test_bf16_channels_last_training_learns_and_hands_back_a_plain_float32_model(tmp_path):
+    dm, model = fresh()
+    cfg = {**CFG, "precision": "bf16-mixed", "channels_last": True}
+    with pytest.raises(Interrupt):  # and it resumes under these settings too
+        train_baseline(model, dm, cfg, seed=3, checkpoint_dir=tmp_path, callbacks=[Record(stop_at=2)])
+    dm, model = fresh()
+    info = train_baseline(model, dm, cfg, seed=3, checkpoint_dir=tmp_path)
+    assert info["val_acc"] > 0.6 and info["epochs"] == 4  # chance is 0.1
+    for name, p in model.state_dict().items():
+        assert p.dtype in (torch.float32, torch.int64) and p.is_contiguous(), name
