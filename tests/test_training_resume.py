@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
 from fitact_pipeline.cache import is_cached, partial_path
@@ -172,3 +173,26 @@ def test_bf16_channels_last_training_learns_and_hands_back_a_plain_float32_model
     assert info["val_acc"] > 0.6 and info["epochs"] == 4  # chance is 0.1
     for name, p in model.state_dict().items():
         assert p.dtype in (torch.float32, torch.int64) and p.is_contiguous(), name
+
+
+def composed_with_hydra(*overrides):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def test_paper_cpu_is_full_width_on_the_copy_with_the_paper_rates_and_nested_campaigns():
+    base = composed_with_hydra("experiment=paper_cpu")
+    params = base.hydra.sweeper.params
+    assert params.model.split(",") == ["vgg16_cpu", "alexnet_cpu"]
+    assert params.protection.split(",") == ["none", "ranger", "clipact_ft", "fitact"]
+    nested = composed_with_hydra("experiment=repro_cpu_nested").campaign
+    for model, epochs, channels_last in (("vgg16_cpu", 8, False), ("alexnet_cpu", 12, True)):
+        cfg = composed_with_hydra("experiment=paper_cpu", f"model={model}")
+        assert cfg.model.width == 1.0 and cfg.dataset.name == "cifar10_copy"
+        assert (cfg.train.epochs, cfg.train.precision, cfg.train.channels_last) == (epochs, "bf16-mixed", channels_last)
+        check_train_config(cfg.train)
+        assert list(cfg.campaign.rates) == [1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5]
+        assert cfg.campaign.design == "nested" and cfg.campaign.adaptive == nested.adaptive
+        assert cfg.campaign.adaptive.enabled and cfg.campaign.adaptive.target_halfwidth == 0.01
