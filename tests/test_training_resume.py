@@ -188,10 +188,10 @@ def test_paper_cpu_is_full_width_on_the_copy_with_the_paper_rates_and_nested_cam
     assert params.model.split(",") == ["vgg16_cpu", "alexnet_cpu"]
     assert params.protection.split(",") == ["none", "ranger", "clipact_ft", "fitact"]
     nested = composed_with_hydra("experiment=repro_cpu_nested").campaign
-    for model, epochs, channels_last in (("vgg16_cpu", 8, False), ("alexnet_cpu", 12, True)):
+    for model, epochs in (("vgg16_cpu", 8), ("alexnet_cpu", 12)):
         cfg = composed_with_hydra("experiment=paper_cpu", f"model={model}")
         assert cfg.model.width == 1.0 and cfg.dataset.name == "cifar10_copy"
-        assert (cfg.train.epochs, cfg.train.precision, cfg.train.channels_last) == (epochs, "bf16-mixed", channels_last)
+        assert (cfg.train.epochs, cfg.train.precision, cfg.train.channels_last) == (epochs, "bf16-mixed", True)
         check_train_config(cfg.train)
         assert list(cfg.campaign.rates) == [1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5]
         assert cfg.campaign.design == "nested" and cfg.campaign.adaptive == nested.adaptive
