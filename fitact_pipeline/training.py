@@ -222,7 +222,7 @@ class ResumeCheckpoint(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         tmp = self.directory / f".{CHECKPOINT_NAME}.tmp-{os.getpid()}"
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)  # the whole state: optimizer, schedule, loops
         os.replace(tmp, self.directory / CHECKPOINT_NAME)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
