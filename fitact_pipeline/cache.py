@@ -6,6 +6,10 @@ The artefact is written into a temporary sibling folder and renamed into place, 
 sees a half-written artefact and a crash leaves only a temporary folder that the next run replaces.
 A ``filelock`` lock on ``cache_dir/<stage>/<key>.lock`` makes a second process that starts while the
 first is computing wait and then load instead of computing again.
+
+A stage whose computation is long (the baseline's training) keeps its work in progress in
+``cache_dir/<stage>/<key>.partial/`` (``partial_path``): named by the key, so only a job of the same
+config picks it up; removed once the artefact is in place.
 """
 
 from __future__ import annotations
@@ -89,6 +93,12 @@ def _load_trusted(path: Path, load: Callable[[Path], Any], discard: bool) -> Any
     return _ABSENT
 
 
+def partial_path(cache_dir: str | Path, stage: str, key: str) -> Path:
+    """Where a computation of ``stage``/``key`` keeps its work in progress (e.g. a training's last
+    checkpoint) until the artefact is written; ``cached_stage`` removes it then."""
+    return Path(cache_dir) / stage / f"{key}.partial"
+
+
 def cached_stage(cache_dir: str | Path, stage: str, key: str, compute: Callable[[], Any],
                  save: Callable[[Path, Any], None], load: Callable[[Path], Any]) -> Any:
     """Return ``load(path)`` if ``cache_dir/stage/key`` is complete and intact, else compute, save
@@ -113,6 +123,7 @@ def cached_stage(cache_dir: str | Path, stage: str, key: str, compute: Callable[
         (tmp / MARKER).write_text(json.dumps({"sha256": _digests(tmp)}, indent=1) + "\n")
         shutil.rmtree(path, ignore_errors=True)  # leftovers of a crashed run (no marker)
         os.replace(tmp, path)
+        shutil.rmtree(partial_path(cache_dir, stage, key), ignore_errors=True)  # the artefact supersedes it
         return artefact
 
 

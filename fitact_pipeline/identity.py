@@ -5,7 +5,7 @@ report's grouping (report/runs.py).
 ``result_identity`` lists, per stage, the settings that stage adds to the result:
 
     baseline  the model config, the data by content and its result keys (data/base.py RESULT_KEYS),
-              the training result keys (training.py), seed, device type
+              the training result keys (training.py key_settings), seed, device type
     profile   BatchNorm folding, profiling images
     bounds    the protection and its own keys (its registry entry's config_keys, less the kernel
               choice), and what its bounds stage declares (protect/bounds_stages.py)
@@ -36,7 +36,7 @@ from .faults.faultlist import read_fault_list
 from .protect import PROTECTIONS
 from .protect.bounds_stages import BOUNDS_STAGES
 from .protect.weights import WEIGHT_PROTECTIONS
-from .training import RESULT_KEYS as TRAIN_KEYS
+from .training import key_settings as train_key_settings
 
 #: the version of what the identity holds: when it changes, the integer goes up and every stage
 #: reruns once (instead of code that keeps the keys of earlier versions alive)
@@ -83,7 +83,7 @@ def result_identity(cfg: DictConfig, datamodule, device: torch.device) -> dict[s
     return {
         "baseline": {"scheme": KEY_SCHEME, "model": plain(cfg.model),
                      "data": {**datamodule.identity(), **pick(cfg.dataset, type(datamodule).RESULT_KEYS)},
-                     "train": pick(cfg.train, TRAIN_KEYS), "seed": cfg.seed, "device": device.type},
+                     "train": train_key_settings(cfg.train), "seed": cfg.seed, "device": device.type},
         "profile": {"fold": cfg.faults.fold_batchnorm, "images": cfg.profile_images},
         "bounds": {"protection": {"name": protection.name, **pick(cfg.protection, own)},
                    "default_granularity": protection.default_granularity, "stage": stage.name,

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from .cache import cached_stage
+from .cache import cached_stage, partial_path
 from .evaluate import evaluate_accuracy
 from .identity import plain
 from .models import model_from_config, owns_init
@@ -32,12 +32,15 @@ def stage_baseline(cfg: DictConfig, datamodule, device: torch.device, keys: dict
                    ) -> tuple[torch.nn.Module, dict]:
     """Train (or load) the baseline: once per model x data x training config x seed x device type.
     Returned on the CPU (the cache holds CPU tensors). A torchvision or timm model comes initialised
-    (its library's initialisation or pretrained weights, head replaced): training fine-tunes it."""
+    (its library's initialisation or pretrained weights, head replaced): training fine-tunes it.
+    Training checkpoints every epoch into the entry's partial folder, so a job of the same key that
+    finds one (an earlier job crashed or was stopped) resumes it instead of starting over."""
     model = model_from_config(cfg.model, datamodule.num_classes, datamodule.in_channels, cfg.seed)
     train_cfg = {**plain(cfg.train), "init_from_seed": False} if owns_init(cfg.model) else cfg.train
 
     def compute() -> tuple[dict, dict]:
-        info = train_baseline(model, datamodule, train_cfg, seed=cfg.seed, device=device)
+        info = train_baseline(model, datamodule, train_cfg, seed=cfg.seed, device=device, label=keys["baseline"],
+                              checkpoint_dir=partial_path(cfg.cache_dir, "baseline", keys["baseline"]))
         return {k: v.cpu() for k, v in model.state_dict().items()}, dict(info)
 
     def load(path: Path):
