@@ -355,6 +355,12 @@ def test_conditioned_rates_prints_any_rate_of_a_table(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     expected = est.acc_at_rate(json.loads(path.read_text()), 1e-6)
     assert len(lines) == 3 and lines[2].split()[1] == f"{100 * expected['mean']:.3f}"
+    main([str(path), "--loss", "0.01"])
+    line = capsys.readouterr().out.strip()
+    got = est.rate_at_loss(json.loads(path.read_text()), 0.01)
+    assert line.startswith("loss of 1 point(s) below clean 90.000 %: rate ") and f"{got['rate']:.3g} " in line
+    with pytest.raises(SystemExit, match="no rates given and no --loss"):
+        main([str(path)])
 
 
 def test_conditioned_campaign_refuses_faults_drawn_per_pass(models):
