@@ -116,6 +116,7 @@ def test_grid_check_term_is_positive_and_covers_a_convex_a_k():
     assert out["interp_term"] > 0 and out["mean"] > exact
     assert out["mean"] - exact < out["interp_term"]
     assert out["ci_low"] <= exact <= out["ci_high"]
+    assert est.monotonicity(table) == {"pairs": len(table["cells"]) - 1, "rises": 0, "significant_rises": 0}
     # a coarser grid: larger gaps, larger checked deviation
     coarse = est.acc_at_rate(grid_table(n_bits, [rate], a, grid_nodes=4)[0], rate)
     assert coarse["interp_term"] > out["interp_term"] and coarse["ci_low"] <= exact <= coarse["ci_high"]

@@ -317,6 +317,24 @@ def ak_table(cells: Sequence[Cell], n_shared: int, n_own: int, level: float, **e
     return {"n_shared": int(n_shared), "n_own": int(n_own), "level": float(level), "cells": rows, **extra}
 
 
+def monotonicity(table: dict, z: float = 2.0) -> dict[str, int]:
+    """Whether a_k falls with k in a logged table: over consecutive measured counts k < k' at the same
+    j (checks included), how many pairs rise (m_k' > m_k) and how many rise by more than ``z``
+    standard errors of the difference. A diagnostic only: the interval does not assume monotonicity."""
+    by_j: dict[int, list[dict]] = {}
+    for c in table["cells"]:
+        by_j.setdefault(c["j"], []).append(c)
+    pairs = rises = significant = 0
+    for cells in by_j.values():
+        cells = sorted(cells, key=lambda c: c["k"])
+        for a, b in zip(cells[:-1], cells[1:]):
+            se = math.sqrt(sum(c["sd"] ** 2 / c["n"] for c in (a, b) if math.isfinite(c["n"]) and c["n"] > 0))
+            pairs += 1
+            rises += b["mean"] > a["mean"]
+            significant += b["mean"] - a["mean"] > z * se
+    return {"pairs": pairs, "rises": rises, "significant_rises": significant}
+
+
 def rate_at_loss(table: dict, loss: float = 0.01, low: float = 1e-12, high: float = 1e-2, points: int = 241,
                  level: float | None = None) -> dict[str, float]:
     """The rate at which acc(rate) first falls ``loss`` below the clean accuracy a_{0,0}, with an
