@@ -391,3 +391,24 @@ def test_prefix_reuse_gives_the_full_pass_predictions(models):
                 starts.add(start)
             assert start == min(cache.stage_of(n) for n, *_ in fmap.records)
         assert len(starts) > 1  # maps start at different stages
+
+
+def test_conditioned_campaign_with_a_large_k_rate_keeps_the_small_rates_cells(models):
+    nets, images, labels = models
+    model = copy.deepcopy(nets["fitact"])
+    run = lambda rates: run_campaign(model, FaultInjector(model), images, labels, rates, trials=2, seed=5,
+                                     batch_size=45, progress=False, design="conditioned", images_per_trial=20)
+    n_shared, n_own = part_sizes(FaultInjector(model).space, FaultInjector(model).sampler)
+    big = 100 / n_shared  # K ~ 100: a window of more than 64 counts, so a grid
+    small, both = run([1e-6]), run([1e-6, big])
+    table = both.ak_table
+    checks = [c for c in table["cells"] if c.get("role") == "check"]
+    assert checks and all(c["k"] > 20 for c in checks)
+    # the small rate's cells: the same maps, the same accuracies, the same estimate
+    for key, accs in small.ak_table["trials"].items():
+        assert table["trials"][key] == accs
+    alone = {k: v for k, v in small.per_rate[1e-6].items() if k != "trials"}  # trials: the whole campaign's maps
+    assert {k: both.per_rate[1e-6][k] for k in alone} == pytest.approx(alone, rel=1e-12, abs=1e-15)
+    logged = {k: v for k, v in both.per_rate[big].items() if k != "images_per_trial"}
+    assert est.acc_at_rate(table, big) == pytest.approx(logged)
+    assert logged["interp_term"] > 0 and logged["ci_low"] <= logged["mean"] <= logged["ci_high"]

@@ -38,9 +38,6 @@ MAX_COUNTS = 64
 #: counts of the shared binomial measured per large-K rate (evenly over its window): 8 segments,
 #: each checked at its midpoint
 GRID_NODES = 9
-#: a segment whose interior mass at a rate is below this takes the trivial bound (error <= 1) in
-#: that rate's interpolation term instead of the largest checked deviation
-RELEVANT_MASS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -177,6 +174,15 @@ class Segments:
     def __len__(self) -> int:
         return int(self.left.size)
 
+    def neighbours(self) -> tuple[np.ndarray, np.ndarray]:
+        """Index of the gap before and after each gap along k at the same j (itself where none)."""
+        idx = np.arange(len(self))
+        prev, nxt = idx.copy(), idx.copy()
+        joined = (self.j[1:] == self.j[:-1]) & (self.b[:-1] == self.a[1:])  # rows are sorted by (j, a)
+        prev[1:][joined] = idx[:-1][joined]
+        nxt[:-1][joined] = idx[1:][joined]
+        return prev, nxt
+
 
 def rate_weights(cells: Sequence[tuple[int, int]], roles: Sequence[str], n_shared: int, n_own: int,
                  rates: Sequence[float], segments: Segments | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -260,11 +266,15 @@ def intervals(weights: np.ndarray, mean: np.ndarray, n: np.ndarray, sd: np.ndarr
     worst = np.zeros(weights.shape[0])
     if segments is not None and len(segments):
         _, bound = interpolation_checks(segments, mean, n, sd, level)
-        relevant = seg_mass >= RELEVANT_MASS
-        # the largest checked deviation (with its uncertainty) over the gaps that carry the rate's
-        # mass, on all of the interpolated mass; gaps with almost none take the trivial bound 1
-        worst = np.where(relevant, bound[None, :], 0.0).max(axis=1)
-        interp = worst * np.where(relevant, seg_mass, 0.0).sum(axis=1) + np.where(relevant, 0.0, seg_mass).sum(axis=1)
+        # each gap's mass times the largest checked deviation (with its uncertainty) of the gap and
+        # its neighbours along k: a check at one point of a gap may miss a bend beside it
+        prev, nxt = segments.neighbours()
+        # (at most 1: accuracies lie in [0, 1], whatever a check's few maps say)
+        local = np.minimum(1.0, np.maximum(bound, np.maximum(bound[prev], bound[nxt])))
+        interp = seg_mass @ local
+        total = seg_mass.sum(axis=1)
+        # the mass-weighted mean bound, for the record (0 where the gaps hold next to no mass)
+        worst = np.where(total > 1e-12, interp / np.maximum(total, 1e-12), 0.0)
     low = np.maximum(0.0, measured - half - interp)
     high = np.minimum(1.0, measured + tail + half + interp)
     return {"mean": measured + tail / 2, "ci_low": low, "ci_high": high, "ci_halfwidth": (high - low) / 2,

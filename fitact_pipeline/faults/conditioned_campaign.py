@@ -117,7 +117,7 @@ def allocate(keys, weights: np.ndarray, clean: float, measure, first: int, budge
     campaign holds ``budget`` maps. ``measure(cell, trial)`` is one map's accuracy: the campaign
     evaluates a map, the validation benchmark resamples precomputed ones. With checked gaps
     (``segments``, large-K rates) the stopping rule includes the interpolation term and a check
-    cell's share is the rate's interpolated mass (the largest check bounds the error of all of it)."""
+    cell's share is its gap's mass at the rate."""
     accs: dict[tuple[int, int], list[float]] = {c: [] for c in keys if c != (0, 0)}
     for cell in accs:
         for _ in range(first):
@@ -143,11 +143,9 @@ def allocate(keys, weights: np.ndarray, clean: float, measure, first: int, budge
             break
         share = weights[worst]
         if segments is not None and len(segments):
-            # the interval takes the largest checked deviation over the gaps that carry mass, on all
-            # of the interpolated mass: each such check weighs as much as that whole mass
-            relevant = seg_mass[worst] >= est.RELEVANT_MASS
+            # a check bounds the error of its gap's mass (and its neighbours'): it weighs that mass
             share = share.copy()
-            share[segments.check[relevant]] += seg_mass[worst][relevant].sum()
+            share[segments.check] += seg_mass[worst]
         c = est.next_cell(n, faults, share)
         acc = measure(keys[c], len(accs[keys[c]]))
         accs[keys[c]].append(acc)
