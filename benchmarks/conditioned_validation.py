@@ -98,7 +98,8 @@ def coverage(model, injector, images, labels, args) -> dict:
     nodes = est.cells_for_rates(n_shared, n_own, args.rates, eps)
     checks = est.check_cells(nodes, est.grid_spans(n_shared, n_own, args.rates, eps))
     keys = sorted(nodes + checks)
-    roles = ["check" if c in set(checks) else "node" for c in keys]
+    held_out = set(checks)
+    roles = ["check" if c in held_out else "node" for c in keys]
     segments = est.Segments.of(keys, roles)
     # the truth's cells: every count (no grid, whatever the rate), all but 1e-6 of the mass
     wide = est.cells_for_rates(n_shared, n_own, args.rates, 1e-6, max_counts=10 ** 9)

@@ -79,7 +79,8 @@ def run_conditioned(model, injector, pool, rates, trials: int, seed: int, batch_
     # large-K rates: held-out cells between their grid counts check the interpolation (none else)
     checks = est.check_cells(nodes, est.grid_spans(n_shared, n_own, rates, eps))
     keys = sorted(nodes + checks)
-    roles = ["check" if c in set(checks) else "node" for c in keys]
+    held_out = set(checks)
+    roles = ["check" if c in held_out else "node" for c in keys]
     segments, seg_mass = None, None
     if checks:
         segments = est.Segments.of(keys, roles)
