@@ -174,14 +174,16 @@ class Segments:
     def __len__(self) -> int:
         return int(self.left.size)
 
-    def neighbours(self) -> tuple[np.ndarray, np.ndarray]:
-        """Index of the gap before and after each gap along k at the same j (itself where none)."""
-        idx = np.arange(len(self))
+    def gaps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(the k-gap (a, b) of each row as an index into the distinct gaps, which the own counts j of
+        a product grid share; the gap before and after each distinct gap along k, itself where none)."""
+        distinct, which = np.unique(np.stack([self.a, self.b], axis=1), axis=0, return_inverse=True)
+        idx = np.arange(len(distinct))
         prev, nxt = idx.copy(), idx.copy()
-        joined = (self.j[1:] == self.j[:-1]) & (self.b[:-1] == self.a[1:])  # rows are sorted by (j, a)
+        joined = distinct[:-1, 1] == distinct[1:, 0]  # sorted by (a, b): b of one is a of the next
         prev[1:][joined] = idx[:-1][joined]
         nxt[:-1][joined] = idx[1:][joined]
-        return prev, nxt
+        return which.reshape(-1), prev, nxt
 
 
 def rate_weights(cells: Sequence[tuple[int, int]], roles: Sequence[str], n_shared: int, n_own: int,
@@ -226,25 +228,19 @@ def estimate(cells: Sequence[Cell], weights: np.ndarray, level: float = 0.95, se
     return {**{key: float(v[0]) for key, v in out.items()}, "trials": float(n[np.isfinite(n)].sum())}
 
 
-def interpolation_checks(segments: Segments, mean: np.ndarray, n: np.ndarray, sd: np.ndarray,
-                         level: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per checked gap: (the observed deviation |m_check - ((1 - lam) m_a + lam m_b)|, that deviation
-    plus t x its standard error). The three cells are independent, so the difference's variance
-    is s_m^2 / n_m + (1 - lam)^2 s_a^2 / n_a + lam^2 s_b^2 / n_b (t at its Welch degrees of freedom)."""
-    if not len(segments):
-        return np.zeros(0), np.zeros(0)
+def interpolation_checks(segments: Segments, mean: np.ndarray, n: np.ndarray,
+                         sd: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per checked gap: (the observed deviation m_check - ((1 - lam) m_a + lam m_b), its variance, its
+    Welch degrees of freedom). The three cells are independent, so the variance is s_m^2 / n_m +
+    (1 - lam)^2 s_a^2 / n_a + lam^2 s_b^2 / n_b."""
     lam = segments.lam
     idx = np.stack([segments.check, segments.left, segments.right], axis=1)
     coef = np.stack([np.ones_like(lam), 1.0 - lam, lam], axis=1)
     nn = n[idx]
     exact = np.isinf(nn)
     parts = np.where(exact, 0.0, coef ** 2 * sd[idx] ** 2 / np.where(exact, 1.0, nn))
-    dev = np.abs(mean[segments.check] - (1.0 - lam) * mean[segments.left] - lam * mean[segments.right])
-    var = parts.sum(axis=1)
-    df = welch_df(parts, nn)
-    with np.errstate(invalid="ignore"):
-        t = np.where(var > 0, sps.t.ppf(0.5 + level / 2, df), 0.0)
-    return dev, dev + t * np.sqrt(var)
+    dev = mean[segments.check] - (1.0 - lam) * mean[segments.left] - lam * mean[segments.right]
+    return dev, parts.sum(axis=1), welch_df(parts, nn)
 
 
 def intervals(weights: np.ndarray, mean: np.ndarray, n: np.ndarray, sd: np.ndarray,
@@ -265,13 +261,27 @@ def intervals(weights: np.ndarray, mean: np.ndarray, n: np.ndarray, sd: np.ndarr
     interp = np.zeros(weights.shape[0])
     worst = np.zeros(weights.shape[0])
     if segments is not None and len(segments):
-        _, bound = interpolation_checks(segments, mean, n, sd, level)
-        # each gap's mass times the largest checked deviation (with its uncertainty) of the gap and
-        # its neighbours along k: a check at one point of a gap may miss a bend beside it
-        prev, nxt = segments.neighbours()
-        # (at most 1: accuracies lie in [0, 1], whatever a check's few maps say)
-        local = np.minimum(1.0, np.maximum(bound, np.maximum(bound[prev], bound[nxt])))
-        interp = seg_mass @ local
+        dev, var_s, df_s = interpolation_checks(segments, mean, n, sd)
+        which, prev, nxt = segments.gaps()
+        group = np.zeros((len(segments), len(prev)))
+        group[np.arange(len(segments)), which] = 1.0
+        # per k-gap, over the own counts j that share it: the mass-weighted signed deviation and its
+        # variance (independent checks; Welch degrees of freedom), so the checks' noise averages
+        # over j; the deviation's sign is taken to be the gap's at every j (docs/campaigns.md)
+        mass = seg_mass @ group
+        signed = (seg_mass * dev) @ group
+        parts = seg_mass ** 2 * var_s
+        var = parts @ group
+        denom = np.where(np.isfinite(df_s) & (parts > 0), parts ** 2 / np.where(np.isfinite(df_s), df_s, 1.0), 0.0) @ group
+        with np.errstate(invalid="ignore", divide="ignore"):
+            t = np.where(denom > 0, sps.t.ppf(0.5 + level / 2, var ** 2 / np.where(denom > 0, denom, 1.0)), 0.0)
+            # per unit of the gap's mass, at most 1 (accuracies lie in [0, 1])
+            bound = np.where(mass > 0, np.minimum(1.0, (np.abs(signed) + t * np.sqrt(var)) / np.where(mass > 0, mass, 1.0)),
+                             0.0)
+        # each gap's mass times the largest bound of the gap and its neighbours along k: a check at one
+        # point of a gap may miss a bend beside it
+        local = np.maximum(bound, np.maximum(bound[:, prev], bound[:, nxt]))
+        interp = (mass * local).sum(axis=1)
         total = seg_mass.sum(axis=1)
         # the mass-weighted mean bound, for the record (0 where the gaps hold next to no mass)
         worst = np.where(total > 1e-12, interp / np.maximum(total, 1e-12), 0.0)
