@@ -15,8 +15,13 @@ quantile at the Welch-Satterthwaite degrees of freedom. The interval is
 
     [S - h, S + T + h],   S = sum_{c in C} w_c(p) mean_c,   h = t_{nu} sqrt(sum_c w_c^2 s_c^2 / n_c)
 
-and the point estimate its centre S + T / 2 (docs/campaigns.md derives it). Pure functions of
-plain numbers: the campaign, the report and the validation benchmark share them.
+and the point estimate its centre S + T / 2 (docs/campaigns.md derives it). A rate whose shared
+count spans more than MAX_COUNTS values is measured on GRID_NODES counts (times every own count),
+a_{k,j} interpolated linearly in k between them: the interpolant's sum over the binomial is again a
+weighted sum of the measured cells (``rate_weights``), and a held-out check cell at the midpoint of
+every gap bounds the interpolation error, added to both ends of the interval (``intervals``).
+``rate_at_loss`` inverts the pointwise intervals for the rate of a given accuracy loss. Pure
+functions of plain numbers: the campaign, the report and the validation benchmark share them.
 
 Any rate from a logged table (a run's conditioned_ak.json artifact):
 
