@@ -2,6 +2,7 @@
 
     python benchmarks/conditioned_validation.py [--protections none fitact] [--rates 1e-7 1e-6 1e-5]
         [--target 0.005] [--repetitions 200] [overrides: cache_dir=... tracking.root=...]
+    (after --skip, put -- before the overrides: --skip takes every word that follows it)
 
 1. Agreement with brute force: per protection and rate, the conditioned campaign and a nested
    campaign (maps at the rate itself), both run adaptively to +-target (the nested one never with
