@@ -2,6 +2,7 @@
 
     python benchmarks/conditioned_validation.py [--protections none fitact] [--rates 1e-7 1e-6 1e-5]
         [--target 0.005] [--repetitions 200] [overrides: cache_dir=... tracking.root=...]
+    (after --skip, put -- before the overrides: --skip takes every word that follows it)
 
 1. Agreement with brute force: per protection and rate, the conditioned campaign and a nested
    campaign (maps at the rate itself), both run adaptively to +-target (the nested one never with
@@ -31,6 +32,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -81,8 +83,11 @@ def agreement(model, injector, images, labels, args) -> dict:
               f"(tail {c['tail_mass']:.1e}); nested {100 * nest['mean']:.2f} [{100 * nest['ci_low']:.2f}, "
               f"{100 * nest['ci_high']:.2f}] over {nest['trials']} maps; difference "
               f"{100 * (c['mean'] - nest['mean']):+.2f}"
-              f" within +-{100 * combined:.2f}: {out[rate]['agree']}", flush=True)
-    print(f"  conditioned: {out['conditioned_maps']} maps for all rates, {cond_s:.1f} s", flush=True)
+              f" within +-{100 * combined:.2f}: {out[rate]['agree']}; interpolation term {100 * c['interp_term']:.3f}",
+              flush=True)
+    out["monotonicity"] = est.monotonicity(cond.ak_table)
+    print(f"  conditioned: {out['conditioned_maps']} maps for all rates, {cond_s:.1f} s; a_k along k: "
+          f"{out['monotonicity']}", flush=True)
     return out
 
 
@@ -91,37 +96,47 @@ def coverage(model, injector, images, labels, args) -> dict:
     clean = float(pool.clean_correct.float().mean())
     n_shared, n_own = part_sizes(injector.space, injector.sampler)
     eps = TAIL_SHARE * args.target
-    keys = est.cells_for_rates(n_shared, n_own, args.rates, eps)
-    wide = est.cells_for_rates(n_shared, n_own, args.rates, 1e-6)  # the truth's cells
+    nodes = est.cells_for_rates(n_shared, n_own, args.rates, eps)
+    checks = est.check_cells(nodes, est.grid_spans(n_shared, n_own, args.rates, eps))
+    keys = sorted(nodes + checks)
+    held_out = set(checks)
+    roles = ["check" if c in held_out else "node" for c in keys]
+    segments = est.Segments.of(keys, roles)
+    # the truth's cells: every count (no grid, whatever the rate), all but 1e-6 of the mass
+    wide = est.cells_for_rates(n_shared, n_own, args.rates, 1e-6, max_counts=10 ** 9)
     measure = _measurer(model, injector, pool, args.seed, BATCH, args.images, _NoBar())
     start = time.perf_counter()
     maps = {c: np.array([measure(c, t) for t in range(args.pool_maps)]) for c in wide if c != (0, 0)}
     maps_s = time.perf_counter() - start
     pool_mean = {c: (clean if c == (0, 0) else float(maps[c].mean())) for c in wide}
-    weights = np.stack([est.cell_weights(keys, n_shared, n_own, r) for r in args.rates])
+    weights, seg_mass = est.rate_weights(keys, roles, n_shared, n_own, args.rates, segments)
     truth = [float(est.cell_weights(wide, n_shared, n_own, r) @ np.array([pool_mean[c] for c in wide]))
              for r in args.rates]
     rng = np.random.default_rng(args.seed)
     covered = np.zeros(len(args.rates), dtype=int)
-    widths, sizes = [], []
+    widths, sizes, terms = [], [], []
     for _ in range(args.repetitions):
         accs = allocate(keys, weights, clean, lambda c, t: float(maps[c][rng.integers(args.pool_maps)]), MIN_TRIALS,
-                        args.max_trials * len(args.rates), args.target, 0.95, 1.0 / args.images)
-        cells = [est.Cell(0, 0, math.inf, clean, 0.0) if c == (0, 0) else est.cell_summary(*c, accs[c]) for c in keys]
-        results = [est.estimate(cells, w) for w in weights]
+                        args.max_trials * len(args.rates), args.target, 0.95, 1.0 / args.images, segments, seg_mass)
+        cells = [est.Cell(0, 0, math.inf, clean, 0.0) if c == (0, 0) else replace(est.cell_summary(*c, accs[c]), role=r)
+                 for c, r in zip(keys, roles)]
+        results = [est.estimate(cells, w, 0.95, segments, m) for w, m in zip(weights, seg_mass)]
         covered += [r["ci_low"] <= t <= r["ci_high"] for r, t in zip(results, truth)]
         widths.append([r["ci_halfwidth"] for r in results])
+        terms.append([r["interp_term"] for r in results])
         sizes.append(sum(len(a) for a in accs.values()))
     out = {"cells": len(keys), "truth_cells": len(wide), "pool_maps": args.pool_maps, "pool_seconds": maps_s,
            "repetitions": args.repetitions, "mean_maps": float(np.mean(sizes))}
     for i, rate in enumerate(args.rates):
         low, high = sps.binomtest(int(covered[i]), args.repetitions).proportion_ci(0.95)
         out[rate] = {"truth": truth[i], "covered": int(covered[i]), "coverage": covered[i] / args.repetitions,
-                     "coverage_ci95": [low, high], "mean_halfwidth": float(np.mean([w[i] for w in widths]))}
+                     "coverage_ci95": [low, high], "mean_halfwidth": float(np.mean([w[i] for w in widths])),
+                     "mean_interp_term": float(np.mean([t[i] for t in terms]))}
         print(f"  {rate:g}: truth {100 * truth[i]:.3f} %, covered {covered[i]}/{args.repetitions} = "
               f"{100 * covered[i] / args.repetitions:.1f} % [{100 * low:.1f}, {100 * high:.1f}], mean half-width "
-              f"{100 * out[rate]['mean_halfwidth']:.3f} points", flush=True)
-    print(f"  {len(keys)} cells ({len(wide)} for the truth) x {args.pool_maps} pooled maps in {maps_s:.0f} s; "
+              f"{100 * out[rate]['mean_halfwidth']:.3f} points (interpolation term {100 * out[rate]['mean_interp_term']:.3f})",
+              flush=True)
+    print(f"  {len(keys)} cells ({len(checks)} checks; {len(wide)} for the truth) x {args.pool_maps} pooled maps in {maps_s:.0f} s; "
           f"{out['mean_maps']:.0f} maps per repetition", flush=True)
     return out
 

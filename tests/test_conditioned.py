@@ -1,6 +1,7 @@
 """The count-conditioned design: the estimator and its interval, maps with exactly k faults, the campaign."""
 import copy
 import json
+import math
 
 import numpy as np
 import pytest
@@ -71,9 +72,108 @@ def test_interval_covers_over_simulated_campaigns():
     assert 0.93 <= hits / 1000 <= 0.975
 
 
-def test_large_rates_are_refused_with_the_rate_and_the_limit():
-    with pytest.raises(ValueError, match=r"^campaign.rates: rate 0.001 .*limit is 64.*nested design$"):
-        est.cells_for_rates(1_000_000, 0, [1e-7, 1e-3], 1e-3)
+def test_large_own_counts_are_refused_with_the_rate_and_the_limit():
+    # the shared count of 1e-3 over 1e6 units gets a grid; an own part that large is refused
+    assert len(est.cells_for_rates(1_000_000, 0, [1e-7, 1e-3], 1e-3)) > 1
+    with pytest.raises(ValueError, match=r"^campaign.rates: rate 0.001 .*own fault count .*limit is 64.*nested design$"):
+        est.cells_for_rates(1_000_000, 1_000_000, [1e-7, 1e-3], 1e-3)
+
+
+def grid_table(n_bits, rates, a_of_k, eps=1e-6, n=1e9, sd=0.0, grid_nodes=est.GRID_NODES):
+    """An a_k table as a campaign at ``rates`` would log it, every cell (checks included) holding the
+    known a_k (sd as given, n maps)."""
+    nodes = est.cells_for_rates(n_bits, 0, rates, eps, grid_nodes=grid_nodes)
+    checks = est.check_cells(nodes, est.grid_spans(n_bits, 0, rates, eps))
+    cells = [est.Cell(k, j, np.inf if (k, j) == (0, 0) else n, a_of_k(k), 0.0 if (k, j) == (0, 0) else sd,
+                      "check" if (k, j) in checks else "node") for k, j in sorted(nodes + checks)]
+    return json.loads(json.dumps(est.ak_table(cells, n_bits, 0, 0.95))), nodes, checks
+
+
+def truth(n_bits, rate, a_of_k):
+    k = np.arange(0, n_bits + 1) if n_bits < 10_000 else np.arange(0, int(n_bits * rate * 3 + 200))
+    return float(sps.binom.pmf(k, n_bits, rate) @ a_of_k(k))
+
+
+def test_grid_interpolation_is_exact_for_a_linear_a_k():
+    n_bits, rate = 900_000, 3e-4  # K ~ 270 +- 16: a grid
+    a = lambda k: 0.95 - 0.001 * np.asarray(k, dtype=np.float64)
+    table, nodes, checks = grid_table(n_bits, [rate], a)
+    assert len(nodes) == est.GRID_NODES and len(checks) == est.GRID_NODES - 1
+    out = est.acc_at_rate(table, rate)
+    assert out["interp_check"] == pytest.approx(0, abs=1e-12) and out["interp_term"] == pytest.approx(0, abs=1e-12)
+    assert out["tail_mass"] <= 1e-6
+    assert out["mean"] == pytest.approx(truth(n_bits, rate, a), abs=2e-6)
+    assert out["ci_low"] <= truth(n_bits, rate, a) <= out["ci_high"]
+
+
+def test_grid_check_term_is_positive_and_covers_a_convex_a_k():
+    n_bits, rate = 900_000, 3e-4
+    a = lambda k: 0.95 * np.exp(-np.asarray(k, dtype=np.float64) / 40.0)  # convex: interpolation above the truth
+    table, nodes, checks = grid_table(n_bits, [rate], a)
+    out = est.acc_at_rate(table, rate)
+    exact = truth(n_bits, rate, a)
+    # the linear interpolant of a convex function lies above it: the estimate is high, by less than the term
+    assert out["interp_term"] > 0 and out["mean"] > exact
+    assert out["mean"] - exact < out["interp_term"]
+    assert out["ci_low"] <= exact <= out["ci_high"]
+    assert est.monotonicity(table) == {"pairs": len(table["cells"]) - 1, "rises": 0, "significant_rises": 0}
+    # a coarser grid: larger gaps, larger checked deviation
+    coarse = est.acc_at_rate(grid_table(n_bits, [rate], a, grid_nodes=4)[0], rate)
+    assert coarse["interp_term"] > out["interp_term"] and coarse["ci_low"] <= exact <= coarse["ci_high"]
+
+
+def test_grid_rates_leave_the_exact_cells_of_small_rates_alone():
+    n_bits = 900_000
+    small = est.cells_for_rates(n_bits, 0, [1e-6, 1e-5], 1e-4)
+    both = est.cells_for_rates(n_bits, 0, [1e-6, 1e-5, 3e-4], 1e-4)
+    assert set(small) <= set(both)
+    checks = est.check_cells(both, est.grid_spans(n_bits, 0, [1e-6, 1e-5, 3e-4], 1e-4))
+    assert checks and min(k for k, _ in checks) > max(k for k, _ in small)  # gaps of small rates are not interpolated
+    assert est.check_cells(small, est.grid_spans(n_bits, 0, [1e-6, 1e-5], 1e-4)) == []
+    # without checked gaps the weights are the binomial probabilities themselves
+    w, mass = est.rate_weights(small, ["node"] * len(small), n_bits, 0, [1e-5])
+    assert mass.shape == (1, 0) and np.array_equal(w[0], est.cell_weights(small, n_bits, 0, 1e-5))
+
+
+def test_grid_interval_covers_over_simulated_campaigns():
+    """Cells of 2000 maps (per-map sd 0.15) around a convex a_k: the grid interval (sampling +
+    interpolation term) covers acc(p) at least 95 % of the time, and is not trivially wide."""
+    rng = np.random.default_rng(2)
+    n_bits, rate, n, sd = 900_000, 1e-4, 2000, 0.15
+    a = lambda k: 0.95 * np.exp(-np.asarray(k, dtype=np.float64) / 60.0)
+    table, nodes, checks = grid_table(n_bits, [rate], a, eps=1e-4)
+    exact = truth(n_bits, rate, a)
+    hits, terms, widths = 0, [], []
+    for _ in range(400):
+        rows = [dict(c) for c in table["cells"]]
+        for c in rows:
+            if c["k"]:
+                c.update(n=n, mean=float(rng.normal(c["mean"], sd / math.sqrt(n))),
+                         sd=float(sd * math.sqrt(rng.chisquare(n - 1) / (n - 1))))
+        out = est.acc_at_rate({**table, "cells": rows}, rate)
+        hits += out["ci_low"] <= exact <= out["ci_high"]
+        terms.append(out["interp_term"])
+        widths.append(out["ci_halfwidth"])
+    assert hits / 400 >= 0.95 and np.mean(terms) > 0 and np.mean(widths) < 0.025
+
+
+def test_rate_at_loss_on_a_known_a_k():
+    # a_k = clean - 0.002 k (linear): acc(p) = clean - 0.002 N p, so a 1-point loss at p = 5 / N
+    n_bits, clean = 900_000, 0.95
+    a = lambda k: clean - 0.002 * np.asarray(k, dtype=np.float64)
+    rates = list(np.geomspace(1e-9, 1e-4, 11))
+    table, _, _ = grid_table(n_bits, rates, a, eps=1e-6)
+    got = est.rate_at_loss(table, 0.01, points=401)
+    assert got["rate"] == pytest.approx(5 / n_bits, rel=0.01)
+    assert got["rate_low"] <= 5 / n_bits <= got["rate_high"] and got["rate_high"] / got["rate_low"] < 1.2
+    # noisy cells widen the interval around the same answer
+    noisy = {**table, "cells": [dict(c, n=5, sd=0.05) if c["k"] else c for c in table["cells"]]}
+    wide = est.rate_at_loss(noisy, 0.01, points=401)
+    assert wide["rate_low"] < got["rate_low"] and wide["rate_high"] > got["rate_high"]
+    assert wide["rate_low"] <= 5 / n_bits <= wide["rate_high"]
+    assert est.rate_at_loss(table, 0.5)["rate"] == math.inf  # never reached within the grid
+    with pytest.raises(ValueError, match=r"^loss=1 is not allowed"):
+        est.rate_at_loss(table, 1)
 
 
 def test_cells_carry_all_but_eps_of_every_rate():
@@ -257,6 +357,12 @@ def test_conditioned_rates_prints_any_rate_of_a_table(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     expected = est.acc_at_rate(json.loads(path.read_text()), 1e-6)
     assert len(lines) == 3 and lines[2].split()[1] == f"{100 * expected['mean']:.3f}"
+    main([str(path), "--loss", "0.01"])
+    line = capsys.readouterr().out.strip()
+    got = est.rate_at_loss(json.loads(path.read_text()), 0.01)
+    assert line.startswith("loss of 1 point(s) below clean 90.000 %: rate ") and f"{got['rate']:.3g} " in line
+    with pytest.raises(SystemExit, match="no rates given and no --loss"):
+        main([str(path)])
 
 
 def test_conditioned_campaign_refuses_faults_drawn_per_pass(models):
@@ -286,3 +392,24 @@ def test_prefix_reuse_gives_the_full_pass_predictions(models):
                 starts.add(start)
             assert start == min(cache.stage_of(n) for n, *_ in fmap.records)
         assert len(starts) > 1  # maps start at different stages
+
+
+def test_conditioned_campaign_with_a_large_k_rate_keeps_the_small_rates_cells(models):
+    nets, images, labels = models
+    model = copy.deepcopy(nets["fitact"])
+    run = lambda rates: run_campaign(model, FaultInjector(model), images, labels, rates, trials=2, seed=5,
+                                     batch_size=45, progress=False, design="conditioned", images_per_trial=20)
+    n_shared, n_own = part_sizes(FaultInjector(model).space, FaultInjector(model).sampler)
+    big = 100 / n_shared  # K ~ 100: a window of more than 64 counts, so a grid
+    small, both = run([1e-6]), run([1e-6, big])
+    table = both.ak_table
+    checks = [c for c in table["cells"] if c.get("role") == "check"]
+    assert checks and all(c["k"] > 20 for c in checks)
+    # the small rate's cells: the same maps, the same accuracies, the same estimate
+    for key, accs in small.ak_table["trials"].items():
+        assert table["trials"][key] == accs
+    alone = {k: v for k, v in small.per_rate[1e-6].items() if k != "trials"}  # trials: the whole campaign's maps
+    assert {k: both.per_rate[1e-6][k] for k in alone} == pytest.approx(alone, rel=1e-12, abs=1e-15)
+    logged = {k: v for k, v in both.per_rate[big].items() if k != "images_per_trial"}
+    assert est.acc_at_rate(table, big) == pytest.approx(logged)
+    assert logged["interp_term"] > 0 and logged["ci_low"] <= logged["mean"] <= logged["ci_high"]

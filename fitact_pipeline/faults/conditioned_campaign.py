@@ -12,6 +12,10 @@ Without ``campaign.adaptive`` every cell gets ``campaign.trials`` maps. With it,
 half-width is at most the target or the campaign has used ``max_trials`` maps per requested rate
 (the other designs' worst case).
 
+A rate whose shared count spans more than conditioned.MAX_COUNTS values is measured on a grid of
+counts, a_k interpolated linearly between them, each gap checked by a held-out cell at its
+midpoint; the interval adds the largest checked deviation (conditioned.py).
+
 On a chain model (nn.Sequential) each faulted pass starts at the map's first faulted stage from the
 pool's cached clean activations (prefix.py): the same predictions as a full pass in every trial the
 validation benchmark compared.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -70,8 +75,18 @@ def run_conditioned(model, injector, pool, rates, trials: int, seed: int, batch_
     n_shared, n_own = part_sizes(injector.space, injector.sampler)
     target = adaptive.get("target_halfwidth") if adaptive else None
     eps = TAIL_SHARE * target if target else DEFAULT_TAIL
-    keys = est.cells_for_rates(n_shared, n_own, rates, eps)
-    weights = np.stack([est.cell_weights(keys, n_shared, n_own, r) for r in rates])
+    nodes = est.cells_for_rates(n_shared, n_own, rates, eps)
+    # large-K rates: held-out cells between their grid counts check the interpolation (none else)
+    checks = est.check_cells(nodes, est.grid_spans(n_shared, n_own, rates, eps))
+    keys = sorted(nodes + checks)
+    held_out = set(checks)
+    roles = ["check" if c in held_out else "node" for c in keys]
+    segments, seg_mass = None, None
+    if checks:
+        segments = est.Segments.of(keys, roles)
+        weights, seg_mass = est.rate_weights(keys, roles, n_shared, n_own, rates, segments)
+    else:  # every count measured: the weights are the binomial probabilities themselves
+        weights = np.stack([est.cell_weights(keys, n_shared, n_own, r) for r in rates])
     clean = float(pool.clean_correct.float().mean())
     first = int(adaptive["min_trials"]) if adaptive else int(trials)
     budget = int(adaptive["max_trials"]) * len(rates) if adaptive else first * (len(keys) - 1)
@@ -80,11 +95,11 @@ def run_conditioned(model, injector, pool, rates, trials: int, seed: int, batch_
     prefix = PrefixCache.build(model, pool.images, batch_size)
     measure = _measurer(model, injector, pool, seed, batch_size, n, bar, prefix)
     accs = allocate(keys, weights, clean, measure, first, budget, target if adaptive else None, level,
-                    1.0 / _images(n, pool))
+                    1.0 / _images(n, pool), segments, seg_mass)
     bar.close()
-    cells = _cells(keys, accs, clean)
-    per_rate = {r: {**est.estimate(cells, w, level), "images_per_trial": _images(n, pool)}
-                for r, w in zip(rates, weights)}
+    cells = _cells(keys, accs, clean, roles)
+    per_rate = {r: {**est.estimate(cells, w, level, segments, None if seg_mass is None else seg_mass[i]),
+                    "images_per_trial": _images(n, pool)} for i, (r, w) in enumerate(zip(rates, weights))}
     for rate, st in per_rate.items():
         log.info("rate %g: acc %.4f [%.4f, %.4f], tail %.2g", rate, st["mean"], st["ci_low"], st["ci_high"],
                  st["tail_mass"])
@@ -95,12 +110,15 @@ def run_conditioned(model, injector, pool, rates, trials: int, seed: int, batch_
 
 
 def allocate(keys, weights: np.ndarray, clean: float, measure, first: int, budget: int, target: float | None,
-             level: float, sd_floor: float) -> dict[tuple[int, int], list[float]]:
+             level: float, sd_floor: float, segments: est.Segments | None = None,
+             seg_mass: np.ndarray | None = None) -> dict[tuple[int, int], list[float]]:
     """The accuracies of each cell's maps: ``first`` maps per cell (cell (0, 0) is ``clean``, never
     measured), then, with a ``target`` half-width, one map at a time to the cell furthest below its
     share at the rate (a row of ``weights``) furthest from the target, until every rate is within it or the
     campaign holds ``budget`` maps. ``measure(cell, trial)`` is one map's accuracy: the campaign
-    evaluates a map, the validation benchmark resamples precomputed ones."""
+    evaluates a map, the validation benchmark resamples precomputed ones. With checked gaps
+    (``segments``, large-K rates) the stopping rule includes the interpolation term and a check
+    cell's share is its gap's mass at the rate."""
     accs: dict[tuple[int, int], list[float]] = {c: [] for c in keys if c != (0, 0)}
     for cell in accs:
         for _ in range(first):
@@ -120,11 +138,16 @@ def allocate(keys, weights: np.ndarray, clean: float, measure, first: int, budge
         # the spread floored for the stopping rule only: a cell whose few maps agreed exactly must
         # not end the campaign on a zero-width interval
         sd = np.where(exact, 0.0, np.maximum(np.sqrt(np.maximum(var, 0.0)), sd_floor))
-        widths = est.intervals(weights, mean, n, sd, level)["ci_halfwidth"]
+        widths = est.intervals(weights, mean, n, sd, level, segments, seg_mass)["ci_halfwidth"]
         worst = int(np.argmax(widths / target))
         if widths[worst] <= target:
             break
-        c = est.next_cell(n, faults, weights[worst])
+        share = weights[worst]
+        if segments is not None and len(segments):
+            # a check bounds the error of its gap's mass (and its neighbours'): it weighs that mass
+            share = share.copy()
+            share[segments.check] += seg_mass[worst]
+        c = est.next_cell(n, faults, share)
         acc = measure(keys[c], len(accs[keys[c]]))
         accs[keys[c]].append(acc)
         n[c], s1[c], s2[c] = n[c] + 1, s1[c] + acc, s2[c] + acc * acc
@@ -149,8 +172,9 @@ def _measurer(model, injector, pool, seed: int, batch_size: int, n, bar, prefix=
     return measure
 
 
-def _cells(keys, accs, clean: float) -> list[est.Cell]:
-    return [est.Cell(0, 0, math.inf, clean, 0.0) if c == (0, 0) else est.cell_summary(*c, accs[c]) for c in keys]
+def _cells(keys, accs, clean: float, roles) -> list[est.Cell]:
+    return [est.Cell(0, 0, math.inf, clean, 0.0) if c == (0, 0) else replace(est.cell_summary(*c, accs[c]), role=r)
+            for c, r in zip(keys, roles)]
 
 
 def _images(n, pool) -> int:
