@@ -33,6 +33,7 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fitact_pipeline import stats  # noqa: E402
+from fitact_pipeline.keys import all_keys  # noqa: E402
 from fitact_pipeline.api import harden, measure_resilience, vulnerability  # noqa: E402
 from fitact_pipeline.protect.map_choice import bound_memory, choose_sites, site_scores  # noqa: E402
 from fitact_pipeline.stages import prepare_protected  # noqa: E402
@@ -45,7 +46,8 @@ def _setting(args):
                                            f"cache_dir={args.cache_dir}", "progress_bar=false", *args.overrides])
     datamodule = instantiate(cfg.dataset)
     datamodule.setup()
-    reference = prepare_protected(cfg, datamodule, torch.device("cpu")).reference.eval()
+    device = torch.device("cpu")
+    reference = prepare_protected(cfg, datamodule, device, all_keys(cfg, datamodule, device)).reference.eval()
     return cfg, datamodule, reference
 
 

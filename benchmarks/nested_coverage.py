@@ -45,6 +45,7 @@ from fitact_pipeline import pipeline, stats  # noqa: E402
 from fitact_pipeline.data.sampling import StratifiedSampler, randomised_quotas  # noqa: E402
 from fitact_pipeline.faults import FAULT_MODELS  # noqa: E402
 from fitact_pipeline.faults.designs import DESIGNS, SUBSET_SEED  # noqa: E402
+from fitact_pipeline.keys import all_keys  # noqa: E402
 
 #: per protection: rate 0 (degenerate), a mild rate, a middle one and a steep one (the unprotected
 #: model is at chance from 3e-5 on)
@@ -196,7 +197,7 @@ def cifar_clean(args) -> tuple[np.ndarray, np.ndarray]:
     device = pipeline.configure_runtime(cfg)
     datamodule = instantiate(cfg.dataset)
     datamodule.setup()
-    model = stages.prepare_protected(cfg, datamodule, device).protected.eval()
+    model = stages.prepare_protected(cfg, datamodule, device, all_keys(cfg, datamodule, device)).protected.eval()
     images, labels = datamodule.eval_tensors(cfg.campaign.eval_split, cfg.campaign.eval_images, cfg.campaign.seed)
     return correct_mask(model, images, labels, 250).numpy(), labels.numpy()
 
