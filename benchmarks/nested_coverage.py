@@ -193,7 +193,8 @@ def cifar_clean(args) -> tuple[np.ndarray, np.ndarray]:
     from fitact_pipeline import stages
     from fitact_pipeline.evaluate import correct_mask
 
-    cfg = load_config("repro_cpu", ["protection=none", f"cache_dir={args.cifar_cache}", "threads=1"])
+    cfg = load_config("repro_cpu", ["model=vgg16_w025", "protection=none", f"cache_dir={args.cifar_cache}", "threads=1",
+                                   "progress_bar=false"])
     device = pipeline.configure_runtime(cfg)
     datamodule = instantiate(cfg.dataset)
     datamodule.setup()
