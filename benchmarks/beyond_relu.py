@@ -6,7 +6,7 @@
 
 Prints, in Markdown: the baselines, mean accuracy per rate of every run (run ids), and the paired
 comparisons that answer the question (per-trial accuracies of the runs: the same fault maps in every
-variant), decided by tests that can fail (fitact_pipeline/claims.py: one-sided paired t for "A > B",
+variant), decided by tests that can fail (fitact_pipeline/claims.py: one-sided bounded-mean test for "A > B",
 equivalence within --margin for a tie, Holm across the table): does neuron-wise bounding (FitAct,
 neuron) beat layer-wise bounding (Clip-Act with the FT-ClipAct search; FitAct's own post-training at
 layer granularity) on a ReLU6 and a GELU network?

@@ -134,6 +134,11 @@ def test_the_claims_table_lists_each_variant_minus_fitact_at_every_rate_with_its
     assert (cell["better"], cell["worse"], cell["tie"]) == (False, False, True)  # a tie is "=", never ">"
     assert lines[3].endswith("+0.0 [-0.0, +0.0] = | +0.0 [-0.0, +0.0] = |")
     assert lines[4].endswith("+0.0 [-1.4, +1.4] ? |")  # neither better, worse nor within 1 point: "?"
+    # by default the bounded test decides and its own interval is shown: 20 maps cannot exclude a
+    # 1/21 share of maps catastrophic for one arm, so 5 points is no ">" and the interval holds 0
+    lines, data = claims.versus_fitact(trials, margin=0.01, alpha=0.05, test="bounded")
+    cell = data["vgg16: fitact channel"]["1e-05"]
+    assert not cell["better"] and cell["ci"][0] < 0 < cell["ci"][1] and lines[2].endswith("? |")
 
 
 def test_the_ordering_is_decided_by_superiority_tests_not_by_ties():
