@@ -52,7 +52,7 @@ def patterns(param: str) -> str:
 def variant_of(tags: dict[str, str], params: dict[str, str]) -> str:
     """The curve label of a run: its protection, plus what makes two runs of one protection
     different curves (a granularity other than the protection's default, FitAct's smooth form, the
-    GBReLU bound, a restricted fault space). Runs that differ only in other settings share a label
+    GBReLU bound, a restricted fault space, a stored format other than Q15.16). Runs that differ only in other settings share a label
     (and a rerun of the same slot supersedes the older run, see latest_per_slot)."""
     protection = tags.get("protection", "?")
     label = protection
@@ -69,6 +69,7 @@ def variant_of(tags: dict[str, str], params: dict[str, str]) -> str:
     user_label = params.get("tracking.label", "None")
     if user_label not in ("None", ""):
         label += f" {user_label}"
+    label += format_suffix(params)
     weights = params.get("weight_protection.name", "none")
     if weights != "none":
         label += f" + weights {weights}" + (f" {params['weight_protection.granularity']}"
@@ -77,6 +78,16 @@ def variant_of(tags: dict[str, str], params: dict[str, str]) -> str:
     if design != "classic":
         label += f" ({design}, n={params.get('campaign.images_per_trial')})"
     return label
+
+
+def format_suffix(params: dict[str, str]) -> str:
+    """' in fp8_e4m3' (or ' in Q7.8' for another fixed point) for a run whose stored format is not
+    the paper's Q15.16, else '': one panel may hold one model in several formats (repro_cpu_formats)."""
+    fmt = params.get("faults.fmt", "fixed")
+    bits = (params.get("faults.word_bits", "32"), params.get("faults.frac_bits", "16"))
+    if fmt == "fixed" and bits == ("32", "16"):
+        return ""
+    return " in " + (f"Q{int(bits[0]) - int(bits[1]) - 1}.{bits[1]}" if fmt == "fixed" else fmt)
 
 
 def rate_unit(tags: dict[str, str]) -> tuple[str, str]:
