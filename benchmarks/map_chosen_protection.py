@@ -27,23 +27,23 @@ import sys
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from posttrain_settings import load_config  # noqa: E402
 from fitact_pipeline import stats  # noqa: E402
-from fitact_pipeline.keys import all_keys  # noqa: E402
 from fitact_pipeline.api import harden, measure_resilience, vulnerability  # noqa: E402
+from fitact_pipeline.keys import all_keys  # noqa: E402
 from fitact_pipeline.protect.map_choice import bound_memory, choose_sites, site_scores  # noqa: E402
 from fitact_pipeline.stages import prepare_protected  # noqa: E402
-from fitact_pipeline.validate import CONF_DIR  # noqa: E402
 
 
 def _setting(args):
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"experiment={args.experiment}", "protection=proact",
-                                           f"cache_dir={args.cache_dir}", "progress_bar=false", *args.overrides])
+    # as a job composes it (the dataset roots interpolate the Hydra run's working directory)
+    cfg = load_config(args.experiment, ["protection=proact", f"cache_dir={args.cache_dir}", "progress_bar=false",
+                                        *args.overrides])
     datamodule = instantiate(cfg.dataset)
     datamodule.setup()
     device = torch.device("cpu")
