@@ -1,4 +1,4 @@
-"""Validation of the count-conditioned design (issue 27) on the quick start's model (small_cnn on digits).
+"""Validation of the count-conditioned design (issue 27), on the quick start's model (small_cnn on digits) by default.
 
     python benchmarks/conditioned_validation.py [--protections none fitact] [--rates 1e-7 1e-6 1e-5]
         [--target 0.005] [--repetitions 200] [overrides: cache_dir=... tracking.root=...]
@@ -210,6 +210,8 @@ def efficiency(model, injector, images, labels, args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--experiment", default="quickstart", help="the job config's experiment (with overrides, "
+                    "e.g. repro_cpu_nested model=vgg16_w025)")
     ap.add_argument("--protections", nargs="+", default=["none", "fitact"])
     ap.add_argument("--rates", nargs="+", type=float, default=[1e-7, 1e-6, 1e-5])
     ap.add_argument("--target", type=float, default=0.005)
@@ -230,7 +232,7 @@ def main() -> None:
     args = ap.parse_args()
     report = {}
     for protection in args.protections:
-        cfg = load_config("quickstart", [f"protection={protection}", *args.overrides])
+        cfg = load_config(args.experiment, [f"protection={protection}", *args.overrides])
         device = pipeline.configure_runtime(cfg)
         model, images, labels = protected_model(cfg, device)
         injector = FAULT_MODELS[cfg.faults.model].build(model, cfg.faults)
