@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -93,15 +92,19 @@ def nested(model, injector, images, labels, rate, args, batch) -> dict:
             "image_evals": st["trials"] * st["images_per_trial"], "seconds": time.perf_counter() - start}
 
 
+def arm(experiment: str, model_option: str | None, protection: str, args):
+    """One protection's config, model, evaluation images, injector and batch size, from the stage cache."""
+    overrides = [f"protection={protection}", *args.overrides] + ([f"model={model_option}"] if model_option else [])
+    cfg = load_config(experiment, overrides)
+    device = pipeline.configure_runtime(cfg)
+    model, images, labels = protected_model(cfg, device)
+    return cfg, model, images, labels, FAULT_MODELS[cfg.faults.model].build(model, cfg.faults), cfg.campaign.batch_size
+
+
 def compare(experiment: str, model_option: str | None, args) -> dict:
     out = {}
     for protection in args.protections:
-        overrides = [f"protection={protection}", *args.overrides] + ([f"model={model_option}"] if model_option else [])
-        cfg = load_config(experiment, overrides)
-        device = pipeline.configure_runtime(cfg)
-        model, images, labels = protected_model(cfg, device)
-        injector = FAULT_MODELS[cfg.faults.model].build(model, cfg.faults)
-        batch = cfg.campaign.batch_size
+        cfg, model, images, labels, injector, batch = arm(experiment, model_option, protection, args)
         for rate in as_rate_list(cfg.campaign.rates):
             c, n = classic(model, injector, images, labels, rate, args, batch), nested(model, injector, images, labels,
                                                                                      rate, args, batch)
@@ -162,12 +165,7 @@ def _nested_text(n: dict) -> str:
 def compare_conditioned(experiment: str, model_option: str | None, args) -> dict:
     out = {}
     for protection in args.protections:
-        overrides = [f"protection={protection}", *args.overrides] + ([f"model={model_option}"] if model_option else [])
-        cfg = load_config(experiment, overrides)
-        device = pipeline.configure_runtime(cfg)
-        model, images, labels = protected_model(cfg, device)
-        injector = FAULT_MODELS[cfg.faults.model].build(model, cfg.faults)
-        batch = cfg.campaign.batch_size
+        cfg, model, images, labels, injector, batch = arm(experiment, model_option, protection, args)
         rows = out[protection] = {"low": {}, "curve": {}}
         for rate in args.low_rates:
             c = conditioned_run(model, injector, images, labels, [rate], args.low_target, args, batch)
