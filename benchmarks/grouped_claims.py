@@ -11,7 +11,8 @@ paired differences (same fault maps and images: runs of one result context) that
 paper's ordering FitAct > Clip-Act > Ranger > none, by one-sided tests (fitact_pipeline/claims.py,
 default: the bounded-mean test the paired interval shows), Holm across the whole table. With
 --pair-by, the weight protections of one activation protection are compared too (X + clamp > X,
-X + parity_zero > X). Prints Markdown; the last line is JSON.
+X + parity_zero > X) and each weight protection alone against FitAct alone, both ways. Prints
+Markdown; the last line is JSON.
 """
 from __future__ import annotations
 
@@ -73,6 +74,10 @@ def comparisons(trials: dict, pair_by: str | None) -> list[tuple[str, tuple, tup
             for prot in ORDER:
                 out += [(value, (prot, w), (prot, "none")) for w in second
                         if w != "none" and (prot, w) in per and (prot, "none") in per]
+            # the question a reader of FitAct asks: does the weight-side protection alone do as
+            # well as neuron-wise activation bounds alone? Both directions are claims of their own.
+            for w in (w for w in second if w != "none" and ("none", w) in per and ("fitact", "none") in per):
+                out += [(value, ("none", w), ("fitact", "none")), (value, ("fitact", "none"), ("none", w))]
     return out
 
 
