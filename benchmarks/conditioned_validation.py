@@ -50,7 +50,7 @@ from fitact_pipeline.faults.campaign import _Pool  # noqa: E402
 from fitact_pipeline.faults.conditioned_campaign import TAIL_SHARE, _measurer, allocate  # noqa: E402
 from fitact_pipeline.faults.designs import DESIGNS  # noqa: E402
 from fitact_pipeline.faults.exact_count import part_sizes  # noqa: E402
-from fitact_pipeline.faults.prefix import PrefixCache  # noqa: E402
+from fitact_pipeline.faults.prefix import PrefixCache, space_bits  # noqa: E402
 
 BATCH, MIN_TRIALS = 360, 3
 
@@ -142,9 +142,11 @@ def coverage(model, injector, images, labels, args) -> dict:
 
 
 def prefix_reuse(model, injector, images, labels, args) -> dict:
-    cache = PrefixCache.build(model, images, BATCH)
+    cache = PrefixCache.build(model, images, BATCH, space_bits(injector.space))
     if cache is None:
-        return {"skipped": "not a chain model, or too large a cache"}
+        return {"skipped": "the model has no cuts (fx cannot trace it)"}
+    print(f"  {len(cache.stages)} stages, cache {sum(t.numel() * t.element_size() for t in cache.inputs) / 2**20:.0f} MiB",
+          flush=True)
     out = {}
     for rate in args.rates:
         maps, trial = [], 0

@@ -16,9 +16,9 @@ A rate whose shared count spans more than conditioned.MAX_COUNTS values is measu
 counts, a_k interpolated linearly between them, each gap checked by a held-out cell at its
 midpoint; the interval adds the largest checked deviation (conditioned.py).
 
-On a chain model (nn.Sequential) each faulted pass starts at the map's first faulted stage from the
-pool's cached clean activations (prefix.py): the same predictions as a full pass in every trial the
-validation benchmark compared.
+Each faulted pass starts at the map's first faulted stage from the pool's cached clean activations
+(prefix.py: cuts of a chain model, or of any model torch.fx traces): the same predictions as a full
+pass in every trial the validation benchmark compared.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from . import conditioned as est
 from .designs import DESIGNS
 from .exact_count import exact_map, part_sizes
 from .fault_models import FAULT_MODELS
-from .prefix import PrefixCache
+from .prefix import PrefixCache, space_bits
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,8 @@ def run_conditioned(model, injector, pool, rates, trials: int, seed: int, batch_
     first = int(adaptive["min_trials"]) if adaptive else int(trials)
     budget = int(adaptive["max_trials"]) * len(rates) if adaptive else first * (len(keys) - 1)
     bar = tqdm(total=budget, desc="conditioned campaign", disable=not progress, leave=False)
-    # chain models start each faulted pass at its first faulted stage (prefix.py; None otherwise)
-    prefix = PrefixCache.build(model, pool.images, batch_size)
+    # each faulted pass starts at its first faulted stage (prefix.py; None where the model has no cuts)
+    prefix = PrefixCache.build(model, pool.images, batch_size, space_bits(injector.space))
     measure = _measurer(model, injector, pool, seed, batch_size, n, bar, prefix)
     accs = allocate(keys, weights, clean, measure, first, budget, target if adaptive else None, level,
                     1.0 / _images(n, pool), segments, seg_mass)
