@@ -14,11 +14,14 @@ from .cache import config_hash
 from .checks import fail
 from .faults import FAULT_MODELS
 from .faults.activation import select_sites as select_activation_sites
+from .faults.campaign import as_rate_list
+from .faults.conditioned_campaign import check_conditioned_counts
 from .faults.faultlist import replay
 from .faults.space import select_tensors
 from .models import model_from_config, model_tag
 from .protect import profile_ranges
 from .protect.sites import select_sites
+from .protect.weights import WEIGHT_PROTECTIONS
 from .recipe import prepare
 from .registry import ConfigError
 
@@ -27,7 +30,10 @@ def structure_key(cfg: DictConfig) -> str:
     """What the structure check depends on (sweep jobs that share it are checked once)."""
     parts = {"model": cfg.model, "dataset": cfg.dataset.get("_target_"), "root": cfg.dataset.get("root"),
              "grayscale": cfg.dataset.get("grayscale"), "protection": cfg.protection,
-             "faults": cfg.faults, "profile_site": cfg.get("profile_site")}
+             "faults": cfg.faults, "profile_site": cfg.get("profile_site"),
+             "weight_protection": cfg.get("weight_protection")}
+    if cfg.campaign.get("design") == "conditioned":  # its count windows depend on the rates
+        parts["campaign"] = {k: cfg.campaign.get(k) for k in ("design", "rates", "adaptive")}
     return config_hash(OmegaConf.to_container(OmegaConf.create(parts), resolve=True))
 
 
@@ -78,6 +84,23 @@ def check_structure(cfg: DictConfig) -> None:
         fail("faults.exclude", list(faults.exclude), "it leaves an empty fault space")
     if faults.get("list") is not None:  # the list's tensors, indices and bits against the job's fault space
         replay(FAULT_MODELS[faults.model].build(model, OmegaConf.to_container(faults, resolve=True)), faults)
+    if cfg.campaign.get("design") == "conditioned":
+        _check_conditioned_counts(model, cfg)
+
+
+def _check_conditioned_counts(model, cfg: DictConfig) -> None:
+    """The conditioned design's count windows on the job's fault space (the protection's bounds and
+    the weight protection's words included): a rate it cannot measure is refused here, not after
+    the job trained, profiled and post-trained."""
+    weights = cfg.get("weight_protection") or {"name": "none"}
+    WEIGHT_PROTECTIONS[weights["name"]].protect(model, weights)
+    injector = FAULT_MODELS[cfg.faults.model].build(model, OmegaConf.to_container(cfg.faults, resolve=True))
+    campaign = cfg.campaign
+    adaptive = OmegaConf.to_container(campaign.adaptive, resolve=True) if campaign.adaptive.enabled else None
+    try:
+        check_conditioned_counts(injector, as_rate_list(campaign.rates), adaptive)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_activation_sites(model, patterns: list[str]) -> None:

@@ -413,3 +413,17 @@ def test_conditioned_campaign_with_a_large_k_rate_keeps_the_small_rates_cells(mo
     logged = {k: v for k, v in both.per_rate[big].items() if k != "images_per_trial"}
     assert est.acc_at_rate(table, big) == pytest.approx(logged)
     assert logged["interp_term"] > 0 and logged["ci_low"] <= logged["mean"] <= logged["ci_high"]
+
+
+def test_preflight_refuses_a_rate_the_design_cannot_measure_before_any_work(tmp_path):
+    """FitAct's neuron-wise bounds at a high rate: its own fault count spans more values than the
+    design measures; the sweep is refused at preflight (the skeleton's fault space), not after its
+    jobs trained, profiled and post-trained."""
+    from fitact_pipeline.validate import preflight
+    sweep = ["-m", "experiment=quickstart", "campaign.design=conditioned", "campaign.images_per_trial=20",
+             "campaign.rates=[1e-6,0.02]", f"cache_dir={tmp_path}/cache"]
+    with pytest.raises(ConfigError, match=r"rate 0.02 is not allowed with the conditioned design: its own fault "
+                                          r"count \(Binomial\(\d+, 0.02\), the protection's bounds\) spans \d+ values"):
+        preflight(sweep + ["protection=none,fitact"])
+    assert not (tmp_path / "cache").exists()
+    preflight(sweep + ["protection=none,ranger"])  # one bound per layer: a small own count, allowed

@@ -24,6 +24,7 @@ from .designs import DESIGNS, CampaignDesign, resolve_images
 from .injector import FaultInjector
 from .multimap import predict_stacked, stacked_fault_space
 from .outcomes import summarize_outcomes, trial_outcomes
+from .prefix import PrefixCache, space_bits
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,8 @@ class _Pool:
     images: torch.Tensor
     labels: torch.Tensor
     clean_pred: torch.Tensor
+    #: the clean activations at the model's cuts (prefix.py): faulted passes start at the first faulted stage
+    prefix: PrefixCache | None = None
 
     def __post_init__(self):
         self.sampler = StratifiedSampler(self.labels)
@@ -150,12 +153,17 @@ def run_campaign(model: torch.nn.Module, injector: FaultInjector, images: torch.
     plan = DESIGNS[design]
     pool = _Pool(images, labels, predictions(model, images, batch_size))
     result = CampaignResult(float(pool.clean_correct.float().mean()), [float(r) for r in rates], {}, design=design)
+    drawn_per_pass = getattr(injector, "per_pass", False)
+    maps_per_pass = 1 if drawn_per_pass else max(1, int(maps_per_pass))
+    if not drawn_per_pass and (design == "conditioned" or maps_per_pass == 1):
+        # one map per pass: it starts at its first faulted stage (None where the model has no cuts;
+        # vmapped blocks of maps run whole passes)
+        pool.prefix = PrefixCache.build(model, pool.images, batch_size, space_bits(injector.space))
     if design == "conditioned":  # maps per fault count, not per rate: its own loop
         result.per_rate, result.ak_table = run_conditioned(model, injector, pool, result.rates, trials, seed,
                                                            batch_size, adaptive, level, images_per_trial, progress)
         return result
     max_trials = int(adaptive["max_trials"]) if adaptive else int(trials)
-    maps_per_pass = 1 if getattr(injector, "per_pass", False) else max(1, int(maps_per_pass))
     bar = tqdm(total=len(rates) * max_trials, desc="fault campaign", disable=not progress, leave=False)
     for rate in result.rates:
         n = images_per_trial.get(rate) if isinstance(images_per_trial, dict) else images_per_trial
@@ -205,6 +213,8 @@ def _evaluate_one(model, injector, pool: _Pool, plan, rate, n, seed, batch_size,
         # (faults drawn per pass are known only once the pass ran: None).
         if fault_map.effective_flips == 0:
             faulty = pool.clean_pred[ids]
+        elif pool.prefix is not None:
+            faulty = pool.prefix.predictions(pool.prefix.first_stage(fault_map), ids)
         else:
             faulty = predictions(model, x, batch_size, before_batch, ids)
     return [(trial, faulty, fault_map, ids)]

@@ -35,7 +35,6 @@ from . import conditioned as est
 from .designs import DESIGNS
 from .exact_count import exact_map, part_sizes
 from .fault_models import FAULT_MODELS
-from .prefix import PrefixCache, space_bits
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +61,20 @@ def check_conditioned_config(campaign, faults) -> None:
              "fault count (or campaign.adaptive.enabled=true)")
 
 
+def tail_mass_allowed(adaptive) -> float:
+    """The tail mass the count windows may leave out: a share of the target half-width, or
+    DEFAULT_TAIL without one."""
+    target = adaptive.get("target_halfwidth") if adaptive else None
+    return TAIL_SHARE * target if target else DEFAULT_TAIL
+
+
+def check_conditioned_counts(injector, rates, adaptive) -> None:
+    """Every rate's count windows within the design's limits for this fault space (a rate whose own
+    count spans too many values: a one-line ValueError naming it), before any work."""
+    n_shared, n_own = part_sizes(injector.space, injector.sampler)
+    est.cells_for_rates(n_shared, n_own, rates, tail_mass_allowed(adaptive))
+
+
 def cell_trial_id(k: int, j: int, trial: int) -> int:
     """A trial id of its own per (k, j, trial), for the image subset (distinct for trial < 10^6)."""
     return (k * 1021 + j + 1) * 1_000_003 + trial
@@ -74,7 +87,7 @@ def run_conditioned(model, injector, pool, rates, trials: int, seed: int, batch_
         raise ValueError("the conditioned design needs a stored-parameter fault model; this injector draws per pass")
     n_shared, n_own = part_sizes(injector.space, injector.sampler)
     target = adaptive.get("target_halfwidth") if adaptive else None
-    eps = TAIL_SHARE * target if target else DEFAULT_TAIL
+    eps = tail_mass_allowed(adaptive)
     nodes = est.cells_for_rates(n_shared, n_own, rates, eps)
     # large-K rates: held-out cells between their grid counts check the interpolation (none else)
     checks = est.check_cells(nodes, est.grid_spans(n_shared, n_own, rates, eps))
@@ -91,9 +104,7 @@ def run_conditioned(model, injector, pool, rates, trials: int, seed: int, batch_
     first = int(adaptive["min_trials"]) if adaptive else int(trials)
     budget = int(adaptive["max_trials"]) * len(rates) if adaptive else first * (len(keys) - 1)
     bar = tqdm(total=budget, desc="conditioned campaign", disable=not progress, leave=False)
-    # each faulted pass starts at its first faulted stage (prefix.py; None where the model has no cuts)
-    prefix = PrefixCache.build(model, pool.images, batch_size, space_bits(injector.space))
-    measure = _measurer(model, injector, pool, seed, batch_size, n, bar, prefix)
+    measure = _measurer(model, injector, pool, seed, batch_size, n, bar, pool.prefix)
     accs = allocate(keys, weights, clean, measure, first, budget, target if adaptive else None, level,
                     1.0 / _images(n, pool), segments, seg_mass)
     bar.close()

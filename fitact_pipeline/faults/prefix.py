@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
-from ..evaluate import correct_rows, eval_mode, float32_inference
+from ..evaluate import eval_mode, float32_inference, predict_rows
 from ..layer_types import hooked_forward
 
 log = logging.getLogger(__name__)
@@ -197,17 +197,22 @@ class PrefixCache:
         used = torch.unique(fault_map.field_idx).tolist()
         return min(self.stage_of(fault_map.names[i].split(":")[0]) for i in used)
 
-    def correct(self, start: int, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Per image of ``ids``: right with the model as it is now (faulted), starting at stage
-        ``start`` from the cached clean input of that stage."""
+    def predictions(self, start: int, ids: torch.Tensor) -> torch.Tensor:
+        """Per image of ``ids`` (pool indices): the top-1 class (evaluate.predict_rows: MISS for a
+        non-finite logit) with the model as it is now (faulted), starting at stage ``start`` from the
+        cached clean input of that stage."""
         parts = []
         with torch.inference_mode(), float32_inference(self.inputs[0].device):
             for begin in range(0, len(ids), self.batch_size):
-                x = self.inputs[start][ids[begin:begin + self.batch_size]]
+                x = self.inputs[start][ids[begin:begin + self.batch_size].to(self.inputs[start].device)]
                 for stage in self.stages[start:]:
                     x = stage.module(x)
-                parts.append(correct_rows(x.float(), labels[begin:begin + self.batch_size]).cpu())
+                parts.append(predict_rows(x.float()).cpu())
         return torch.cat(parts)
+
+    def correct(self, start: int, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per image of ``ids``: right (``predictions`` equal to its label)."""
+        return self.predictions(start, ids) == labels.cpu()
 
     def ideal_saving(self, start: int) -> float:
         """Share of a full pass's multiply-accumulates (conv and linear) before stage ``start``."""
