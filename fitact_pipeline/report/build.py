@@ -97,6 +97,9 @@ def check_report_config(cfg: Any) -> None:
     expect_number(cfg.critical.get("level"), "critical.level", 0, 1, low_open=True)
     expect_bool(cfg.critical.get("relative"), "critical.relative")
     expect_int(cfg.fig2.get("bins"), "fig2.bins", 1)
+    if cfg.conditioned.get("rates") is not None:
+        expect_list(cfg.conditioned.rates, "conditioned.rates", lambda v, path: expect_number(v, path, 0, 1))
+    expect_number(cfg.conditioned.get("loss"), "conditioned.loss", 0, 1, low_open=True, high_open=True)
     for key in ("global_bound", "neuron_bound", "k"):
         expect_number(cfg.fig3.get(key), f"fig3.{key}", 0, low_open=True)
     for fig in ("fig1", "fig2", "fig5"):
