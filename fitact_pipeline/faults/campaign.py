@@ -155,9 +155,9 @@ def run_campaign(model: torch.nn.Module, injector: FaultInjector, images: torch.
     result = CampaignResult(float(pool.clean_correct.float().mean()), [float(r) for r in rates], {}, design=design)
     drawn_per_pass = getattr(injector, "per_pass", False)
     maps_per_pass = 1 if drawn_per_pass else max(1, int(maps_per_pass))
-    if not drawn_per_pass and (design == "conditioned" or maps_per_pass == 1):
-        # one map per pass: it starts at its first faulted stage (None where the model has no cuts;
-        # vmapped blocks of maps run whole passes)
+    if not drawn_per_pass and hasattr(injector, "space") and (design == "conditioned" or maps_per_pass == 1):
+        # one map per pass over a stored fault space: it starts at its first faulted stage (None
+        # where the model has no cuts; vmapped blocks of maps run whole passes)
         pool.prefix = PrefixCache.build(model, pool.images, batch_size, space_bits(injector.space))
     if design == "conditioned":  # maps per fault count, not per rate: its own loop
         result.per_rate, result.ak_table = run_conditioned(model, injector, pool, result.rates, trials, seed,
