@@ -111,3 +111,30 @@ def test_a_model_fx_cannot_trace_runs_full_passes():
     model = _DataDependent().eval()
     assert stages_of(model) is None
     assert PrefixCache.build(model, torch.randn(5, 4), 5) is None
+
+
+@pytest.mark.parametrize("design, n", [("classic", None), ("nested", 12)])
+def test_campaigns_with_one_map_per_pass_start_at_the_first_faulted_stage(resnets, monkeypatch, design, n):
+    """The classic and nested designs use the cache (a pass that starts late is counted) and log the
+    per-trial results of full passes."""
+    from fitact_pipeline.faults import run_campaign
+    from fitact_pipeline.faults import campaign as campaign_mod
+    nets, images = resnets
+    model = nets["fitact"]
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+    labels[::4] = (labels[::4] + 1) % 10
+    run = lambda: run_campaign(model, FaultInjector(model), images, labels, [1e-6, 1e-5], 12, 3, 8, progress=False,
+                               design=design, images_per_trial=n, maps_per_pass=1)
+    starts = []
+    real = PrefixCache.predictions
+
+    def spy(self, start, ids):
+        starts.append(start)
+        return real(self, start, ids)
+    monkeypatch.setattr(PrefixCache, "predictions", spy)
+    with_prefix = run()
+    assert starts and max(starts) > 0  # some maps started after the first stage
+    monkeypatch.setattr(campaign_mod.PrefixCache, "build", classmethod(lambda cls, *a, **k: None))
+    full = run()
+    assert with_prefix.trials == full.trials and len(full.trials) == 24  # accuracy, flips, SDC: every field
