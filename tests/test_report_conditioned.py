@@ -74,3 +74,15 @@ def test_bad_conditioned_report_values_are_one_line(store, conditioned, fragment
     with pytest.raises(ConfigError) as err:
         build_report(_cfg(tmp, **conditioned))
     assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_band_captions_name_each_designs_interval():
+    from types import SimpleNamespace
+
+    from fitact_pipeline.report.select import band_caption
+    job = lambda design: SimpleNamespace(params={} if design is None else {"campaign.design": design})
+    assert "bounded" in band_caption([job(None), job("nested")]) and "tail" not in band_caption([job("nested")])
+    conditioned = band_caption([job("conditioned")])
+    assert "truncated tail" in conditioned and "bounded" not in conditioned
+    mixed = band_caption([job("nested"), job("conditioned"), job("classic")])
+    assert mixed.startswith("classic/nested: ") and "; conditioned: " in mixed

@@ -61,6 +61,9 @@ class CampaignDesign:
     trial_meaning: str
     #: every trial evaluates the whole pool (``trial_images`` gives None)
     shares_pool: bool = False
+    #: the interval of record its curves carry (ci_low/ci_high), for figure captions
+    interval: str = ("of the mean over fault maps on the evaluation pool, valid for any distribution in [0, 1] "
+                     "(bounded; over maps and images: ci_pop_* in MLflow)")
 
 
 def _pool(labels, n, seed, trial):
@@ -83,7 +86,9 @@ for _design in (
                    "one fault map on its own n random images"),
     CampaignDesign("conditioned", "maps with exactly k faults measure a_k = E[acc | k faults] once; acc(rate) = sum_k "
                    "P(K = k) a_k for every rate, the truncated tail bounded (stored-parameter fault models)", _subset,
-                   "one map with exactly k faults on its own n random images"),
+                   "one map with exactly k faults on its own n random images",
+                   interval="of sum_k P(K = k) a_k: Welch t over the counts' cells, plus the truncated tail and the "
+                   "checked interpolation (conditioned)"),
 ):
     DESIGNS.register(_design.name, _design)
 

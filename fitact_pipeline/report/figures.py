@@ -17,6 +17,7 @@ import torch  # noqa: E402
 from matplotlib import cbook  # noqa: E402
 
 from ..faults import FAULT_MODELS  # noqa: E402
+from ..faults.designs import DESIGNS  # noqa: E402
 from ..protect import PROTECTIONS  # noqa: E402
 from ..protect.protections.fitact import FitReLU  # noqa: E402
 from ..protect.protections.gbrelu import GBReLU  # noqa: E402
@@ -265,9 +266,10 @@ def panel_title(panel: tuple) -> str:
     return f"{model} on {dataset}" + ("" if fault_model == "memory" else f", {fault_model} faults")
 
 
-def fig6_grid(curves: dict[tuple, dict[str, dict[float, dict[str, float]]]]):
+def fig6_grid(curves: dict[tuple, dict[str, dict[float, dict[str, float]]]], bands: str = DESIGNS["classic"].interval):
     """Grid: rows = (dataset, fault model), columns = models; each panel as plot_resilience.
-    curves: {(model, dataset, fault model): {variant: {rate: stats}}}. Returns (figure, {panel: drawn})."""
+    curves: {(model, dataset, fault model): {variant: {rate: stats}}}; ``bands``: which interval the
+    bands are. Returns (figure, {panel: drawn})."""
     models = sorted({k[0] for k in curves})
     rows = sorted({tuple(k[1:]) for k in curves})
     fig, axes = plt.subplots(len(rows), len(models), figsize=(4.6 * len(models), 3.6 * len(rows)), squeeze=False)
@@ -283,9 +285,7 @@ def fig6_grid(curves: dict[tuple, dict[str, dict[float, dict[str, float]]]]):
     fig.tight_layout()
     _legend_below(fig, axes)
     if fig.legends:  # which interval the bands are (docs/campaigns.md, "Intervals")
-        fig.legends[-1].set_title("bands: 95 % CI of the mean over fault maps on the evaluation pool, valid for "
-                                  "any distribution in [0, 1] (bounded; over maps and images: ci_pop_* in MLflow)",
-                                  prop={"size": 8})
+        fig.legends[-1].set_title(f"bands: 95 % CI {bands}", prop={"size": 8})
     return fig, drawn
 
 

@@ -10,7 +10,7 @@ from ..faults.designs import DESIGNS
 from ..faults.vulnerability import VulnerabilityMap
 from . import figures, tables
 from .runs import search_all
-from .select import (PAIRED, PRECISION, SUMMARY, TABLE1, by_panel, fig1_groups, fig1_points, merge_curves,
+from .select import (PAIRED, PRECISION, SUMMARY, TABLE1, band_caption, by_panel, fig1_groups, fig1_points, merge_curves,
                      merge_outcomes, paired_rows, panels, pick_panel, precision_rows, summary_rows, table1_rows,
                      trial_accuracies)
 
@@ -88,7 +88,8 @@ def _grid(out: "Report", curves: dict, name: str, missing: str, draw, key: str, 
 
 
 def fig6(exp: "Experiment", cfg: Any, out: "Report") -> None:
-    _grid(out, merge_curves(exp.jobs), "Fig. 6", "no job run logged acc_mean/ber_<rate>", figures.fig6_grid,
+    _grid(out, merge_curves(exp.jobs), "Fig. 6", "no job run logged acc_mean/ber_<rate>",
+          lambda curves: figures.fig6_grid(curves, band_caption(exp.jobs)),
           "fig6", "fig6_resilience_grid")
 
 
@@ -228,8 +229,10 @@ def conditioned(exp: "Experiment", cfg: Any, out: "Report") -> None:
     """acc(rate) with its interval at any rates (``conditioned.rates``; null: each campaign's own)
     from the a_k table every count-conditioned run logged, and the rate at which each curve first
     falls ``conditioned.loss`` below its clean accuracy (faults.conditioned.rate_at_loss)."""
-    jobs = [(job, exp.artifact(job.run_id, "conditioned_ak.json")) for job in exp.jobs
-            if job.params.get("campaign.design") == "conditioned"]
+    conditioned_jobs = [job for job in exp.jobs if job.params.get("campaign.design") == "conditioned"]
+    if not conditioned_jobs:
+        return  # an output of count-conditioned experiments only
+    jobs = [(job, exp.artifact(job.run_id, "conditioned_ak.json")) for job in conditioned_jobs]
     jobs = [(job, table) for job, table in jobs if table is not None]
     if not jobs:
         return out.skip("conditioned rates", "no count-conditioned run logged conditioned_ak.json")

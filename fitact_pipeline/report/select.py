@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from .. import stats
 from ..protect import PROTECTIONS
+from ..faults.designs import DESIGNS
 from .runs import JobRun, patterns
 
 Curve = dict[float, dict[str, float]]
@@ -230,3 +231,14 @@ def paired_rows(jobs: list[JobRun], trials_of: TrialsOf, level: float) -> list[d
                              "protection_a": a, "protection_b": b,
                              "rate": rate, **res})
     return rows
+
+
+def band_caption(jobs) -> str:
+    """Which interval the curves' bands are: the designs' intervals of record
+    (designs.CampaignDesign.interval), each named when the jobs mix designs of different intervals."""
+    by_text: dict[str, list[str]] = {}
+    for name in sorted({j.params.get("campaign.design", "classic") for j in jobs} & set(DESIGNS)):
+        by_text.setdefault(DESIGNS[name].interval, []).append(name)
+    if len(by_text) <= 1:
+        return next(iter(by_text), DESIGNS["classic"].interval)
+    return "; ".join(f"{'/'.join(names)}: {text}" for text, names in by_text.items())
