@@ -29,6 +29,9 @@ from .configs import group_config
 from .data.loaders import LoaderData, as_tensors
 from .evaluate import accuracy, evaluate_accuracy
 from .faults import FAULT_MODELS, apply_datapath, as_rate_list, check_faults_config, faultlist, run_campaign
+from .faults.conditioned import acc_at_rate, rate_at_loss
+from .faults.conditioned_campaign import check_conditioned_config
+from .faults.designs import DESIGNS
 from .faults.vulnerability import vulnerability_map
 from .protect import PROTECTIONS, profile_ranges
 from .protect.bounds_stages import STORED_FAULT_KEYS, BoundsJob
@@ -135,9 +138,27 @@ class Resilience:
     fault_space: dict
     run_id: str | None = None
     outcomes: dict[float, dict[str, dict[str, float]]] = field(default_factory=dict)
+    #: design="conditioned": the a_k table (faults.conditioned.ak_table) that answers any rate
+    ak_table: dict | None = None
 
     def mean(self, rate: float) -> float:
         return self.per_rate[float(rate)]["mean"]
+
+    def at_rate(self, rate: float, level: float | None = None) -> dict[str, float]:
+        """Mean accuracy and its interval at any ``rate`` (one the campaign did not run too) from a
+        count-conditioned campaign's a_k table (faults.conditioned.acc_at_rate)."""
+        return acc_at_rate(self._table("at_rate"), rate, level)
+
+    def rate_at_loss(self, loss: float = 0.01, level: float | None = None) -> dict[str, float]:
+        """The fault rate at which mean accuracy first falls ``loss`` below the clean accuracy, with
+        its interval (faults.conditioned.rate_at_loss), from a count-conditioned campaign."""
+        return rate_at_loss(self._table("rate_at_loss"), loss, level=level)
+
+    def _table(self, what: str) -> dict:
+        if self.ak_table is None:
+            raise ValueError(f"{what} needs a count-conditioned campaign: run measure_resilience with "
+                             "design='conditioned' (this one ran another design)")
+        return self.ak_table
 
     def sdc(self, rate: float) -> float:
         """Mean SDC rate at ``rate``: the fraction of images whose faulty top-1 differs from the clean one."""
@@ -157,7 +178,8 @@ class Resilience:
 def measure_resilience(model: nn.Module | Hardened, data, rates: Sequence[float] | None = None, trials: int = 20, *,
                        seed: int = 0, faults: str | Mapping | None = None, images: int | None = None,
                        batch_size: int = 256, confidence: float = 0.95, adaptive: Mapping | None = None,
-                       weight_protection: str | Mapping | None = None, mlflow: Mapping | None = None) -> Resilience:
+                       weight_protection: str | Mapping | None = None, mlflow: Mapping | None = None,
+                       design: str = "classic", images_per_trial: int | None = None) -> Resilience:
     """A fault campaign on a copy of ``model`` (or of a ``Hardened`` model): ``trials`` fault maps per
     rate, each kept for one pass over the evaluation images (``data``: a DataLoader or an
     ``(images, labels)`` pair; ``images``: the first that many of them, no more than it holds).
@@ -169,8 +191,12 @@ def measure_resilience(model: nn.Module | Hardened, data, rates: Sequence[float]
     ``trials``. ``adaptive``: ``{"target_halfwidth", "min_trials", "max_trials"}`` stops a rate early.
     ``weight_protection``: ``clamp``, ``parity_zero`` or a dict (conf/weight_protection/), on top of
     the model's activation protection (protect/weights.py). ``mlflow``: ``{"experiment": name,
-    "tracking_uri": uri, "run_name": name}`` logs the run as a job logs its campaign (docs/tracking.md)."""
+    "tracking_uri": uri, "run_name": name}`` logs the run as a job logs its campaign (docs/tracking.md).
+    ``design`` (docs/campaigns.md): ``classic`` (every map on all images), ``nested`` or
+    ``conditioned`` (each map on its own ``images_per_trial`` images; ``conditioned`` measures
+    a_k = E[accuracy | k faults] and answers every rate: ``Resilience.at_rate``, ``rate_at_loss``)."""
     hardened = model if isinstance(model, Hardened) else None
+    _check_design(design, images_per_trial)
     net = copy.deepcopy(hardened.model if hardened else model).eval()
     x, y = as_tensors(data, images)
     if images is not None and len(y) < images:  # a requested quantity is never silently reduced
@@ -181,6 +207,7 @@ def measure_resilience(model: nn.Module | Hardened, data, rates: Sequence[float]
     cfg = _faults_config(faults)
     apply_datapath(net, cfg["datapath"])  # as a job does: before the clean evaluation and any fault hook
     faultlist.check_fault_list(cfg, {"adaptive": {"enabled": bool(adaptive)}})
+    check_conditioned_config({"design": design, "trials": trials, "adaptive": {"enabled": bool(adaptive)}}, cfg)
     if cfg.get("list") is None and rates is None:
         raise ValueError("rates=None is not allowed without a fault list; give the fault rates to measure")
     weights = _weight_protection(weight_protection, cfg)
@@ -194,13 +221,16 @@ def measure_resilience(model: nn.Module | Hardened, data, rates: Sequence[float]
         rates, trials = injector.faults.rates, injector.faults.trials_per_rate
     started = time.perf_counter()
     result = run_campaign(net, injector, x, y, [float(r) for r in rates], trials, seed, batch_size,
-                          adaptive=dict(adaptive) if adaptive else None, progress=False, level=confidence)
+                          adaptive=dict(adaptive) if adaptive else None, progress=False, level=confidence,
+                          design=design, images_per_trial=images_per_trial)
     out = Resilience(result.clean_accuracy, result.per_rate, result.trials, injector.fault_space,
-                     outcomes=result.outcomes)
+                     outcomes=result.outcomes, ak_table=result.ak_table)
     if mlflow is not None:
         out.run_id = _log(mlflow, result, injector.fault_space, hardened, float_accuracy,
                           time.perf_counter() - started, {"rates": list(rates), "trials": trials, "seed": seed,
-                                                          "faults": cfg, "weight_protection": weights})
+                                                          "faults": cfg, "weight_protection": weights,
+                                                          "campaign": {"design": design,
+                                                                       "images_per_trial": images_per_trial}})
     return out
 
 
@@ -268,6 +298,15 @@ def write_fault_list(model: nn.Module | Hardened, path, rates: Sequence[float], 
     injector = FAULT_MODELS[cfg["model"]].build(net, cfg)
     maps = [injector.sample(float(rate), seed, trial) for rate in rates for trial in range(trials)]
     return faultlist.write_fault_list(maps, path)
+
+
+def _check_design(design: str, images_per_trial) -> None:
+    """The campaign design and its images per map, as a job's config would be checked."""
+    if design not in DESIGNS:
+        raise ValueError(f"design={design!r} is not allowed; choose one of: {', '.join(sorted(DESIGNS))}")
+    if design != "classic" and not (isinstance(images_per_trial, int) and images_per_trial >= 1):
+        raise ValueError(f"images_per_trial={images_per_trial!r} is not allowed with design={design!r}; give the "
+                         "images each map is evaluated on (a positive integer, e.g. 25)")
 
 
 def _log(target: Mapping, result, fault_space: dict, hardened: Hardened | None, float_accuracy: float,

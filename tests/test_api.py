@@ -96,3 +96,33 @@ def test_the_example_runs_and_logs_to_mlflow(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("harden_your_model").experiment_id])
     assert sorted(r.data.tags["protection"] for r in runs) == ["clipact", "fitact", "none", "ranger"]
     assert all(r.data.metrics["acc_trials/ber_1e-05"] == 2 for r in runs)
+
+
+def test_conditioned_design_answers_any_rate_from_the_api(setting, tmp_path):
+    from fitact_pipeline.faults.conditioned import acc_at_rate, rate_at_loss
+    model, (train, val, test) = setting
+    fit = harden(model, "ranger", train)
+    res = measure_resilience(fit, test, rates=[1e-5, 1e-4], trials=3, seed=2, design="conditioned",
+                             images_per_trial=20, mlflow={"experiment": "api_conditioned",
+                                                          "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"})
+    assert res.ak_table is not None and res.ak_table["rates"] == [1e-5, 1e-4]
+    for rate in (1e-5, 1e-4):  # the campaign's own rates: what it reported
+        assert res.at_rate(rate)["mean"] == pytest.approx(res.per_rate[rate]["mean"], abs=1e-12)
+    between = res.at_rate(3e-5)  # a rate the campaign did not run
+    assert between == acc_at_rate(res.ak_table, 3e-5)
+    assert between["ci_low"] <= between["mean"] <= between["ci_high"]
+    assert res.rate_at_loss(0.02) == rate_at_loss(res.ak_table, 0.02)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.get_run(res.run_id)
+    assert run.data.params["campaign.design"] == "conditioned"
+    assert "conditioned_ak.json" in {a.path for a in client.list_artifacts(res.run_id)}
+    classic = measure_resilience(fit, test, rates=[1e-4], trials=2)
+    with pytest.raises(ValueError, match="needs a count-conditioned campaign"):
+        classic.at_rate(1e-5)
+    with pytest.raises(ValueError, match=r"^design='bogus' is not allowed; choose one of: classic, conditioned, nested$"):
+        measure_resilience(fit, test, rates=[1e-4], design="bogus")
+    with pytest.raises(ValueError, match=r"^images_per_trial=None is not allowed with design='nested'"):
+        measure_resilience(fit, test, rates=[1e-4], design="nested")
+    with pytest.raises(ValueError, match="stored-parameter fault model"):
+        measure_resilience(fit, test, rates=[1e-4], design="conditioned", images_per_trial=10,
+                           faults={"model": "activation"})
