@@ -15,6 +15,7 @@ Pass the same ``seed`` to compare protections: trial i then hits the same weight
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass, field
@@ -265,14 +266,29 @@ def vulnerability(model: nn.Module | Hardened, data, *, faults: str | Mapping | 
 
 
 def _log_vulnerability(target: Mapping, vmap_, model, weights: str, settings: dict) -> None:
-    if target.get("tracking_uri"):
-        mlflow.set_tracking_uri(target["tracking_uri"])
-    mlflow.set_experiment(target.get("experiment", "fitact_api"))
     tags = {"run_kind": "vulnerability", "source": "fitact_pipeline.api", "weight_protection": weights,
             "protection": model.protection if isinstance(model, Hardened) else "none"}
-    with mlflow.start_run(run_name=target.get("run_name", "vulnerability"), tags=tags):
+    with _run_in(target, tags, "vulnerability"):
         mlflow.log_params(tracking.flatten(settings))
         mlflow.log_dict(vmap_.to_dict(), "vulnerability.json")
+
+
+@contextlib.contextmanager
+def _run_in(target: Mapping, tags: dict, run_name: str | None = None):
+    """An MLflow run in ``target``'s store and experiment (created when missing); the caller's
+    MLflow state (tracking URI, active experiment) is left as it was."""
+    previous_uri = mlflow.get_tracking_uri()
+    if target.get("tracking_uri"):
+        mlflow.set_tracking_uri(target["tracking_uri"])
+    try:
+        client = mlflow.tracking.MlflowClient()
+        name = target.get("experiment", "fitact_api")
+        found = client.get_experiment_by_name(name)
+        experiment_id = found.experiment_id if found else client.create_experiment(name)
+        with mlflow.start_run(experiment_id=experiment_id, run_name=target.get("run_name", run_name), tags=tags) as run:
+            yield run
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
 
 
 def _weight_protection(setting: str | Mapping | None, faults: Mapping) -> dict:
@@ -311,18 +327,15 @@ def _check_design(design: str, images_per_trial) -> None:
 
 def _log(target: Mapping, result, fault_space: dict, hardened: Hardened | None, float_accuracy: float,
          campaign_time_s: float, settings: dict) -> str:
-    if target.get("tracking_uri"):
-        mlflow.set_tracking_uri(target["tracking_uri"])
-    mlflow.set_experiment(target.get("experiment", "fitact_api"))
     tags = {"protection": hardened.protection if hardened else "none", "source": "fitact_pipeline.api"}
     if hardened:
         tags["granularity"] = hardened.granularity
-    with mlflow.start_run(run_name=target.get("run_name"), tags=tags) as run:
+    with _run_in(target, tags) as run:
         mlflow.log_params(tracking.flatten(settings))
         clean_val = hardened.clean_val_accuracy if hardened and hardened.clean_val_accuracy is not None else float("nan")
         tracking.log_job_results(result, fault_space, {}, hardened.bounds_info if hardened else {},
-                                 stage=hardened.stage if hardened else "none", float_accuracy=float_accuracy, clean_val_accuracy=clean_val,
-                                 campaign_time_s=campaign_time_s)
+                                 stage=hardened.stage if hardened else "none", float_accuracy=float_accuracy,
+                                 clean_val_accuracy=clean_val, campaign_time_s=campaign_time_s)
         return run.info.run_id
 
 

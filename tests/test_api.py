@@ -126,3 +126,21 @@ def test_conditioned_design_answers_any_rate_from_the_api(setting, tmp_path):
     with pytest.raises(ValueError, match="stored-parameter fault model"):
         measure_resilience(fit, test, rates=[1e-4], design="conditioned", images_per_trial=10,
                            faults={"model": "activation"})
+
+
+def test_logging_a_campaign_leaves_the_callers_mlflow_state_alone(setting, tmp_path):
+    """measure_resilience(mlflow=...) logs into its own store and experiment; a run the caller starts
+    afterwards goes where the caller's settings say (no experiment id from the other store)."""
+    import mlflow
+    model, (train, val, test) = setting
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mine.db")
+    try:
+        res = measure_resilience(model, test, rates=[1e-4], trials=2,
+                                 mlflow={"experiment": "api_other", "tracking_uri": f"sqlite:///{tmp_path}/api.db"})
+        assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path}/mine.db"
+        with mlflow.start_run() as run:  # the caller's store, its default experiment
+            mlflow.log_metric("x", 1.0)
+        assert MlflowClient(f"sqlite:///{tmp_path}/mine.db").get_run(run.info.run_id).data.metrics == {"x": 1.0}
+        assert MlflowClient(f"sqlite:///{tmp_path}/api.db").get_run(res.run_id).info.status == "FINISHED"
+    finally:
+        mlflow.set_tracking_uri("")
