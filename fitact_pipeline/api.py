@@ -31,8 +31,8 @@ from .data.loaders import LoaderData, as_tensors
 from .evaluate import accuracy, evaluate_accuracy
 from .faults import FAULT_MODELS, apply_datapath, as_rate_list, check_faults_config, faultlist, run_campaign
 from .faults.conditioned import acc_at_rate, rate_at_loss
+from .faults.campaign import check_design
 from .faults.conditioned_campaign import check_conditioned_config
-from .faults.designs import DESIGNS
 from .faults.vulnerability import vulnerability_map
 from .protect import PROTECTIONS, profile_ranges
 from .protect.bounds_stages import STORED_FAULT_KEYS, BoundsJob
@@ -194,10 +194,11 @@ def measure_resilience(model: nn.Module | Hardened, data, rates: Sequence[float]
     the model's activation protection (protect/weights.py). ``mlflow``: ``{"experiment": name,
     "tracking_uri": uri, "run_name": name}`` logs the run as a job logs its campaign (docs/tracking.md).
     ``design`` (docs/campaigns.md): ``classic`` (every map on all images), ``nested`` or
-    ``conditioned`` (each map on its own ``images_per_trial`` images; ``conditioned`` measures
+    ``conditioned`` (each map on its own ``images_per_trial`` images, None: nested's default, the
+    conditioned design's whole pool; ``conditioned`` measures
     a_k = E[accuracy | k faults] and answers every rate: ``Resilience.at_rate``, ``rate_at_loss``)."""
     hardened = model if isinstance(model, Hardened) else None
-    _check_design(design, images_per_trial)
+    check_design({"design": design, "images_per_trial": images_per_trial})
     net = copy.deepcopy(hardened.model if hardened else model).eval()
     x, y = as_tensors(data, images)
     if images is not None and len(y) < images:  # a requested quantity is never silently reduced
@@ -314,15 +315,6 @@ def write_fault_list(model: nn.Module | Hardened, path, rates: Sequence[float], 
     injector = FAULT_MODELS[cfg["model"]].build(net, cfg)
     maps = [injector.sample(float(rate), seed, trial) for rate in rates for trial in range(trials)]
     return faultlist.write_fault_list(maps, path)
-
-
-def _check_design(design: str, images_per_trial) -> None:
-    """The campaign design and its images per map, as a job's config would be checked."""
-    if design not in DESIGNS:
-        raise ValueError(f"design={design!r} is not allowed; choose one of: {', '.join(sorted(DESIGNS))}")
-    if design != "classic" and not (isinstance(images_per_trial, int) and images_per_trial >= 1):
-        raise ValueError(f"images_per_trial={images_per_trial!r} is not allowed with design={design!r}; give the "
-                         "images each map is evaluated on (a positive integer, e.g. 25)")
 
 
 def _log(target: Mapping, result, fault_space: dict, hardened: Hardened | None, float_accuracy: float,

@@ -119,10 +119,12 @@ def test_conditioned_design_answers_any_rate_from_the_api(setting, tmp_path):
     classic = measure_resilience(fit, test, rates=[1e-4], trials=2)
     with pytest.raises(ValueError, match="needs a count-conditioned campaign"):
         classic.at_rate(1e-5)
-    with pytest.raises(ValueError, match=r"^design='bogus' is not allowed; choose one of: classic, conditioned, nested$"):
+    with pytest.raises(ValueError, match=r"^campaign.design='bogus' is not allowed; choose one of: classic, nested, conditioned$"):
         measure_resilience(fit, test, rates=[1e-4], design="bogus")
-    with pytest.raises(ValueError, match=r"^images_per_trial=None is not allowed with design='nested'"):
-        measure_resilience(fit, test, rates=[1e-4], design="nested")
+    with pytest.raises(ValueError, match=r"^campaign.images_per_trial=0 is not allowed"):
+        measure_resilience(fit, test, rates=[1e-4], design="nested", images_per_trial=0)
+    with pytest.raises(ValueError, match=r"^campaign.images_per_trial='auto' is not allowed; the conditioned"):
+        measure_resilience(fit, test, rates=[1e-4], design="conditioned", images_per_trial="auto")
     with pytest.raises(ValueError, match="stored-parameter fault model"):
         measure_resilience(fit, test, rates=[1e-4], design="conditioned", images_per_trial=10,
                            faults={"model": "activation"})

@@ -55,7 +55,7 @@ def check_campaign_config(cfg: Mapping) -> None:
     expect_int(cfg.get("eval_images"), "campaign.eval_images", 1, allow_none=True, words=("all",))
     expect_int(cfg.get("batch_size", 1), "campaign.batch_size", 1)
     expect_number(cfg.get("confidence", 0.95), "campaign.confidence", 0, 1, low_open=True, high_open=True)
-    _check_design(cfg)
+    check_design(cfg)
     adaptive = cfg.get("adaptive") or {}
     check_keys(adaptive, "campaign.adaptive", ("enabled", "target_halfwidth", "min_trials", "max_trials"))
     expect_bool(adaptive.get("enabled", False), "campaign.adaptive.enabled")
@@ -69,7 +69,8 @@ def check_campaign_config(cfg: Mapping) -> None:
                  f"must be <= campaign.adaptive.max_trials={adaptive['max_trials']}")
 
 
-def _check_design(cfg: Mapping) -> None:
+def check_design(cfg: Mapping) -> None:
+    """``design``, ``images_per_trial`` (and ``maps_per_pass``) of a campaign config or API call."""
     DESIGNS.check("campaign.design", cfg.get("design", "classic"))
     n = cfg.get("images_per_trial")
     expect_int(n, "campaign.images_per_trial", 1, allow_none=True, words=("auto",))

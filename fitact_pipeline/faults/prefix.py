@@ -185,11 +185,7 @@ class PrefixCache:
         return cls(stages, images, batch_size)
 
     def stage_of(self, tensor_name: str) -> int:
-        """The first stage reading a tensor (a module it calls, or the attribute itself)."""
-        for i, stage in enumerate(self.stages):
-            if stage.holds(tensor_name):
-                return i
-        return 0  # a tensor outside every stage: start at the beginning
+        return first_reader(self.stages, tensor_name)
 
     def first_stage(self, fault_map) -> int:
         if len(fault_map) == 0:
@@ -220,6 +216,12 @@ class PrefixCache:
         return sum(self.macs[:start]) / total if total else 0.0
 
 
+def first_reader(stages: list[Stage], tensor_name: str) -> int:
+    """The first stage reading a tensor (a module it calls, or the attribute itself); 0 for a tensor
+    outside every stage (a pass that starts at the beginning)."""
+    return next((i for i, stage in enumerate(stages) if stage.holds(tensor_name)), 0)
+
+
 def space_bits(space) -> dict[str, int]:
     """Bits per tensor of a fault space (a tensor's scales count with it: ``name:scale`` rows)."""
     bits: dict[str, int] = {}
@@ -247,8 +249,7 @@ def _fault_shares(stages: list[Stage], tensor_bits: dict[str, int] | None) -> li
         return [1.0 / len(stages)] * len(stages)
     share = [0.0] * len(stages)
     for name, bits in tensor_bits.items():
-        first = next((i for i, st in enumerate(stages) if st.holds(name)), 0)
-        share[first] += bits
+        share[first_reader(stages, name)] += bits
     total = sum(share) or 1.0
     return [b / total for b in share]
 
