@@ -114,6 +114,7 @@ class Field:
     numel: int
     bits: int
     is_scale: bool = False
+    shape: tuple[int, ...] = ()  # the stored tensor's shape (a conv weight's first axis: its output channels)
 
 
 def select_tensors(model: nn.Module, kinds: set[str], include: Sequence[str],
@@ -177,9 +178,10 @@ class FaultSpace:
         slots, fields, running = [], [], 0
         for (name, kind, _, _, _), tensor in zip(found, tensors):
             slot = cls._store(family, codec, name, kind, tensor, store, running)
-            fields.append(Field(name, kind, len(slots), slot.flat.numel(), codec.word_bits))
+            fields.append(Field(name, kind, len(slots), slot.flat.numel(), codec.word_bits, shape=tuple(tensor.shape)))
             if "scale" in targets and slot.scales is not None:
-                fields.append(Field(f"{name}:scale", "scale", len(slots), slot.scales.numel(), codec.scale_bits, True))
+                fields.append(Field(f"{name}:scale", "scale", len(slots), slot.scales.numel(), codec.scale_bits, True,
+                                    (slot.scales.numel(),)))
             slots.append(slot)
             running += slot.flat.numel()
         return cls(codec, number_format.family, slots, fields, store,
@@ -211,7 +213,7 @@ class FaultSpace:
     def describe(self) -> dict:
         """JSON-able description of the fault space, logged with every run."""
         tensors = [{"name": f.name, "kind": f.kind, "elements": f.numel, "word_bits": f.bits,
-                    "bits": f.numel * f.bits} for f in self.fields]
+                    "bits": f.numel * f.bits, "shape": list(f.shape)} for f in self.fields]
         return {**self.codec.describe(), "sampler": SAMPLER, **self.selection, "num_tensors": len(tensors),
                 "total_elements": sum(t["elements"] for t in tensors),
                 "total_bits": sum(t["bits"] for t in tensors), "tensors": tensors}

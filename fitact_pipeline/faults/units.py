@@ -73,13 +73,18 @@ class RateUnit:
     summary: str
     per: str  # what one unit of the rate counts, for axis labels and curve labels
     draw: Callable | None  # (hashes, space, rate, seed, trial) -> (field, element, bit); None: sampler's per bit
+    expected_faults: Callable[[int, int, float], float]  # (words, word_bits, rate) -> mean faulty bits per tensor
 
 
 RATE_UNITS: Registry[RateUnit] = Registry("rate unit")
-for _unit in (RateUnit("bit", "each stored bit is faulty with probability = the rate (a bit error rate)", "per stored bit", None),
+for _unit in (RateUnit("bit", "each stored bit is faulty with probability = the rate (a bit error rate)", "per stored bit", None,
+                       lambda words, word_bits, rate: words * word_bits * rate),
               RateUnit("word", "each stored word is hit with probability = the rate; a hit word gets one uniformly "
-                       "drawn bit faulty (1/word_bits as many faults as per bit)", "per stored word", word_hits),
+                       "drawn bit faulty (1/word_bits as many faults as per bit)", "per stored word", word_hits,
+                       lambda words, word_bits, rate: words * rate),
+              # the drawn count, before a bit drawn twice flips back (a second-order loss at these counts)
               RateUnit("toolbox", "the authors' tool's rule: per tensor exactly floor(elements x word_bits x rate) "
                        "faults, element and bit drawn uniformly with replacement (a bit drawn twice flips back)",
-                       "per stored bit, toolbox count", toolbox_hits)):
+                       "per stored bit, toolbox count", toolbox_hits,
+                       lambda words, word_bits, rate: float(int(int(words * word_bits) * rate)))):
     RATE_UNITS.register(_unit.name, _unit)
