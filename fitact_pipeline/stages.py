@@ -80,13 +80,15 @@ def bounds_stage(cfg: DictConfig) -> str:
 def stage_bounds(cfg: DictConfig, prepared: Prepared, datamodule, keys: dict[str, str]) -> dict:
     """The protection's bounds stage on ``prepared.protected`` (on ``device``). It only changes
     `.bound` (and `.lower`) tensors, which are cached (on the CPU) so that every fault-rate job of
-    one protection reuses them."""
+    one protection reuses them. A stage that can resume (the FT-ClipAct search) keeps its progress
+    in the entry's partial folder."""
     stage = BOUNDS_STAGES[prepared.stage]
     if stage.name == "none":
         return {}
 
     def compute():
         job = stage.job(cfg, prepared.protected, prepared.reference, datamodule, prepared.clean_val_acc)
+        job.checkpoint_dir = partial_path(cfg.cache_dir, f"bounds_{cfg.protection.name}", keys["bounds"])
         info = run_bounds_stage(prepared, job)
         return bound_tensors(prepared.protected), info
 

@@ -52,3 +52,34 @@ def test_search_bad_inputs(digits_clipact):
         clipact_search(neuron, images, labels)
     with pytest.raises(ValueError, match="rates must be positive"):
         clipact_search(model, images, labels, rates=(0.0,))
+
+
+class Stop(Exception):
+    pass
+
+
+def test_a_stopped_search_resumes_at_its_next_site_and_chooses_the_same(digits_clipact, tmp_path):
+    model, prof, images, labels = digits_clipact
+    kwargs = dict(rates=RATES, candidates=3, iterations=2, trials=TRIALS, seed=SEED)
+    whole = copy.deepcopy(model)
+    expected = clipact_search(whole, images, labels, FAULTS, **kwargs)
+    sites = list(expected)
+    assert len(sites) >= 2
+
+    def stop_at_second_site(site, *_):
+        if site == sites[1]:
+            raise Stop
+    with pytest.raises(Stop):
+        clipact_search(copy.deepcopy(model), images, labels, FAULTS, log=stop_at_second_site,
+                       checkpoint_dir=tmp_path, **kwargs)
+    scored = []
+    resumed_model = copy.deepcopy(model)
+    resumed = clipact_search(resumed_model, images, labels, FAULTS, log=lambda site, *_: scored.append(site),
+                             checkpoint_dir=tmp_path, **kwargs)
+    assert resumed == expected  # the same thresholds, and the same bounds on the model, bit for bit
+    assert all(torch.equal(bound_parameters(resumed_model)[s], bound_parameters(whole)[s]) for s in sites)
+    assert sites[0] not in scored and sites[1] in scored  # the first site was not searched again
+    # a checkpoint of another search's sites is refused, not silently mixed in
+    with pytest.raises(ValueError, match="not the first sites"):
+        clipact_search(copy.deepcopy(model), images, labels, FAULTS, sites=sites[1:], checkpoint_dir=tmp_path,
+                       **kwargs)

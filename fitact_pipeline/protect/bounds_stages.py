@@ -44,6 +44,7 @@ class BoundsJob:
     faults: Mapping | None = None  # FaultInjector keywords of a stage that injects faults
     seed: int = 0
     batch_size: int = 256
+    checkpoint_dir: Any = None  # where a long stage keeps its work in progress (the cache's partial folder)
 
 
 def _plain(node) -> Any:
@@ -92,7 +93,7 @@ def _search(job: BoundsJob) -> dict:
     images, labels = job.data.eval_tensors("val", s["images"], job.seed)
     thresholds = clipact_search(job.protected, images, labels, dict(job.faults or {}), rates=s["rates"],
                                 candidates=s["candidates"], iterations=s["iterations"], trials=s["trials"],
-                                seed=job.seed, batch_size=job.batch_size)
+                                seed=job.seed, batch_size=job.batch_size, checkpoint_dir=job.checkpoint_dir)
     return {"thresholds": thresholds}
 
 

@@ -12,10 +12,21 @@ its own draw (its value differs). A fresh FaultInjector is built per score becau
 stores (quantises) the fault space at construction, and the bound value changes between scores.
 The profiled max is scored first and kept unless a candidate beats it, so the result is never
 worse than the profiled max on the validation data it was searched on.
+
+Resumption: with ``checkpoint_dir``, the thresholds chosen so far are written there after every
+site (a full-width model's search takes hours on a CPU); a search that finds them restores those
+sites' thresholds and goes on with the next site. A site's score depends only on the thresholds
+before it and the fault maps (pure functions of seed and trial), so a resumed search chooses what
+an uninterrupted one chooses.
 """
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
+import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -23,6 +34,9 @@ from torch import nn
 from ..evaluate import evaluate_accuracy
 from ..faults import FaultInjector
 from .protections.clipact import ClipActReLU
+
+log_ = logging.getLogger(__name__)
+CHECKPOINT_NAME = "chosen_thresholds.json"
 
 
 def _score(model, images, labels, rates, trials, seed, fault_kwargs, batch_size, injector_factory, evaluate):
@@ -74,7 +88,7 @@ def _search_site(act: ClipActReLU, score, candidates: int, iterations: int, tol:
 
 
 def _searched_sites(model: nn.Module, sites) -> dict[str, ClipActReLU]:
-    acts = {n: m for n, m in model.named_modules() if isinstance(m, ClipActReLU)}
+    acts = _clipact_sites(model)
     if not acts:
         raise ValueError("clipact_search needs a model protected with 'clipact' (no ClipActReLU found)")
     wide = [n for n, m in acts.items() if m.bound.dim() != 0]
@@ -88,10 +102,45 @@ def _searched_sites(model: nn.Module, sites) -> dict[str, ClipActReLU]:
     return acts  # named_modules order = registration order ~ forward order
 
 
+def _clipact_sites(model: nn.Module) -> dict[str, ClipActReLU]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, ClipActReLU)}
+
+
+def _resumed(checkpoint_dir, model: nn.Module, acts: dict[str, ClipActReLU]) -> dict[str, float]:
+    """The thresholds an interrupted search of the same key chose (its first sites, in order), with
+    every Clip-Act bound restored as it was when it saved them: each score stores all bounds in the
+    fault format in place, so the stored values, not the thresholds or the profiled maxima, are what
+    the next site starts from."""
+    path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if path is None or not path.exists():
+        return {}
+    saved = json.loads(path.read_text())
+    chosen = saved["thresholds"]
+    if list(chosen) != list(acts)[:len(chosen)]:
+        raise ValueError(f"{path} holds sites {list(chosen)}, not the first sites of this search ({list(acts)}); "
+                         "remove it to start the search over")
+    every = _clipact_sites(model)
+    with torch.no_grad():
+        for site, value in saved["bounds"].items():
+            bound = every[site].bound
+            bound.copy_(torch.tensor(value, dtype=bound.dtype).reshape(bound.shape))
+    log_.info("resuming the Clip-Act search from %s (%d of %d sites done)", path, len(chosen), len(acts))
+    return chosen
+
+
+def _save_chosen(checkpoint_dir, chosen: dict[str, float], model: nn.Module) -> None:
+    path = Path(checkpoint_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    bounds = {site: act.bound.detach().cpu().reshape(-1).tolist() for site, act in _clipact_sites(model).items()}
+    tmp = path / (CHECKPOINT_NAME + ".tmp")
+    tmp.write_text(json.dumps({"thresholds": chosen, "bounds": bounds}))
+    os.replace(tmp, path / CHECKPOINT_NAME)  # a stop mid-write leaves the previous file
+
+
 def clipact_search(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, fault_kwargs: dict | None = None,
                    rates=(1e-6, 1e-5, 1e-4), candidates: int = 5, iterations: int = 3, trials: int = 3,
                    seed: int = 0, batch_size: int = 256, tol: float = 1e-4, sites=None,
-                   injector_factory=None, evaluate=None, log=None) -> dict[str, float]:
+                   injector_factory=None, evaluate=None, log=None, checkpoint_dir=None) -> dict[str, float]:
     """Search a Clip-Act threshold per layer; sets the model's bounds and returns {site: threshold}.
 
     ``model`` must be protected with ``clipact`` at layer granularity (bounds = profiled max).
@@ -99,7 +148,8 @@ def clipact_search(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     ``fault_kwargs`` go to ``FaultInjector`` (fmt, word_bits, frac_bits, targets, ...).
     Cost = sites x (1 + iterations x candidates) x len(rates) x trials evaluations of ``images``.
     ``sites`` restricts the search to some sites (default all); ``log(site, it, threshold, score)``
-    is called for every scored candidate.
+    is called for every scored candidate. ``checkpoint_dir``: keep the chosen thresholds there
+    after every site and resume from them (module docstring).
     """
     injector_factory = injector_factory or FaultInjector
     evaluate = evaluate or evaluate_accuracy
@@ -116,6 +166,15 @@ def clipact_search(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     def score() -> float:
         return _score(model, images, labels, rates, trials, seed, fault_kwargs, batch_size, injector_factory, evaluate)
 
-    chosen = {site: _search_site(act, score, candidates, iterations, tol, site, log) for site, act in acts.items()}
+    chosen = _resumed(checkpoint_dir, model, acts)
+    for i, (site, act) in enumerate(acts.items()):
+        if site in chosen:
+            continue
+        start = time.perf_counter()
+        chosen[site] = _search_site(act, score, candidates, iterations, tol, site, log)
+        log_.info("Clip-Act search: site %d/%d %s -> threshold %.4g (%.0f s)", i + 1, len(acts), site, chosen[site],
+                  time.perf_counter() - start)
+        if checkpoint_dir is not None:
+            _save_chosen(checkpoint_dir, chosen, model)
     model.train(was_training)
     return chosen
