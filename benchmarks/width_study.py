@@ -17,6 +17,7 @@ descriptive: the predicted range has no sampling interval of its own.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -74,6 +75,7 @@ def main() -> None:
     store = Path(args.store)
     if not store.exists():
         sys.exit(f"--store={args.store}: no such MLflow store (mlruns/mlflow.db after a run)")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per JSON read
     client = MlflowClient(f"sqlite:///{store.resolve()}")
     with tempfile.TemporaryDirectory() as tmp:
         points = collect(client, args.experiments, args.model, args.protections, Path(tmp))
