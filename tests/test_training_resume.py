@@ -188,7 +188,7 @@ def test_paper_cpu_is_full_width_on_the_copy_with_the_paper_rates_and_nested_cam
     assert params.model.split(",") == ["vgg16_cpu", "alexnet_cpu"]
     assert params.protection.split(",") == ["none", "ranger", "clipact_ft", "fitact"]
     nested = composed_with_hydra("experiment=repro_cpu_nested").campaign
-    for model, epochs in (("vgg16_cpu", 8), ("alexnet_cpu", 12)):
+    for model, epochs in (("vgg16_cpu", 16), ("alexnet_cpu", 12)):
         cfg = composed_with_hydra("experiment=paper_cpu", f"model={model}")
         assert cfg.model.width == 1.0 and cfg.dataset.name == "cifar10_copy"
         assert (cfg.train.epochs, cfg.train.precision, cfg.train.channels_last) == (epochs, "bf16-mixed", True)
