@@ -50,13 +50,13 @@ def collect(client: MlflowClient, names: list[str], model: str, protections: lis
 
 def table(points, target: float) -> list[str]:
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    lines = ["| width | protection | unit | rate | flips per channel | clean % | measured % [95 % CI] | "
-             "other widths give % | curves |", "|---" * 9 + "|"]
+    lines = ["| width | epochs | protection | unit | rate | flips per channel | clean % | measured % [95 % CI] | "
+             "other widths give % | curves |", "|---" * 10 + "|"]
     predicted = {p.point: p for p in predict(points, target)}
-    for p in sorted(points, key=lambda p: (p.width, p.protection, p.unit, p.rate)):
+    for p in sorted(points, key=lambda p: (p.width, p.epochs, p.protection, p.unit, p.rate)):
         pred = predicted.get(p)
         given = "" if pred is None else (f"{pct(pred.low)}-{pct(pred.high)}" if pred.sources else "out of range")
-        lines.append(f"| {p.width:g} | {p.protection} | {p.unit} | {p.rate:.0e} | {p.exposure:.3g} | "
+        lines.append(f"| {p.width:g} | {p.epochs} | {p.protection} | {p.unit} | {p.rate:.0e} | {p.exposure:.3g} | "
                      f"{100 * p.clean:.2f} | {100 * p.mean:.1f} [{100 * p.ci_low:.1f}, {100 * p.ci_high:.1f}] | "
                      f"{given} | {pred.sources if pred else ''} |")
     return lines

@@ -68,9 +68,9 @@ def test_formats_without_integer_bits_and_runs_without_shapes_are_refused():
         channel_exposure(old, "bit", 1e-5)
 
 
-def point(width, unit, exposure, retained, protection="fitact", clean=0.8):
+def point(width, unit, exposure, retained, protection="fitact", clean=0.8, epochs=0):
     acc = retained * clean
-    return WidthPoint("vgg16", width, protection, unit, 1e-5, exposure, clean, acc, acc - 0.01, acc + 0.01)
+    return WidthPoint("vgg16", width, protection, unit, 1e-5, exposure, clean, acc, acc - 0.01, acc + 0.01, epochs)
 
 
 def test_prediction_interpolates_the_other_widths_in_log_exposure_and_never_extrapolates():
@@ -85,7 +85,7 @@ def test_prediction_interpolates_the_other_widths_in_log_exposure_and_never_extr
         assert p.sources == 2 and p.low <= p.high
         # linear in log x between measured points: within the chord's error of f, scaled by 0.9
         assert p.low == pytest.approx(0.9 * f(x), abs=0.9 * 0.08)
-    assert retained_at(curves(pts)[("fitact", 0.25, "bit")], 0.1) == pytest.approx(f(0.1))
+    assert retained_at(curves(pts)[("fitact", 0.25, 0, "bit")], 0.1) == pytest.approx(f(0.1))
     # another protection never predicts this one
     other = [point(0.25, "bit", x, 0.0, protection="clipact_ft") for x in (0.01, 1.0)]
     assert predict(pts + target + other, 1.0)[0].low == preds[0.05].low
@@ -93,10 +93,11 @@ def test_prediction_interpolates_the_other_widths_in_log_exposure_and_never_extr
 
 def test_width_points_read_the_runs_curve_unit_and_width():
     inj = injector("word")
-    job = JobRun("r1", "vgg16", "cifar10_copy", "fitact", "memory", "fitact", ("vgg16",), {"model.width": "0.5"},
+    job = JobRun("r1", "vgg16", "cifar10_copy", "fitact", "memory", "fitact", ("vgg16",), {"model.width": "0.5", "train.epochs": "15"},
                  {"clean_accuracy": 0.8}, {1e-5: {"mean": 0.6, "ci_low": 0.58, "ci_high": 0.62}, 1e-4: {"mean": 0.3}})
     pts = width_points(job, inj.fault_space)
-    assert [p.rate for p in pts] == [1e-5, 1e-4] and {p.unit for p in pts} == {"word"} and pts[0].width == 0.5
+    assert [p.rate for p in pts] == [1e-5, 1e-4] and {p.unit for p in pts} == {"word"}
+    assert (pts[0].width, pts[0].epochs) == (0.5, 15)
     assert pts[0].exposure == pytest.approx(channel_exposure(inj.fault_space, "word", 1e-5))
     assert pts[0].retained == pytest.approx((0.75, 0.725, 0.775))
     assert math.isnan(pts[1].ci_low)
@@ -122,3 +123,8 @@ def test_figure_and_table_show_every_point_and_the_prediction():
     low = 0.9 * float(np.interp(np.log10(0.3), np.log10([0.1, 1.0]), [1 / 1.1, 1 / 2.0]))
     assert f"{100 * low:.1f}-{100 * low:.1f}" in target_rows[0]
     assert "out of range" in target_rows[1]
+    # one width trained two ways: two curves, labelled by their epochs, both predicted
+    twice = pts + [point(1.0, "word", 0.3, 0.6, clean=0.85, epochs=16)]
+    _, drawn = width_collapse(curves(twice), "t")
+    assert set(drawn["fitact"]) == {"w0.25 bit", "w1 e0 word", "w1 e16 word"}
+    assert len(predict(twice, 1.0)) == 3

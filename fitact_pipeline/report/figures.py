@@ -325,24 +325,29 @@ _UNIT_LINES = {"bit": "-", "word": "--", "toolbox": ":"}
 def width_collapse(curves: dict[tuple, list], title: str):
     """One panel per protection: retained accuracy (mean / clean, with its 95 % CI as error bars)
     against the expected integer/sign-bit flips per conv output channel (report/width.py), one line
-    per (width, rate unit): colour = width, line style = unit. If the per-channel model holds, the
-    lines of one panel fall on one curve. Returns (figure, {protection: {"w<width> <unit>": drawn}})."""
+    per (width, training epochs, rate unit): colour = width and training, line style = unit. If the
+    per-channel model holds, the lines of one panel fall on one curve.
+    Returns (figure, {protection: {"w<width> <unit>": drawn}}; " e<epochs>" after the width where one
+    width was trained more than one way)."""
     protections = sorted({k[0] for k in curves}, key=variant_sort_key)
-    widths = sorted({k[1] for k in curves})
-    colors = dict(zip(widths, plt.cm.viridis(np.linspace(0.0, 0.85, max(1, len(widths))))))
+    models = sorted({k[1:3] for k in curves})
+    several = {w for w, _ in models if sum(1 for m in models if m[0] == w) > 1}
+    colors = dict(zip(models, plt.cm.viridis(np.linspace(0.0, 0.85, max(1, len(models))))))
     fig, axes = plt.subplots(1, len(protections), figsize=(5.2 * len(protections), 4.0), squeeze=False, sharey=True)
     drawn: dict = {}
     for ax, protection in zip(axes[0], protections):
-        for (prot, width, unit), points in curves.items():
+        for (prot, width, epochs, unit), points in curves.items():
             if prot != protection:
                 continue
             x = [p.exposure for p in points]
             kept = [p.retained for p in points]
             y = [100 * k[0] for k in kept]
             err = [[max(0.0, 100 * (k[0] - k[1])) for k in kept], [max(0.0, 100 * (k[2] - k[0])) for k in kept]]
-            ax.errorbar(x, y, yerr=err, color=colors[width], linestyle=_UNIT_LINES.get(unit, "-."), marker="o",
-                        markersize=3, capsize=2, label=f"width {width:g}, per {unit}")
-            drawn.setdefault(protection, {})[f"w{width:g} {unit}"] = {"exposure": x, "retained": y}
+            trained = f", {epochs} epochs" if width in several else ""
+            ax.errorbar(x, y, yerr=err, color=colors[(width, epochs)], linestyle=_UNIT_LINES.get(unit, "-."),
+                        marker="o", markersize=3, capsize=2, label=f"width {width:g}{trained}, per {unit}")
+            key = f"w{width:g}" + (f" e{epochs}" if width in several else "") + f" {unit}"
+            drawn.setdefault(protection, {})[key] = {"exposure": x, "retained": y}
         ax.axvline(1.0, color="0.5", linewidth=0.8, linestyle=(0, (1, 3)))
         ax.set_xscale("log")
         ax.set_xlabel("expected integer/sign-bit flips in conv weights\nper conv output channel")

@@ -68,6 +68,7 @@ class WidthPoint:
     mean: float
     ci_low: float
     ci_high: float
+    epochs: int = 0  # the baseline's training epochs: two trainings of one width are two curves
 
     @property
     def retained(self) -> tuple[float, float, float]:
@@ -77,16 +78,17 @@ class WidthPoint:
 def width_points(job: JobRun, fault_space: dict) -> list[WidthPoint]:
     unit = rate_unit({"rate_unit": fault_space.get("rate_unit", "bit"), "fault_model": job.fault_model})[0]
     width, clean = float(job.params.get("model.width", "nan")), float(job.metrics.get("clean_accuracy", math.nan))
+    epochs = int(job.params.get("train.epochs", 0))
     return [WidthPoint(job.model, width, job.protection, unit, rate, channel_exposure(fault_space, unit, rate), clean,
-                       s["mean"], s.get("ci_low", math.nan), s.get("ci_high", math.nan))
+                       s["mean"], s.get("ci_low", math.nan), s.get("ci_high", math.nan), epochs)
             for rate, s in sorted(job.curve.items()) if "mean" in s]
 
 
 def curves(points: list[WidthPoint]) -> dict[tuple, list[WidthPoint]]:
-    """{(protection, width, unit): points by exposure}."""
+    """{(protection, width, epochs, unit): points by exposure}."""
     out: dict[tuple, list[WidthPoint]] = defaultdict(list)
     for p in points:
-        out[(p.protection, p.width, p.unit)].append(p)
+        out[(p.protection, p.width, p.epochs, p.unit)].append(p)
     return {k: sorted(v, key=lambda p: p.exposure) for k, v in sorted(out.items())}
 
 
@@ -114,10 +116,10 @@ def predict(points: list[WidthPoint], target_width: float) -> list[Prediction]:
     """Each point of ``target_width`` with the range the other widths predict for it."""
     by_curve = curves(points)
     out = []
-    for (protection, width, _), curve in by_curve.items():
+    for (protection, width, _, _), curve in by_curve.items():
         if width != target_width:
             continue
-        others = [c for (prot, w, _), c in by_curve.items() if prot == protection and w != target_width]
+        others = [c for (prot, w, _, _), c in by_curve.items() if prot == protection and w != target_width]
         for p in curve:
             found = [r for r in (retained_at(c, p.exposure) for c in others) if r is not None]
             out.append(Prediction(p, min(found) * p.clean if found else None, max(found) * p.clean if found else None,
