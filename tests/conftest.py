@@ -1,7 +1,9 @@
 """Fixtures shared by the test modules."""
 import contextlib
 import copy
+import importlib.util
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +17,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """``load(name)``: a script of benchmarks/ (scripts, not a package) as a module."""
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load
 
 
 def _folded_small_cnn():

@@ -97,17 +97,6 @@ def test_labels_are_distinct_and_paired_rows_compare_each_variant_with_fitact():
         assert row["mean_diff"] == pytest.approx(acc[label] - acc["fitact"])
 
 
-def _repro_claims():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "repro_claims.py"
-    spec = importlib.util.spec_from_file_location("repro_claims", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _trials(module, accuracies):
     """Jobs of one context whose trial t at each rate has accuracy accuracies[variant](rate, t)."""
     ctx = ("vgg16", "cifar10", "memory")
@@ -117,8 +106,8 @@ def _trials(module, accuracies):
     return module.trial_accuracies(jobs, lambda j: {(r, t): of[j.run_id](r, t) for r in (1e-6, 1e-5) for t in range(20)})
 
 
-def test_the_claims_table_lists_each_variant_minus_fitact_at_every_rate_with_its_tests():
-    claims = _repro_claims()
+def test_the_claims_table_lists_each_variant_minus_fitact_at_every_rate_with_its_tests(benchmark_script):
+    claims = benchmark_script("repro_claims")
     noise = lambda t: 0.01 * ((t * 7) % 5 - 2)  # noqa: E731  spread, mean 0 over each 5 trials
     trials = _trials(claims, {
         "fitact": lambda r, t: 0.5 + noise(t),
@@ -141,8 +130,8 @@ def test_the_claims_table_lists_each_variant_minus_fitact_at_every_rate_with_its
     assert not cell["better"] and cell["ci"][0] < 0 < cell["ci"][1] and lines[2].endswith("? |")
 
 
-def test_the_ordering_is_decided_by_superiority_tests_not_by_ties():
-    claims = _repro_claims()
+def test_the_ordering_is_decided_by_superiority_tests_not_by_ties(benchmark_script):
+    claims = benchmark_script("repro_claims")
     noise = lambda t: 0.01 * ((t * 7) % 5 - 2)  # noqa: E731
     trials = _trials(claims, {"none": lambda r, t: 0.1 + noise(t), "ranger": lambda r, t: 0.3 + noise(t),
                               "clipact": lambda r, t: 0.4 + noise(t), "fitact": lambda r, t: 0.5 + noise(t)})

@@ -1,9 +1,7 @@
 """The width study's exposure (report/width.py): expected integer/sign-bit flips in conv weights per
 conv output channel, checked against the flips the samplers actually draw; the prediction of one
 width from the others; the figure and the table of benchmarks/width_study.py."""
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,21 +101,13 @@ def test_width_points_read_the_runs_curve_unit_and_width():
     assert math.isnan(pts[1].ci_low)
 
 
-def _script():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "width_study.py"
-    spec = importlib.util.spec_from_file_location("width_study", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_figure_and_table_show_every_point_and_the_prediction():
+def test_figure_and_table_show_every_point_and_the_prediction(benchmark_script):
     pts = [point(0.25, "bit", x, 1 / (1 + x)) for x in (0.01, 0.1, 1.0)]
     pts += [point(1.0, "word", 0.3, 0.5, clean=0.9), point(1.0, "word", 30.0, 0.1, clean=0.9)]
     fig, drawn = width_collapse(curves(pts), "t")
     assert drawn["fitact"]["w0.25 bit"]["exposure"] == [0.01, 0.1, 1.0]
     assert drawn["fitact"]["w1 word"]["retained"] == pytest.approx([50.0, 10.0])
-    lines = _script().table(pts, 1.0)
+    lines = benchmark_script("width_study").table(pts, 1.0)
     target_rows = [line for line in lines if line.startswith("| 1 |")]
     assert len(lines) == 2 + len(pts) and len(target_rows) == 2
     low = 0.9 * float(np.interp(np.log10(0.3), np.log10([0.1, 1.0]), [1 / 1.1, 1 / 2.0]))
