@@ -67,7 +67,8 @@ def main() -> None:
     ap.add_argument("--store", default="mlruns/mlflow.db")
     ap.add_argument("--experiments", nargs="+", default=["repro_cpu_width", "paper_cpu"])
     ap.add_argument("--model", default="vgg16")
-    ap.add_argument("--protections", nargs="+", default=["clipact_ft", "fitact"])
+    ap.add_argument("--protections", nargs="+", default=["clipact", "fitact"],
+                    help="protection names as tagged on the runs (clipact_ft runs are tagged clipact)")
     ap.add_argument("--target-width", type=float, default=None, help="the width predicted from the others "
                     "(default: the largest found)")
     ap.add_argument("--out", default="outputs/figures/width_study", help="folder of the figure")
