@@ -1,14 +1,19 @@
 """FT-ClipAct search on a small real task (digits): thresholds in range, score no worse than max."""
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
+from fitact_pipeline import stages
+from fitact_pipeline.cache import partial_path
+from fitact_pipeline.configs import CONF_DIR
 from fitact_pipeline.evaluate import evaluate_accuracy
 from fitact_pipeline.faults import FaultInjector
 from fitact_pipeline.protect.clipact_search import _score, clipact_search
 from fitact_pipeline.models import build_model
-from fitact_pipeline.protect import bound_parameters, fold_batchnorm, profile_activations, protect_model
+from fitact_pipeline.protect import bound_parameters, bounds_stages, fold_batchnorm, profile_activations, protect_model
 
 RATES, TRIALS, SEED = (1e-4, 1e-3), 1, 3
 FAULTS = {"fmt": "fixed", "word_bits": 32, "frac_bits": 16}
@@ -83,3 +88,19 @@ def test_a_stopped_search_resumes_at_its_next_site_and_chooses_the_same(digits_c
     with pytest.raises(ValueError, match="not the first sites"):
         clipact_search(copy.deepcopy(model), images, labels, FAULTS, sites=sites[1:], checkpoint_dir=tmp_path,
                        **kwargs)
+
+
+def test_a_cli_jobs_search_keeps_its_progress_in_the_bounds_entrys_partial_folder(monkeypatch, tmp_path):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=quickstart", "protection=clipact_ft", f"cache_dir={tmp_path}"])
+    seen = {}
+
+    def search(model, images, labels, faults, **kwargs):
+        seen.update(kwargs)
+        return {"0.2": 1.0}
+    monkeypatch.setattr(bounds_stages, "clipact_search", search)
+    data = SimpleNamespace(eval_tensors=lambda split, n, seed: (torch.zeros(2, 1, 8, 8), torch.zeros(2)))
+    prepared = SimpleNamespace(stage="search", protected=torch.nn.Linear(2, 2), reference=None, clean_val_acc=0.9)
+    info = stages.stage_bounds(cfg, prepared, data, {"bounds": "k1"})
+    assert info == {"thresholds": {"0.2": 1.0}}
+    assert seen["checkpoint_dir"] == partial_path(tmp_path, "bounds_clipact", "k1")
