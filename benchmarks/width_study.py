@@ -41,10 +41,12 @@ def collect(client: MlflowClient, names: list[str], model: str, protections: lis
             if job.model != model or job.protection not in protections or job.fault_model != "memory":
                 continue
             space = exp.artifact(job.run_id, "fault_space.json")
-            if space is None:
-                print(f"<!-- run {job.run_id} has no fault_space.json: left out -->")
-                continue
-            points += width_points(job, space)
+            try:
+                if space is None:
+                    raise ValueError("it has no fault_space.json")
+                points += width_points(job, space)
+            except ValueError as exc:  # an older run, another format: say which, keep the others
+                print(f"<!-- run {job.run_id} of {name} left out: {exc} -->")
     return points
 
 

@@ -50,7 +50,12 @@ def word_hits(hashes: np.ndarray, space, rate: float, seed: int, trial: int):
 def toolbox_counts(space, rate: float) -> np.ndarray:
     """floor(elements x word_bits x rate) per tensor, in the toolbox's arithmetic (the integer
     product first, then one float multiply and truncation)."""
-    return np.array([int(int(n) * rate) for n in space.field_n_bits], dtype=np.int64)
+    return np.array([toolbox_count(int(n), rate) for n in space.field_n_bits], dtype=np.int64)
+
+
+def toolbox_count(n_bits: int, rate: float) -> int:
+    """floor(n_bits x rate) as the toolbox computes it (an integer product first, one float multiply)."""
+    return int(n_bits * rate)
 
 
 def toolbox_hits(hashes: np.ndarray, space, rate: float, seed: int, trial: int):
@@ -86,5 +91,5 @@ for _unit in (RateUnit("bit", "each stored bit is faulty with probability = the 
               RateUnit("toolbox", "the authors' tool's rule: per tensor exactly floor(elements x word_bits x rate) "
                        "faults, element and bit drawn uniformly with replacement (a bit drawn twice flips back)",
                        "per stored bit, toolbox count", toolbox_hits,
-                       lambda words, word_bits, rate: float(int(int(words * word_bits) * rate)))):
+                       lambda words, word_bits, rate: float(toolbox_count(int(words * word_bits), rate)))):
     RATE_UNITS.register(_unit.name, _unit)
