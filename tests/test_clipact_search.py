@@ -59,6 +59,37 @@ def test_search_bad_inputs(digits_clipact):
         clipact_search(model, images, labels, rates=(0.0,))
 
 
+def _scores(model, images, labels, reuse_prefix, **kwargs):
+    seen = []
+    thresholds = clipact_search(model, images, labels, FAULTS, log=lambda *a: seen.append(a), reuse_prefix=reuse_prefix,
+                                **kwargs)
+    return thresholds, seen
+
+
+@pytest.mark.parametrize("arch", ["small_cnn", "resnet"])
+def test_prefix_reuse_scores_every_candidate_as_full_passes_do_and_skips_the_prefix(digits_clipact, arch):
+    model, prof, images, labels = digits_clipact
+    if arch == "resnet":  # not a chain: cut by torch.fx at its blocks' boundaries; in-place fused activations
+        base = build_model("resnet50", 10, 1, 0.0625)
+        prof = profile_activations(base.eval(), images[:64])
+        model = protect_model(base, "clipact", "layer", prof, fused=True)
+    kwargs = dict(rates=RATES, candidates=3, iterations=2, trials=2, seed=SEED)
+    if arch == "resnet":
+        sites = list(prof)
+        kwargs["sites"] = [sites[0], sites[len(sites) // 2], sites[-1]]  # the first, one in a block, the last
+    full_model, reused_model = copy.deepcopy(model), copy.deepcopy(model)
+    first_conv = next(m for m in reused_model.modules() if isinstance(m, torch.nn.Conv2d))
+    calls = []
+    first_conv.register_forward_hook(lambda *_: calls.append(1))
+    full = _scores(full_model, images, labels, False, **kwargs)
+    reused = _scores(reused_model, images, labels, True, **kwargs)
+    assert reused == full  # every candidate's score, and the chosen thresholds, bit for bit
+    assert all(torch.equal(bound_parameters(reused_model)[s], bound_parameters(full_model)[s]) for s in prof)
+    scores, maps = len(full[1]), len(RATES) * 2
+    # the first conv runs once per map for each site after the first stage, not once per score
+    assert len(calls) < scores * maps / 2
+
+
 class Stop(Exception):
     pass
 

@@ -13,6 +13,9 @@ stores (quantises) the fault space at construction, and the bound value changes 
 The profiled max is scored first and kept unless a candidate beats it, so the result is never
 worse than the profiled max on the validation data it was searched on.
 
+Prefix reuse: a site's candidates are scored from the faulted input of the stage that reads its
+bound, computed once per map (faulted_prefix.py); the scores are those of full passes.
+
 Resumption: with ``checkpoint_dir``, the thresholds chosen so far are written there after every
 site (a full-width model's search takes hours on a CPU); a search that finds them restores those
 sites' thresholds and goes on with the next site. A site's score depends only on the thresholds
@@ -33,20 +36,26 @@ from torch import nn
 
 from ..evaluate import evaluate_accuracy
 from ..faults import FaultInjector
+from ..faults.prefix import stages_of
+from .faulted_prefix import FaultedPrefix
 from .protections.clipact import ClipActReLU
 
 log_ = logging.getLogger(__name__)
 CHECKPOINT_NAME = "chosen_thresholds.json"
 
 
-def _score(model, images, labels, rates, trials, seed, fault_kwargs, batch_size, injector_factory, evaluate):
+def _score(model, images, labels, rates, trials, seed, fault_kwargs, batch_size, injector_factory, evaluate,
+           prefix: FaultedPrefix | None = None):
     injector = injector_factory(model, **fault_kwargs)
     accs = []
     for rate in rates:
         per_trial = []
         for t in range(trials):
             with injector.inject(rate, seed, t):
-                per_trial.append(evaluate(model, images, labels, batch_size))
+                if prefix is None:
+                    per_trial.append(evaluate(model, images, labels, batch_size))
+                else:
+                    per_trial.append(prefix.accuracy((rate, t), images, labels, batch_size, evaluate))
         accs.append(sum(per_trial) / len(per_trial))
     if len(rates) == 1:
         return accs[0]
@@ -140,7 +149,8 @@ def _save_chosen(checkpoint_dir, chosen: dict[str, float], model: nn.Module) -> 
 def clipact_search(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, fault_kwargs: dict | None = None,
                    rates=(1e-6, 1e-5, 1e-4), candidates: int = 5, iterations: int = 3, trials: int = 3,
                    seed: int = 0, batch_size: int = 256, tol: float = 1e-4, sites=None,
-                   injector_factory=None, evaluate=None, log=None, checkpoint_dir=None) -> dict[str, float]:
+                   injector_factory=None, evaluate=None, log=None, checkpoint_dir=None,
+                   reuse_prefix: bool = True) -> dict[str, float]:
     """Search a Clip-Act threshold per layer; sets the model's bounds and returns {site: threshold}.
 
     ``model`` must be protected with ``clipact`` at layer granularity (bounds = profiled max).
@@ -149,29 +159,36 @@ def clipact_search(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     Cost = sites x (1 + iterations x candidates) x len(rates) x trials evaluations of ``images``.
     ``sites`` restricts the search to some sites (default all); ``log(site, it, threshold, score)``
     is called for every scored candidate. ``checkpoint_dir``: keep the chosen thresholds there
-    after every site and resume from them (module docstring).
+    after every site and resume from them (module docstring). ``reuse_prefix``: score a site's
+    candidates from its stage's faulted input (faulted_prefix.py; the same scores, faster); it
+    applies with the default ``evaluate`` only.
     """
     injector_factory = injector_factory or FaultInjector
+    stages = stages_of(model) if reuse_prefix and evaluate is None else None
     evaluate = evaluate or evaluate_accuracy
     rates = sorted(float(r) for r in rates)
     if not rates or rates[0] <= 0:
         raise ValueError(f"rates must be positive fault rates, got {rates!r}")
     if candidates < 2 or iterations < 1 or trials < 1:
         raise ValueError(f"need candidates >= 2, iterations >= 1, trials >= 1; got {candidates}, {iterations}, {trials}")
+    if len(images) == 0 or batch_size < 1:
+        raise ValueError(f"need images and batch_size >= 1; got {len(images)} images, batch_size={batch_size!r}")
     acts = _searched_sites(model, sites)
     fault_kwargs = dict(fault_kwargs or {})
     was_training = model.training
     model.eval()
 
-    def score() -> float:
-        return _score(model, images, labels, rates, trials, seed, fault_kwargs, batch_size, injector_factory, evaluate)
+    def scorer(prefix: FaultedPrefix | None):
+        return lambda: _score(model, images, labels, rates, trials, seed, fault_kwargs, batch_size, injector_factory,
+                              evaluate, prefix)
 
     chosen = _resumed(checkpoint_dir, model, acts)
     for i, (site, act) in enumerate(acts.items()):
         if site in chosen:
             continue
         start = time.perf_counter()
-        chosen[site] = _search_site(act, score, candidates, iterations, tol, site, log)
+        prefix = FaultedPrefix(model, stages, site) if stages else None
+        chosen[site] = _search_site(act, scorer(prefix), candidates, iterations, tol, site, log)
         log_.info("Clip-Act search: site %d/%d %s -> threshold %.4g (%.0f s)", i + 1, len(acts), site, chosen[site],
                   time.perf_counter() - start)
         if checkpoint_dir is not None:
