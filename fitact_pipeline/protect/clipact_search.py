@@ -164,7 +164,7 @@ def clipact_search(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     applies with the default ``evaluate`` only.
     """
     injector_factory = injector_factory or FaultInjector
-    stages = stages_of(model) if reuse_prefix and evaluate is None else None
+    full_passes_only = not reuse_prefix or evaluate is not None  # a custom evaluate sees whole passes
     evaluate = evaluate or evaluate_accuracy
     rates = sorted(float(r) for r in rates)
     if not rates or rates[0] <= 0:
@@ -174,6 +174,7 @@ def clipact_search(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     if len(images) == 0 or batch_size < 1:
         raise ValueError(f"need images and batch_size >= 1; got {len(images)} images, batch_size={batch_size!r}")
     acts = _searched_sites(model, sites)
+    stages = None if full_passes_only else stages_of(model)
     fault_kwargs = dict(fault_kwargs or {})
     was_training = model.training
     model.eval()
